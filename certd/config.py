@@ -1,0 +1,581 @@
+"""TOML configuration, validated into frozen, typed models.
+
+Why a hand-driven loader around pydantic rather than one big model: the
+issuer and deploy tables are unions picked by ``type``, and an operator
+needs errors that name *their* key path (``issuers.public.directory``), not
+pydantic's internal union branches. So each table is validated on its own,
+with its path as prefix, and every problem is collected before we report, so
+one run shows all of them.
+
+Secrets are only ever read from ``*_file`` keys; an inline secret is rejected
+with a hint. Relative paths (and relative SQLite URLs) are resolved against
+the directory holding the config file, so a config can travel with its data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from certd.durations import parse_duration
+from certd.errors import ConfigError
+from certd.keys import KeyType
+
+__all__ = [
+    "AcmeIssuerConfig",
+    "CertificateConfig",
+    "CommandDeployConfig",
+    "Config",
+    "DaemonConfig",
+    "DatabaseConfig",
+    "DeployConfig",
+    "HaproxyDeployConfig",
+    "IssuerConfig",
+    "KubernetesSecretDeployConfig",
+    "LocalCAIssuerConfig",
+    "SignalDeployConfig",
+    "VaultIssuerConfig",
+    "VerifyEndpoint",
+    "WebhookDeployConfig",
+    "check_files",
+    "default_config_path",
+    "load_config",
+]
+
+DEFAULT_DB_URL = "sqlite:////var/lib/certd/certd.db"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+_SECRET_HINTS = {
+    "token": "token_file",
+    "secret_id": "secret_id_file",
+    "role_id": "role_id_file",
+    "tsig_secret": "tsig_secret_file",
+    "eab_hmac_key": "eab_hmac_key_file",
+    "secret": "secret_file",
+    "api_token": "api_token_file",
+    "password": "a *_file key",
+}
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("durations are strings such as '90s', '5m', '12h' or '30d'")
+    return parse_duration(value)
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base")
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        return Path(base) / value
+    return value
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8787)")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseConfig(_Model):
+    """Where the inventory lives; ``key_file`` encrypts private keys stored in it."""
+
+    url: str = DEFAULT_DB_URL
+    key_file: ConfigPath | None = None
+    busy_timeout: Duration = timedelta(seconds=30)
+
+
+class DaemonConfig(_Model):
+    """``certd run``: how often to scan, how many workers, where the API listens."""
+
+    check_interval: Duration = timedelta(minutes=5)
+    workers: int = Field(16, ge=1, le=256)
+    api_listen: HostPort = "127.0.0.1:8787"
+    api_token_file: ConfigPath | None = None
+    role: Literal["all", "agent"] = "all"
+    lease_ttl: Duration = timedelta(minutes=2)
+
+
+class _IssuerBase(_Model):
+    bundle_file: ConfigPath | None = None
+
+
+class AcmeIssuerConfig(_IssuerBase):
+    """An ACME CA (RFC 8555), e.g. Let's Encrypt; agreeing to its terms is implied."""
+
+    type: Literal["acme"]
+    directory: str
+    email: str | None = None
+    ca_bundle: ConfigPath | None = None
+    roots: ConfigPath | None = None
+    challenge: Literal["http-01", "dns-01"] = "http-01"
+    http01_listen: HostPort | None = None
+    http01_webroot: ConfigPath | None = None
+    dns_server: HostPort | None = None
+    tsig_key_name: str | None = None
+    tsig_secret_file: ConfigPath | None = None
+    tsig_algorithm: str = "hmac-sha256"
+    dns_propagation_timeout: Duration = timedelta(seconds=60)
+    profile: str | None = None
+    eab_kid: str | None = None
+    eab_hmac_key_file: ConfigPath | None = None
+    preferred_chain: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("directory")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+    @model_validator(mode="after")
+    def _challenge_keys(self) -> AcmeIssuerConfig:
+        if self.challenge == "http-01" and self.http01_listen and self.http01_webroot:
+            raise ValueError("set http01_listen or http01_webroot, not both")
+        if self.challenge == "dns-01" and not self.dns_server:
+            raise ValueError("challenge = 'dns-01' needs dns_server (RFC 2136 primary, HOST:PORT)")
+        if bool(self.tsig_key_name) != bool(self.tsig_secret_file):
+            raise ValueError("tsig_key_name and tsig_secret_file go together")
+        if bool(self.eab_kid) != bool(self.eab_hmac_key_file):
+            raise ValueError("eab_kid and eab_hmac_key_file go together")
+        return self
+
+    @property
+    def http01_address(self) -> str:
+        """Where the standalone responder listens when no webroot is set."""
+        return self.http01_listen or "0.0.0.0:80"  # noqa: S104 - the CA must reach it
+
+
+class VaultIssuerConfig(_IssuerBase):
+    """HashiCorp Vault's PKI secrets engine."""
+
+    type: Literal["vault"]
+    url: str
+    ca_bundle: ConfigPath | None = None
+    roots: ConfigPath | None = None
+    mount: str = "pki"
+    role: str
+    auth: Literal["token", "approle", "kubernetes"] = "token"
+    token_file: ConfigPath | None = None
+    role_id_file: ConfigPath | None = None
+    secret_id_file: ConfigPath | None = None
+    approle_mount: str = "approle"
+    kubernetes_role: str | None = None
+    kubernetes_mount: str = "kubernetes"
+    jwt_file: ConfigPath = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    namespace: str | None = None
+    vault_generates_key: bool = False
+    issuer_ref: str | None = None
+    timeout: Duration = timedelta(seconds=30)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_keys(self) -> VaultIssuerConfig:
+        if self.auth == "token" and not self.token_file:
+            raise ValueError("auth = 'token' needs token_file")
+        if self.auth == "approle" and not (self.role_id_file and self.secret_id_file):
+            raise ValueError("auth = 'approle' needs role_id_file and secret_id_file")
+        if self.auth == "kubernetes" and not self.kubernetes_role:
+            raise ValueError("auth = 'kubernetes' needs kubernetes_role")
+        return self
+
+
+class LocalCAIssuerConfig(_IssuerBase):
+    """certd's own CA: created on first use in ``dir``; its root is the pinned root."""
+
+    type: Literal["local-ca"]
+    dir: ConfigPath
+    key: KeyType = KeyType.ECDSA_P256
+    default_lifetime: Duration = timedelta(days=90)
+    common_name: str = "certd local CA"
+
+
+IssuerConfig = AcmeIssuerConfig | VaultIssuerConfig | LocalCAIssuerConfig
+_ISSUER_TYPES: dict[str, type[_Model]] = {
+    "acme": AcmeIssuerConfig,
+    "vault": VaultIssuerConfig,
+    "local-ca": LocalCAIssuerConfig,
+}
+
+
+class HaproxyDeployConfig(_Model):
+    """HAProxy runtime API: ``set ssl cert`` + ``commit ssl cert``, no reload."""
+
+    type: Literal["haproxy"]
+    socket: str
+    cert: ConfigPath
+    crt_list: ConfigPath | None = None
+    timeout: Duration = timedelta(seconds=10)
+
+
+class SignalDeployConfig(_Model):
+    """A signal to a process (by pid file) or ``systemctl reload`` of a unit."""
+
+    type: Literal["signal"]
+    pid_file: ConfigPath | None = None
+    unit: str | None = None
+    signal: str = "HUP"
+    timeout: Duration = timedelta(seconds=10)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> SignalDeployConfig:
+        if bool(self.pid_file) == bool(self.unit):
+            raise ValueError("set exactly one of pid_file and unit")
+        return self
+
+
+class CommandDeployConfig(_Model):
+    """A command run without a shell, with CERTD_* variables in its environment."""
+
+    type: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    timeout: Duration = timedelta(seconds=60)
+    env: dict[str, str] = Field(default_factory=dict)
+
+
+class KubernetesSecretDeployConfig(_Model):
+    """A ``kubernetes.io/tls`` Secret, created or updated with resourceVersion checks."""
+
+    type: Literal["kubernetes-secret"]
+    namespace: str
+    name: str
+    kubeconfig: ConfigPath | None = None
+    context: str | None = None
+    include_ca: bool = True
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    timeout: Duration = timedelta(seconds=10)
+
+
+class WebhookDeployConfig(_Model):
+    """An HMAC-signed JSON POST announcing the new certificate."""
+
+    type: Literal["webhook"]
+    url: str
+    secret_file: ConfigPath
+    ca_bundle: ConfigPath | None = None
+    timeout: Duration = timedelta(seconds=10)
+    retries: int = Field(3, ge=0, le=10)
+
+
+DeployConfig = (
+    HaproxyDeployConfig
+    | SignalDeployConfig
+    | CommandDeployConfig
+    | KubernetesSecretDeployConfig
+    | WebhookDeployConfig
+)
+_DEPLOY_TYPES: dict[str, type[_Model]] = {
+    "haproxy": HaproxyDeployConfig,
+    "signal": SignalDeployConfig,
+    "command": CommandDeployConfig,
+    "kubernetes-secret": KubernetesSecretDeployConfig,
+    "webhook": WebhookDeployConfig,
+}
+
+
+class VerifyEndpoint(_Model):
+    """An endpoint that must serve the new certificate after deploy."""
+
+    endpoint: HostPort
+    sni: str | None = None
+    ca_bundle: ConfigPath | None = None
+
+
+def _mode(value: Any) -> int:
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        mode = int(value, 8)
+    else:
+        raise ValueError("mode is an octal string such as '0640'")
+    if mode & 0o007:
+        raise ValueError(f"mode {value} gives others access to the private key; use e.g. '0640'")
+    return mode
+
+
+def _valid_name(name: str) -> str:
+    try:
+        ipaddress.ip_address(name)
+        return name
+    except ValueError:
+        pass
+    labels = name.split(".")
+    if labels[0] == "*":
+        labels = labels[1:]
+    if len(name) > 253 or len(labels) < 1 or not all(_DNS_LABEL.match(lb) for lb in labels):
+        raise ValueError(f"{name!r} is not a DNS name, wildcard (*.example.com) or IP address")
+    return name.lower()
+
+
+class CertificateConfig(_Model):
+    """One certificate certd keeps alive."""
+
+    issuer: str
+    names: list[Annotated[str, AfterValidator(_valid_name)]] = Field(min_length=1)
+    key: KeyType = KeyType.ECDSA_P256
+    renew_before: Duration | None = None
+    renew_fraction: float | None = Field(None, gt=0, lt=1)
+    lifetime: Duration | None = None
+    output_dir: ConfigPath
+    deploy: list[str] = Field(default_factory=list)
+    verify: list[VerifyEndpoint] = Field(default_factory=list)
+    rollback: bool = False
+    verify_timeout: Duration = timedelta(seconds=10)
+    keep: int = Field(3, ge=0, le=100)
+    owner: str | None = None
+    group: str | None = None
+    mode: Annotated[int, BeforeValidator(_mode)] = 0o600
+
+    @model_validator(mode="after")
+    def _rules(self) -> CertificateConfig:
+        if len(set(self.names)) != len(self.names):
+            dupes = sorted({n for n in self.names if self.names.count(n) > 1})
+            raise ValueError(f"names lists {', '.join(dupes)} more than once")
+        if self.renew_before is not None and self.renew_fraction is not None:
+            raise ValueError("set renew_before or renew_fraction, not both")
+        if self.lifetime is not None and self.lifetime < timedelta(minutes=1):
+            raise ValueError("lifetime must be at least 1m")
+        if self.lifetime is not None and self.renew_before is not None and self.renew_before >= self.lifetime:
+            raise ValueError("renew_before must be shorter than lifetime")
+        return self
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration and the file it came from."""
+
+    path: Path
+    database: DatabaseConfig
+    daemon: DaemonConfig
+    issuers: Mapping[str, IssuerConfig]
+    certificates: Mapping[str, CertificateConfig]
+    deploy: Mapping[str, DeployConfig]
+    warnings: tuple[str, ...] = field(default=())
+
+
+def default_config_path() -> Path:
+    """``$CERTD_CONFIG``, else ``./certd.toml``."""
+    return Path(os.environ.get("CERTD_CONFIG") or "certd.toml")
+
+
+def _format_errors(path: Path, prefix: str, exc: ValidationError) -> list[str]:
+    out = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1]) if err["loc"] else ""
+            hint = _SECRET_HINTS.get(key)
+            msg = f"unknown key; secrets are read from files: use {hint}" if hint else "unknown key"
+        elif err["type"] == "missing":
+            msg = "missing required key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        out.append(f"{path}: {loc}: {msg}")
+    return out
+
+
+def _validate(
+    path: Path, prefix: str, model: type[_Model], data: Any, errors: list[str], base: Path
+) -> Any:
+    try:
+        return model.model_validate(data, context={"base": base})
+    except ValidationError as exc:
+        errors.extend(_format_errors(path, prefix, exc))
+        return None
+
+
+def _typed_tables(
+    path: Path, section: str, raw: Any, kinds: dict[str, type[_Model]], errors: list[str], base: Path
+) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        errors.append(f"{path}: {section}: must be a table of named entries")
+        return {}
+    out: dict[str, Any] = {}
+    for name, table in raw.items():
+        where = f"{section}.{name}"
+        if not _NAME_RE.match(name):
+            errors.append(f"{path}: {where}: name must be letters, digits, '.', '_' or '-' (max 64)")
+            continue
+        if not isinstance(table, dict):
+            errors.append(f"{path}: {where}: must be a table")
+            continue
+        kind = table.get("type")
+        if kind not in kinds:
+            errors.append(f"{path}: {where}.type: must be one of {', '.join(sorted(kinds))}, got {kind!r}")
+            continue
+        value = _validate(path, where, kinds[kind], table, errors, base)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str((base / url[len(prefix) :]).resolve())
+    return url
+
+
+_ISSUER_KEY_TYPES: dict[str, set[KeyType]] = {
+    "acme": {KeyType.ECDSA_P256, KeyType.ECDSA_P384, KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096},
+    "vault": set(KeyType),
+    "local-ca": set(KeyType),
+}
+
+
+def _cross_check(
+    path: Path,
+    issuers: dict[str, IssuerConfig],
+    certs: dict[str, CertificateConfig],
+    deploys: dict[str, DeployConfig],
+    errors: list[str],
+) -> None:
+    seen_dirs: dict[Path, str] = {}
+    for name, cert in certs.items():
+        where = f"{path}: certificates.{name}"
+        issuer = issuers.get(cert.issuer)
+        if issuer is None:
+            known = ", ".join(sorted(issuers)) or "none configured"
+            errors.append(f"{where}.issuer: unknown issuer {cert.issuer!r} (known: {known})")
+        else:
+            if cert.key not in _ISSUER_KEY_TYPES[issuer.type]:
+                errors.append(f"{where}.key: issuer {cert.issuer!r} ({issuer.type}) cannot issue {cert.key}")
+            if isinstance(issuer, AcmeIssuerConfig):
+                if cert.lifetime is not None:
+                    errors.append(f"{where}.lifetime: ACME issuers choose the lifetime; remove it")
+                wild = [n for n in cert.names if n.startswith("*.")]
+                if wild and issuer.challenge != "dns-01":
+                    errors.append(f"{where}.names: wildcard {wild[0]} needs an issuer with dns-01")
+        for i, target in enumerate(cert.deploy):
+            if target not in deploys:
+                known = ", ".join(sorted(deploys)) or "none configured"
+                errors.append(f"{where}.deploy[{i}]: unknown deploy target {target!r} (known: {known})")
+        out = cert.output_dir.resolve()
+        if out in seen_dirs:
+            errors.append(f"{where}.output_dir: {out} is also used by certificates.{seen_dirs[out]}")
+        seen_dirs[out] = name
+        if out.exists() and not out.is_dir():
+            errors.append(f"{where}.output_dir: {out} exists and is not a directory")
+        else:
+            probe = out
+            while not probe.exists():
+                probe = probe.parent
+            if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+                errors.append(f"{where}.output_dir: {probe} is not writable")
+
+
+def load_config(path: Path | str) -> Config:
+    """Load and validate; raise ``ConfigError`` listing every problem found."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    base = path.resolve().parent
+    errors: list[str] = []
+    known = {"database", "daemon", "issuers", "certificates", "deploy"}
+    errors.extend(f"{path}: {key}: unknown section" for key in sorted(set(raw) - known))
+    database = _validate(path, "database", DatabaseConfig, raw.get("database", {}), errors, base)
+    daemon = _validate(path, "daemon", DaemonConfig, raw.get("daemon", {}), errors, base)
+    issuers = _typed_tables(path, "issuers", raw.get("issuers"), _ISSUER_TYPES, errors, base)
+    deploys = _typed_tables(path, "deploy", raw.get("deploy"), _DEPLOY_TYPES, errors, base)
+    certs: dict[str, CertificateConfig] = {}
+    raw_certs = raw.get("certificates", {})
+    if not isinstance(raw_certs, dict):
+        errors.append(f"{path}: certificates: must be a table of named entries")
+        raw_certs = {}
+    for name, table in raw_certs.items():
+        if not _NAME_RE.match(name):
+            errors.append(f"{path}: certificates.{name}: name must be letters, digits, '.', '_' or '-'")
+            continue
+        cert = _validate(path, f"certificates.{name}", CertificateConfig, table, errors, base)
+        if cert is not None:
+            certs[name] = cert
+    _cross_check(path, issuers, certs, deploys, errors)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    assert isinstance(database, DatabaseConfig) and isinstance(daemon, DaemonConfig)
+    database = database.model_copy(update={"url": _resolve_sqlite(database.url, base)})
+    return Config(
+        path=path, database=database, daemon=daemon, issuers=issuers, certificates=certs, deploy=deploys
+    )
+
+
+_FILE_KEYS = (
+    "key_file",
+    "api_token_file",
+    "ca_bundle",
+    "roots",
+    "tsig_secret_file",
+    "eab_hmac_key_file",
+    "token_file",
+    "role_id_file",
+    "secret_id_file",
+    "secret_file",
+    "kubeconfig",
+    "pid_file",
+)
+
+
+def check_files(config: Config) -> list[str]:
+    """Referenced files that do not exist (yet): warnings, or errors with ``--strict``."""
+    found: list[str] = []
+    sections: list[tuple[str, BaseModel]] = [("database", config.database), ("daemon", config.daemon)]
+    sections += [(f"issuers.{n}", v) for n, v in config.issuers.items()]
+    sections += [(f"deploy.{n}", v) for n, v in config.deploy.items()]
+    for where, model in sections:
+        for key in _FILE_KEYS:
+            value = getattr(model, key, None)
+            if isinstance(value, Path) and not value.exists():
+                found.append(f"{config.path}: {where}.{key}: {value} does not exist")
+    for name, cert in config.certificates.items():
+        for i, v in enumerate(cert.verify):
+            if v.ca_bundle is not None and not v.ca_bundle.exists():
+                found.append(
+                    f"{config.path}: certificates.{name}.verify[{i}].ca_bundle: {v.ca_bundle} does not exist"
+                )
+    return found

@@ -1,0 +1,45 @@
+"""Duration strings (``90s``, ``5m``, ``12h``, ``30d``) used throughout the config.
+
+One parser and one formatter, so a value printed by certd can always be
+pasted back into the config.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+__all__ = ["format_duration", "parse_duration"]
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``1d12h``-style strings; raise ``ValueError`` with a usable hint."""
+    s = text.strip().lower()
+    pos = 0
+    total = 0.0
+    for m in _PART.finditer(s):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise ValueError(f"invalid duration {text!r} (use e.g. 90s, 5m, 12h, 30d)")
+    return timedelta(seconds=total)
+
+
+def format_duration(value: timedelta) -> str:
+    """Render as the shortest exact duration string (``1d12h``, ``90s``)."""
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0s"
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            n, seconds = divmod(seconds, size)
+            parts.append(f"{n}{unit}")
+    return sign + "".join(parts)

@@ -1,0 +1,130 @@
+"""certd's one small error tree.
+
+Every adapter (ACME, Vault, HAProxy, the file system, the database) converts
+the errors of the library it wraps into one of these at its seam, with
+``raise ... from exc``, so that the pipeline, the scheduler and the CLI only
+ever deal with this tree. Each error carries what its callers need to decide:
+a user-facing message, a short machine ``reason``, whether trying again can
+help (``retryable``) and, when the other side said so, ``retry_after``.
+
+Messages must never contain secrets (keys, tokens, EAB or TSIG secrets).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+__all__ = [
+    "CertdError",
+    "CheckFailed",
+    "ConfigError",
+    "DeployError",
+    "InventoryError",
+    "IssuerError",
+    "IssuerUnavailable",
+    "LeaseLost",
+    "LeaseTimeout",
+    "PublishError",
+    "RateLimited",
+    "VerifyError",
+]
+
+
+class CertdError(Exception):
+    """Base of every error certd raises on purpose."""
+
+    reason: str = "Error"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        retryable: bool | None = None,
+        retry_after: timedelta | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CertdError):
+    """The configuration is invalid; the message names the file and the key."""
+
+    reason = "ConfigInvalid"
+
+
+class InventoryError(CertdError):
+    """The database could not be opened, migrated or queried."""
+
+    reason = "InventoryError"
+    retryable = True
+
+
+class IssuerError(CertdError):
+    """The issuer refused or failed to issue or revoke."""
+
+    reason = "IssuerError"
+
+
+class RateLimited(IssuerError):
+    """The issuer (or certd's own budget) says: not now; see ``retry_after``."""
+
+    reason = "RateLimited"
+    retryable = True
+
+
+class IssuerUnavailable(IssuerError):
+    """The issuer could not be reached or is temporarily unable to serve."""
+
+    reason = "IssuerUnavailable"
+    retryable = True
+
+
+class CheckFailed(CertdError):
+    """A newly issued certificate failed a check and must not be published."""
+
+    reason = "CheckFailed"
+
+
+class PublishError(CertdError):
+    """Writing the files of a generation, or switching to it, failed."""
+
+    reason = "PublishFailed"
+    retryable = True
+
+
+class DeployError(CertdError):
+    """A deploy target failed to make the server load the new certificate."""
+
+    reason = "DeployFailed"
+    retryable = True
+
+
+class VerifyError(CertdError):
+    """The endpoint does not serve the certificate we deployed."""
+
+    reason = "VerifyFailed"
+    retryable = True
+
+
+class LeaseLost(CertdError):
+    """Our lease on the certificate expired or was taken; we must not write."""
+
+    reason = "LeaseLost"
+    retryable = True
+
+
+class LeaseTimeout(CertdError):
+    """Another holder kept the certificate's lease longer than we would wait."""
+
+    reason = "LeaseTimeout"
+    retryable = True

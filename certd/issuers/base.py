@@ -1,0 +1,119 @@
+"""The one small interface every issuer implements, and the values it trades in.
+
+Modelled on certmagic's ``Issuer``: issuing is the only required ability.
+Revocation is part of it because every issuer we ship can revoke; ARI is a
+separate optional protocol (``RenewalInfo``) that only ACME implements, so
+callers check for it with ``isinstance`` where they need it.
+
+Issuers see CSRs and return certificates; they know nothing of files,
+deploy targets or the inventory. They raise only ``certd.errors.IssuerError``
+and its subclasses, converted at their own seam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from cryptography import x509
+
+from certd.keys import KeyType, PrivateKey
+
+__all__ = [
+    "IssueRequest",
+    "Issued",
+    "Issuer",
+    "RenewalInfo",
+    "RenewalWindow",
+    "RevocationReason",
+]
+
+
+class RevocationReason(StrEnum):
+    """RFC 5280 CRLReason names, as accepted by ``certd revoke --reason``."""
+
+    UNSPECIFIED = "unspecified"
+    KEY_COMPROMISE = "keyCompromise"
+    CA_COMPROMISE = "cACompromise"
+    AFFILIATION_CHANGED = "affiliationChanged"
+    SUPERSEDED = "superseded"
+    CESSATION_OF_OPERATION = "cessationOfOperation"
+    CERTIFICATE_HOLD = "certificateHold"
+    PRIVILEGE_WITHDRAWN = "privilegeWithdrawn"
+    AA_COMPROMISE = "aACompromise"
+
+    @property
+    def code(self) -> int:
+        """The RFC 5280 integer code (7 is unused)."""
+        order = list(RevocationReason)
+        idx = order.index(self)
+        return idx if idx < 7 else idx + 1
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    """What the pipeline asks an issuer for.
+
+    ``csr`` is signed by ``key``, which never leaves certd unless the issuer is
+    configured to generate keys itself (then it ignores both and returns its
+    own key in ``Issued.private_key``). ``replaces`` is the ARI certificate
+    identifier of the certificate being renewed, when known.
+    """
+
+    certificate: str
+    names: tuple[str, ...]
+    key_type: KeyType
+    csr: x509.CertificateSigningRequest
+    lifetime: timedelta | None = None
+    replaces: str | None = None
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A certificate as issued: the leaf and the intermediates (never a self-signed root)."""
+
+    leaf: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+    private_key: PrivateKey | None = None
+
+
+@dataclass(frozen=True)
+class RenewalWindow:
+    """An ARI ``suggestedWindow`` and when to ask again (``Retry-After``)."""
+
+    start: datetime
+    end: datetime
+    retry_after: datetime | None = None
+    explanation_url: str | None = None
+
+
+@runtime_checkable
+class Issuer(Protocol):
+    """Issues and revokes certificates.
+
+    ``issue`` must be safe to call from several worker threads at once.
+    ``roots`` returns the pinned roots issued chains must verify to, or
+    ``None`` when the operator pinned nothing (chains are then checked link
+    by link, with a warning).
+    """
+
+    name: str
+
+    def issue(self, request: IssueRequest) -> Issued: ...
+
+    def revoke(self, certificate: x509.Certificate, reason: RevocationReason) -> None: ...
+
+    def roots(self) -> list[x509.Certificate] | None: ...
+
+
+@runtime_checkable
+class RenewalInfo(Protocol):
+    """Optional: the issuer can suggest when to renew (ACME ARI, RFC 9773)."""
+
+    def renewal_window(self, certificate: x509.Certificate, issuer_cert: x509.Certificate) -> RenewalWindow | None:
+        ...
+
+    def cert_id(self, certificate: x509.Certificate) -> str:
+        ...

@@ -1,0 +1,125 @@
+"""Private keys and CSRs.
+
+ECDSA P-256 is the default because it is fast, small on the wire and accepted
+by every CA we target; the other types exist for operators whose clients or
+policies need them. Key generation, serialization and CSR building all go
+through ``cryptography``; nothing here is hand-rolled.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
+
+__all__ = [
+    "KeyType",
+    "PrivateKey",
+    "build_csr",
+    "generate_key",
+    "key_pem",
+    "key_type_of",
+    "load_key_pem",
+    "san_entries",
+]
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+
+
+class KeyType(StrEnum):
+    """Key types as written in the config's ``key`` setting."""
+
+    ECDSA_P256 = "ecdsa-p256"
+    ECDSA_P384 = "ecdsa-p384"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+    RSA_4096 = "rsa-4096"
+    ED25519 = "ed25519"
+
+
+_RSA_BITS = {KeyType.RSA_2048: 2048, KeyType.RSA_3072: 3072, KeyType.RSA_4096: 4096}
+
+
+def generate_key(key_type: KeyType) -> PrivateKey:
+    """Generate a fresh private key of the requested type."""
+    if key_type is KeyType.ECDSA_P256:
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type is KeyType.ECDSA_P384:
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type is KeyType.ED25519:
+        return ed25519.Ed25519PrivateKey.generate()
+    return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS[key_type])
+
+
+def key_type_of(key: PrivateKey | PublicKey) -> KeyType | None:
+    """Name the key type of a key (private or public); ``None`` if certd has no name for it."""
+    pub = key.public_key() if not isinstance(key, PublicKey) else key
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return {"secp256r1": KeyType.ECDSA_P256, "secp384r1": KeyType.ECDSA_P384}.get(pub.curve.name)
+    if isinstance(pub, ed25519.Ed25519PublicKey):
+        return KeyType.ED25519
+    if isinstance(pub, rsa.RSAPublicKey):
+        return {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}.get(pub.key_size)
+    return None
+
+
+def key_pem(key: PrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: files on disk are protected by mode 0600 instead."""
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_key_pem(data: bytes) -> PrivateKey:
+    """Load a PEM private key; raise ``ValueError`` (without echoing the data) if it is not one."""
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not a PEM private key (or it is encrypted)") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        raise ValueError(f"unsupported private key type {type(key).__name__}")
+    return key
+
+
+def san_entries(names: list[str] | tuple[str, ...]) -> list[x509.GeneralName]:
+    """Turn inventory names into SAN entries: IP literals become IP SANs, the rest DNS SANs."""
+    out: list[x509.GeneralName] = []
+    for n in names:
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            out.append(x509.DNSName(n))
+    return out
+
+
+def _signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return None
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def build_csr(key: PrivateKey, names: list[str] | tuple[str, ...]) -> x509.CertificateSigningRequest:
+    """A CSR carrying every name as a SAN; the CN is the first DNS name (ACME CAs ignore it)."""
+    builder = x509.CertificateSigningRequestBuilder()
+    dns = [n for n in names if not _is_ip(n)]
+    if dns and len(dns[0]) <= 64:
+        builder = builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])]))
+    else:
+        builder = builder.subject_name(x509.Name([]))
+    builder = builder.add_extension(x509.SubjectAlternativeName(san_entries(names)), critical=False)
+    return builder.sign(key, _signing_hash(key))
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True

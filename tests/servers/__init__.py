@@ -1,0 +1,1 @@
+"""Real servers (Pebble, BIND, HAProxy, nginx, PostgreSQL) started and stopped by the tests."""
