@@ -21,10 +21,12 @@ __all__ = [
     "PrivateKey",
     "build_csr",
     "generate_key",
+    "is_ip",
     "key_pem",
     "key_type_of",
     "load_key_pem",
     "san_entries",
+    "signing_hash",
 ]
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -97,7 +99,11 @@ def san_entries(names: list[str] | tuple[str, ...]) -> list[x509.GeneralName]:
     return out
 
 
-def _signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+SigningHash = hashes.SHA256 | hashes.SHA384
+
+
+def signing_hash(key: PrivateKey) -> SigningHash | None:
+    """The hash to sign with this key: none for Ed25519, SHA-384 for P-384, else SHA-256."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
@@ -108,16 +114,17 @@ def _signing_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
 def build_csr(key: PrivateKey, names: list[str] | tuple[str, ...]) -> x509.CertificateSigningRequest:
     """A CSR carrying every name as a SAN; the CN is the first DNS name (ACME CAs ignore it)."""
     builder = x509.CertificateSigningRequestBuilder()
-    dns = [n for n in names if not _is_ip(n)]
+    dns = [n for n in names if not is_ip(n)]
     if dns and len(dns[0]) <= 64:
         builder = builder.subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns[0])]))
     else:
         builder = builder.subject_name(x509.Name([]))
     builder = builder.add_extension(x509.SubjectAlternativeName(san_entries(names)), critical=False)
-    return builder.sign(key, _signing_hash(key))
+    return builder.sign(key, signing_hash(key))
 
 
-def _is_ip(name: str) -> bool:
+def is_ip(name: str) -> bool:
+    """True for an IPv4 or IPv6 literal (an IP SAN rather than a DNS SAN)."""
     try:
         ipaddress.ip_address(name)
     except ValueError:

@@ -1,0 +1,88 @@
+"""Assembly: build the pipeline and its dependencies from a config.
+
+The CLI, the daemon and the HTTP API each call ``App.open`` and then only
+talk to ``app.pipeline`` and ``app.inventory``; nothing else constructs
+engines, issuers or deploy targets, so the three doors cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import Engine
+
+from certd.clock import Clock, SystemClock
+from certd.config import Config
+from certd.db import create_db_engine, session_factory, upgrade
+from certd.deploy import build_targets
+from certd.inventory.keybox import KeyBox
+from certd.inventory.leases import LeaseManager
+from certd.inventory.store import Inventory
+from certd.issuers import build_issuer
+from certd.issuers.base import Issuer
+from certd.pipeline import Pipeline, Prober
+
+__all__ = ["App", "owner_id"]
+
+
+def owner_id() -> str:
+    """Who holds a lease: host, pid and a random suffix (pids are reused across restarts)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{random.SystemRandom().getrandbits(32):08x}"
+
+
+@dataclass
+class App:
+    """Everything one process needs, built once."""
+
+    config: Config
+    engine: Engine
+    inventory: Inventory
+    pipeline: Pipeline
+    clock: Clock
+
+    @classmethod
+    def open(
+        cls,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        migrate: bool = True,
+        sync: bool = True,
+        lease_ttl: timedelta | None = None,
+        prober: Prober | None = None,
+    ) -> App:
+        clock = clock or SystemClock()
+        engine = create_db_engine(config.database.url, busy_timeout=config.database.busy_timeout)
+        if migrate:
+            upgrade(engine)
+        sessions = session_factory(engine)
+        inventory = Inventory(engine, sessions)
+        if sync:
+            inventory.sync(config, clock.now())
+        leases = LeaseManager(sessions, owner_id(), lease_ttl or config.daemon.lease_ttl)
+
+        def issuer_factory(name: str) -> Issuer:
+            return build_issuer(name, config.issuers[name])
+
+        if prober is None:
+            from certd.probe import verify_served
+
+            prober = verify_served
+        pipeline = Pipeline(
+            config,
+            inventory,
+            leases,
+            issuer_factory=issuer_factory,
+            targets=build_targets(config.deploy),
+            keybox=KeyBox.from_file(config.database.key_file),
+            clock=clock,
+            prober=prober,
+        )
+        return cls(config=config, engine=engine, inventory=inventory, pipeline=pipeline, clock=clock)
+
+    def close(self) -> None:
+        self.engine.dispose()

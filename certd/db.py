@@ -1,0 +1,117 @@
+"""Engine, sessions and schema upgrades for the inventory.
+
+SQLite is the embedded default for one host: WAL so readers never block the
+writer, a busy timeout so writers queue instead of failing, and every
+transaction started with ``BEGIN IMMEDIATE`` so a read-then-write cannot hit
+SQLite's lock-upgrade deadlock (SQLITE_BUSY without waiting). PostgreSQL is
+for several replicas; there Alembic upgrades take an advisory lock so two
+replicas starting together migrate once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from certd.errors import ConfigError, InventoryError
+
+__all__ = ["create_db_engine", "migrations_dir", "schema_is_current", "session_factory", "upgrade"]
+
+
+def migrations_dir() -> Path:
+    """``migrations/`` next to the package in a checkout, or packaged inside a wheel."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "migrations", here / "_migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise InventoryError("cannot find certd's migrations directory", retryable=False)
+
+
+def _safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable URL>"
+
+
+def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30)) -> Engine:
+    """An engine configured for certd's concurrency rules (see module docstring)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"database.url: not a SQLAlchemy URL: {_safe_url(url)}") from exc
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            parent = Path(db).parent
+            if not parent.is_dir():
+                raise ConfigError(f"database.url: directory {parent} does not exist")
+        # NullPool: SQLite connections are cheap, and pooled ones would pin WAL snapshots.
+        engine = create_engine(
+            url, poolclass=NullPool, connect_args={"timeout": busy_timeout.total_seconds()}
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA busy_timeout={int(busy_timeout.total_seconds() * 1000)}")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32)
+    raise ConfigError(f"database.url: unsupported database {parsed.get_backend_name()!r} (sqlite or postgresql)")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(migrations_dir()))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest revision (idempotent, safe to run concurrently)."""
+    try:
+        command.upgrade(_alembic_config(engine), "head")
+    except OperationalError as exc:
+        raise InventoryError(
+            f"cannot upgrade the database at {_safe_url(str(engine.url))}: {exc.orig}"
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise InventoryError(f"database upgrade failed: {exc}") from exc
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """True when the database is at the newest revision."""
+    script = ScriptDirectory.from_config(_alembic_config(engine))
+    try:
+        with engine.connect() as conn:
+            heads = set(MigrationContext.configure(conn).get_current_heads())
+    except SQLAlchemyError as exc:
+        raise InventoryError(f"cannot read the database at {_safe_url(str(engine.url))}: {exc}") from exc
+    return heads == set(script.get_heads())

@@ -1,0 +1,248 @@
+"""Queries over the inventory: the only place that reads or writes its rows.
+
+Writes that belong to a renewal take the renewal's ``LeaseInfo`` and check
+it in the same transaction (``assert_held``), which is how a holder whose
+lease lapsed is stopped from recording anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from certd.config import CertificateConfig, Config
+from certd.errors import InventoryError
+from certd.inventory.leases import LeaseInfo, assert_held
+from certd.inventory.models import Certificate, Event, Version, VersionState
+
+__all__ = ["FINISHED_KINDS", "Inventory", "SyncReport", "config_hash"]
+
+FINISHED_KINDS = ("renewal.succeeded", "renewal.failed", "renewal.skipped")
+
+
+def config_hash(cert: CertificateConfig) -> str:
+    """A stable digest of the settings that decide what gets issued."""
+    material = json.dumps(
+        {"issuer": cert.issuer, "names": cert.names, "key": str(cert.key), "lifetime": str(cert.lifetime)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    added: tuple[str, ...]
+    changed: tuple[str, ...]
+    retired: tuple[str, ...]
+
+
+class Inventory:
+    """Session-per-call access to the inventory; safe to share between threads."""
+
+    def __init__(self, engine: Engine, sessions: sessionmaker[Session]) -> None:
+        self.engine = engine
+        self.sessions = sessions
+
+    # -- configuration sync ------------------------------------------------------
+    def sync(self, config: Config, now: datetime) -> SyncReport:
+        """Make the certificates table match the config: add, update, retire (never delete)."""
+        added: list[str] = []
+        changed: list[str] = []
+        retired: list[str] = []
+        try:
+            with self.sessions.begin() as s:
+                rows = {c.name: c for c in s.execute(select(Certificate)).scalars()}
+                for name, cert in config.certificates.items():
+                    digest = config_hash(cert)
+                    row = rows.get(name)
+                    if row is None:
+                        s.add(
+                            Certificate(
+                                name=name,
+                                issuer=cert.issuer,
+                                names=json.dumps(cert.names),
+                                key_type=str(cert.key),
+                                config_hash=digest,
+                                created_at=now,
+                                updated_at=now,
+                                failures=0,
+                            )
+                        )
+                        added.append(name)
+                    elif row.config_hash != digest or row.retired_at is not None:
+                        row.issuer, row.names, row.key_type = cert.issuer, json.dumps(cert.names), str(cert.key)
+                        row.config_hash, row.updated_at, row.retired_at = digest, now, None
+                        changed.append(name)
+                for name, row in rows.items():
+                    if name not in config.certificates and row.retired_at is None:
+                        row.retired_at = now
+                        retired.append(name)
+                for name in added + changed + retired:
+                    kind = "config.added" if name in added else "config.changed" if name in changed else "config.retired"
+                    s.add(Event(certificate=name, at=now, kind=kind, level="info", message=kind.split(".")[1]))
+        except SQLAlchemyError as exc:
+            raise InventoryError(f"cannot sync the configuration into the inventory: {exc}") from exc
+        return SyncReport(tuple(added), tuple(changed), tuple(retired))
+
+    # -- reads -------------------------------------------------------------------
+    def certificate(self, name: str) -> Certificate | None:
+        with self.sessions() as s:
+            row = s.get(Certificate, name)
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    def certificates(self) -> list[Certificate]:
+        with self.sessions() as s:
+            rows = list(s.execute(select(Certificate).order_by(Certificate.name)).scalars())
+            s.expunge_all()
+            return rows
+
+    def version(self, version_id: int) -> Version | None:
+        with self.sessions() as s:
+            row = s.get(Version, version_id)
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    def current_version(self, name: str) -> Version | None:
+        with self.sessions() as s:
+            cert = s.get(Certificate, name)
+            if cert is None or cert.current_version_id is None:
+                return None
+            row = s.get(Version, cert.current_version_id)
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    def current_versions(self) -> dict[str, Version]:
+        with self.sessions() as s:
+            q = select(Version).join(Certificate, Certificate.current_version_id == Version.id)
+            rows = {v.certificate: v for v in s.execute(q).scalars()}
+            s.expunge_all()
+            return rows
+
+    def versions(self, name: str) -> list[Version]:
+        with self.sessions() as s:
+            q = select(Version).where(Version.certificate == name).order_by(Version.id.desc())
+            rows = list(s.execute(q).scalars())
+            s.expunge_all()
+            return rows
+
+    def events(self, name: str, limit: int = 200) -> list[Event]:
+        with self.sessions() as s:
+            q = select(Event).where(Event.certificate == name).order_by(Event.id.desc()).limit(limit)
+            rows = list(s.execute(q).scalars())
+            s.expunge_all()
+            return rows
+
+    def finished_event(self, renewal_id: str) -> Event | None:
+        """The event that closed a renewal (succeeded, failed or skipped), if it closed."""
+        with self.sessions() as s:
+            q = (
+                select(Event)
+                .where(Event.renewal_id == renewal_id, Event.kind.in_(FINISHED_KINDS))
+                .order_by(Event.id.desc())
+                .limit(1)
+            )
+            row = s.execute(q).scalar_one_or_none()
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    def version_for_renewal(self, renewal_id: str) -> Version | None:
+        with self.sessions() as s:
+            q = select(Version).where(Version.renewal_id == renewal_id).order_by(Version.id.desc()).limit(1)
+            row = s.execute(q).scalar_one_or_none()
+            if row is not None:
+                s.expunge(row)
+            return row
+
+    # -- writes ------------------------------------------------------------------
+    def event(
+        self,
+        name: str,
+        kind: str,
+        message: str,
+        now: datetime,
+        *,
+        renewal_id: str | None = None,
+        step: str | None = None,
+        level: str = "info",
+    ) -> None:
+        """Append an event; events are history, not state, so they are not fenced."""
+        with self.sessions.begin() as s:
+            s.add(
+                Event(
+                    certificate=name, at=now, kind=kind, level=level, step=step, message=message,
+                    renewal_id=renewal_id,
+                )
+            )
+
+    def add_version(self, lease: LeaseInfo, now: datetime, **fields: Any) -> int:
+        with self.sessions.begin() as s:
+            assert_held(s, lease, now)
+            row = Version(certificate=lease.certificate, created_at=now, updated_at=now, **fields)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def update_version(self, lease: LeaseInfo, version_id: int, now: datetime, **fields: Any) -> None:
+        with self.sessions.begin() as s:
+            assert_held(s, lease, now)
+            s.execute(update(Version).where(Version.id == version_id).values(updated_at=now, **fields))
+
+    def make_current(
+        self, lease: LeaseInfo, version_id: int, now: datetime, *, previous_state: str | None = None
+    ) -> int | None:
+        """Point the certificate at ``version_id``; mark the one it replaces (returned) superseded."""
+        with self.sessions.begin() as s:
+            assert_held(s, lease, now)
+            cert = s.get(Certificate, lease.certificate)
+            if cert is None:
+                raise InventoryError(f"certificate {lease.certificate} vanished from the inventory")
+            previous = cert.current_version_id
+            if previous is not None and previous != version_id:
+                s.execute(
+                    update(Version)
+                    .where(Version.id == previous, Version.state != VersionState.REVOKED.value)
+                    .values(state=previous_state or VersionState.SUPERSEDED.value, updated_at=now)
+                )
+            cert.current_version_id = version_id
+            return previous
+
+    def record_outcome(
+        self,
+        name: str,
+        now: datetime,
+        *,
+        error: str | None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        """Failure counter and backoff for the scheduler; cleared by a success."""
+        with self.sessions.begin() as s:
+            cert = s.get(Certificate, name)
+            if cert is None:
+                return
+            if error is None:
+                cert.failures, cert.next_attempt_at, cert.last_error = 0, None, None
+            else:
+                cert.failures = (cert.failures or 0) + 1
+                cert.next_attempt_at = next_attempt_at
+                cert.last_error, cert.last_error_at = error, now
+
+    def set_state(self, name: str, version_id: int, state: VersionState, now: datetime) -> None:
+        """Unfenced state change for operator commands that hold their own lease (e.g. revoke)."""
+        with self.sessions.begin() as s:
+            s.execute(update(Version).where(Version.id == version_id).values(state=state.value, updated_at=now))
+
+    def names_of(self, rows: Iterable[Version | Certificate]) -> list[list[str]]:
+        return [json.loads(r.names) for r in rows]

@@ -1,0 +1,152 @@
+"""The ``verify`` step and ``certd probe``: what does this endpoint really serve?
+
+A handshake with SNI, accepting any certificate at the TLS layer so we can
+always report what was served, then verification with ``cryptography``
+against the pinned bundle (the same verifier as ``check``), so "verified"
+means the same thing in both places. The served chain comes from OpenSSL's
+unverified chain (public from Python 3.13; present as ``_sslobj`` method on
+3.11/3.12), falling back to the leaf alone.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+
+from certd.certs import cert_names, fingerprint, load_pem_certs, rfc3339, serial_hex
+from certd.errors import CheckFailed, VerifyError
+from certd.x509check import verify_chain
+
+__all__ = ["ProbeResult", "probe", "system_roots", "verify_served"]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One handshake's findings; ``error`` is set when the handshake or verification failed."""
+
+    endpoint: str
+    sni: str | None
+    tls_version: str | None = None
+    verified: bool = False
+    error: str | None = None
+    chain: list[x509.Certificate] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "endpoint": self.endpoint,
+            "sni": self.sni,
+            "tls_version": self.tls_version,
+            "verified": self.verified,
+            "error": self.error,
+            "chain": [
+                {
+                    "subject": c.subject.rfc4514_string(),
+                    "issuer": c.issuer.rfc4514_string(),
+                    "serial": serial_hex(c),
+                    "not_after": rfc3339(c.not_valid_after_utc),
+                    "sans": cert_names(c),
+                    "fingerprint": fingerprint(c),
+                }
+                for c in self.chain
+            ],
+        }
+
+
+def system_roots() -> tuple[x509.Certificate, ...]:
+    """The system trust store, for ``certd probe`` without ``--ca-bundle``."""
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate:
+            try:
+                with open(candidate, "rb") as fh:
+                    return tuple(load_pem_certs(fh.read()))
+            except (OSError, ValueError):
+                continue
+    return ()
+
+
+def _split(endpoint: str) -> tuple[str, int]:
+    host, _, port = endpoint.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{endpoint!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def _served_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
+    getter = getattr(sock, "get_unverified_chain", None) or getattr(
+        getattr(sock, "_sslobj", None), "get_unverified_chain", None
+    )
+    if getter is not None:
+        raw = getter() or []
+        return [x509.load_der_x509_certificate(c.public_bytes(ssl.ENCODING_DER)) for c in raw]
+    der = sock.getpeercert(binary_form=True)
+    return [x509.load_der_x509_certificate(der)] if der else []
+
+
+def probe(
+    endpoint: str,
+    sni: str | None,
+    roots: tuple[x509.Certificate, ...] | None,
+    *,
+    timeout: float = 5.0,
+    now: datetime | None = None,
+) -> ProbeResult:
+    """Handshake with ``endpoint`` sending ``sni``; verify against ``roots`` (system store if None)."""
+    try:
+        host, port = _split(endpoint)
+    except ValueError as exc:
+        return ProbeResult(endpoint, sni, error=str(exc))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # we verify below with the pinned bundle, and want to see bad certs too
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname=sni) as tls:
+                version = tls.version()
+                chain = _served_chain(tls)
+    except (OSError, ssl.SSLError) as exc:
+        return ProbeResult(endpoint, sni, error=f"handshake failed: {exc}")
+    if not chain:
+        return ProbeResult(endpoint, sni, version, error="no certificate served")
+    anchors = roots if roots is not None else system_roots()
+    try:
+        verify_chain(chain[0], tuple(chain[1:]), anchors or None, (sni or host,), now or datetime.now(UTC))
+    except CheckFailed as exc:
+        return ProbeResult(endpoint, sni, version, False, str(exc), chain)
+    if not anchors:
+        return ProbeResult(endpoint, sni, version, False, "no trust anchors to verify against", chain)
+    return ProbeResult(endpoint, sni, version, True, None, chain)
+
+
+def verify_served(
+    endpoint: str,
+    sni: str,
+    roots: tuple[x509.Certificate, ...],
+    expected: x509.Certificate,
+    timeout: timedelta,
+) -> str:
+    """Retry until ``endpoint`` serves ``expected`` with a verifying chain, or raise ``VerifyError``."""
+    deadline = time.monotonic() + timeout.total_seconds()
+    want = fingerprint(expected)
+    delay = 0.1
+    while True:
+        result = probe(endpoint, sni, roots or None, timeout=min(5.0, max(timeout.total_seconds(), 0.5)))
+        served = result.chain[0] if result.chain else None
+        if served is not None and fingerprint(served) == want and result.verified:
+            return f"serves serial {serial_hex(served)} ({result.tls_version}, chain verified)"
+        if time.monotonic() >= deadline:
+            if served is None:
+                why = result.error or "no certificate served"
+            elif fingerprint(served) != want:
+                why = f"serves serial {serial_hex(served)}, expected {serial_hex(expected)}"
+            else:
+                why = f"serves the new certificate but its chain does not verify: {result.error}"
+            raise VerifyError(f"verify {endpoint} (SNI {sni}): {why}")
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)

@@ -1,0 +1,103 @@
+"""Read-only documents shared by the CLI's ``--json`` and the HTTP API.
+
+One function per document, so ``certd list --json`` and
+``GET /v1/certificates`` can never disagree about a field. Shapes follow
+the design's public interface; keys may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from certd.certs import rfc3339
+from certd.inventory.models import Certificate, Version
+from certd.pipeline import Pipeline
+
+__all__ = ["certificate_doc", "history_doc", "list_doc", "plan_doc"]
+
+
+def _status(row: Certificate | None, version: Version | None) -> str:
+    if row is not None and row.retired_at is not None:
+        return "retired"
+    if version is None:
+        return "failing" if row is not None and row.last_error else "pending"
+    return version.state
+
+
+def certificate_doc(pipeline: Pipeline, name: str, row: Certificate | None, version: Version | None) -> dict[str, Any]:
+    """One entry of ``list``."""
+    cfg = pipeline.config.certificates.get(name)
+    names = list(cfg.names) if cfg else (json.loads(row.names) if row else [])
+    return {
+        "name": name,
+        "issuer": cfg.issuer if cfg else (row.issuer if row else None),
+        "names": names,
+        "status": _status(row, version),
+        "serial": version.serial if version else None,
+        "not_before": rfc3339(version.not_before) if version else None,
+        "not_after": rfc3339(version.not_after) if version else None,
+        "renew_at": rfc3339(version.renew_at) if version else None,
+        "last_error": row.last_error if row else None,
+        "failures": row.failures if row else 0,
+        "next_attempt_at": rfc3339(row.next_attempt_at) if row else None,
+    }
+
+
+def list_doc(pipeline: Pipeline) -> dict[str, Any]:
+    """Every certificate in the config, then retired ones still in the inventory."""
+    inv = pipeline.inventory
+    rows = {r.name: r for r in inv.certificates()}
+    versions = inv.current_versions()
+    names = list(pipeline.config.certificates) + sorted(n for n in rows if n not in pipeline.config.certificates)
+    return {"certificates": [certificate_doc(pipeline, n, rows.get(n), versions.get(n)) for n in names]}
+
+
+def plan_doc(pipeline: Pipeline) -> dict[str, Any]:
+    """What would renew, when and why (the same verdict ``renew`` acts on)."""
+    out = []
+    for name in pipeline.config.certificates:
+        verdict = pipeline.verdict(name)
+        out.append(
+            {
+                "name": name,
+                "due": verdict.due,
+                "renew_at": rfc3339(verdict.at) if verdict.at else rfc3339(pipeline.clock.now()),
+                "reason": str(verdict.reason),
+                "message": verdict.message,
+            }
+        )
+    return {"plan": out}
+
+
+def history_doc(pipeline: Pipeline, name: str) -> dict[str, Any]:
+    """Versions and events, newest first."""
+    inv = pipeline.inventory
+    return {
+        "name": name,
+        "versions": [
+            {
+                "serial": v.serial,
+                "state": v.state,
+                "not_before": rfc3339(v.not_before),
+                "not_after": rfc3339(v.not_after),
+                "created_at": rfc3339(v.created_at),
+                "renew_at": rfc3339(v.renew_at),
+                "failed_step": v.failed_step,
+                "error": v.error,
+                "renewal_id": v.renewal_id,
+            }
+            for v in inv.versions(name)
+        ],
+        "events": [
+            {
+                "at": rfc3339(e.at),
+                "kind": e.kind,
+                "level": e.level,
+                "step": e.step,
+                "message": e.message,
+                "renewal_id": e.renewal_id,
+            }
+            for e in inv.events(name)
+        ],
+    }
