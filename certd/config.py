@@ -175,7 +175,7 @@ class AcmeIssuerConfig(_IssuerBase):
     @property
     def http01_address(self) -> str:
         """Where the standalone responder listens when no webroot is set."""
-        return self.http01_listen or "0.0.0.0:80"  # noqa: S104 - the CA must reach it
+        return self.http01_listen or "0.0.0.0:80"
 
 
 class VaultIssuerConfig(_IssuerBase):

@@ -40,7 +40,7 @@ from certd.deploy.base import DeployContext, DeployTarget, PublishedPaths
 from certd.errors import CertdError, LeaseLost, LeaseTimeout, VerifyError
 from certd.inventory.keybox import KeyBox
 from certd.inventory.leases import LeaseInfo, LeaseManager
-from certd.inventory.models import Version, VersionState
+from certd.inventory.models import Event, Version, VersionState
 from certd.inventory.store import Inventory
 from certd.issuers.base import Issuer, IssueRequest, RenewalInfo, RevocationReason
 from certd.keys import PrivateKey, build_csr, generate_key, key_pem, key_type_of, load_key_pem
@@ -117,7 +117,7 @@ class _Heartbeat:
             except LeaseLost:
                 self.lost.set()
                 return
-            except Exception:  # noqa: BLE001 - a transient DB error: try again next beat
+            except Exception:
                 log.warning("could not extend lease on %s", self.lease.certificate, exc_info=True)
 
     def __enter__(self) -> _Heartbeat:
@@ -225,33 +225,32 @@ class Pipeline:
 
     # -- leases ------------------------------------------------------------------
     def _acquire(self, name: str, rid: str, wait: timedelta) -> LeaseInfo | Result:
-        """Our lease, or the outcome of the renewal that held it while we waited."""
+        """Our lease, or the outcome of a renewal that finished while this request was waiting.
+
+        A renewal of ``name`` that finished after this request began answers it:
+        twenty simultaneous ``renew --force`` calls make one order, however the
+        threads or processes happen to be scheduled.
+        """
+        started = self.clock.now()
         deadline = time.monotonic() + wait.total_seconds()
-        seen: str | None = None
-        delay = 0.05
+        delay = 0.02
         while True:
             lease = self.leases.try_acquire(name, rid, self.clock.now())
-            if seen is not None:
-                finished = self._finished(name, seen)
-                if finished is not None:
-                    if lease is not None:
-                        self.leases.release(lease, self.clock.now())
-                    return finished
+            finished = self.inventory.finished_since(name, started, exclude=rid)
+            if finished is not None:
+                if lease is not None:
+                    self.leases.release(lease, self.clock.now())
+                return self._finished(name, finished)
             if lease is not None:
                 return lease
-            last = self.leases.last_renewal(name)
-            if last is not None and last != rid:
-                seen = last
             if time.monotonic() >= deadline:
                 err = LeaseTimeout(f"certificate {name}: another renewal held the lease for longer than {wait}")
                 return Result(name, "failed", failed_step="lease", error=str(err), reason=err.reason)
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 0.5)
 
-    def _finished(self, name: str, rid: str) -> Result | None:
-        ev = self.inventory.finished_event(rid)
-        if ev is None:
-            return None
+    def _finished(self, name: str, ev: Event) -> Result:
+        rid = ev.renewal_id or ""
         version = self.inventory.version_for_renewal(rid)
         outcome: Outcome = {"renewal.succeeded": "renewed", "renewal.skipped": "skipped"}.get(ev.kind, "failed")  # type: ignore[assignment]
         return Result(

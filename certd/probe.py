@@ -10,6 +10,7 @@ unverified chain (public from Python 3.13; present as ``_sslobj`` method on
 
 from __future__ import annotations
 
+import _ssl
 import socket
 import ssl
 import time
@@ -24,6 +25,8 @@ from certd.errors import CheckFailed, VerifyError
 from certd.x509check import verify_chain
 
 __all__ = ["ProbeResult", "probe", "system_roots", "verify_served"]
+
+_ENCODING_DER: int = getattr(_ssl, "ENCODING_DER", 2)
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ def _served_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
     )
     if getter is not None:
         raw = getter() or []
-        return [x509.load_der_x509_certificate(c.public_bytes(ssl.ENCODING_DER)) for c in raw]
+        return [x509.load_der_x509_certificate(c.public_bytes(_ENCODING_DER)) for c in raw]
     der = sock.getpeercert(binary_form=True)
     return [x509.load_der_x509_certificate(der)] if der else []
 
@@ -106,10 +109,12 @@ def probe(
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # we verify below with the pinned bundle, and want to see bad certs too
     try:
-        with socket.create_connection((host, port), timeout=timeout) as raw:
-            with ctx.wrap_socket(raw, server_hostname=sni) as tls:
-                version = tls.version()
-                chain = _served_chain(tls)
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            ctx.wrap_socket(raw, server_hostname=sni) as tls,
+        ):
+            version = tls.version()
+            chain = _served_chain(tls)
     except (OSError, ssl.SSLError) as exc:
         return ProbeResult(endpoint, sni, error=f"handshake failed: {exc}")
     if not chain:

@@ -9,6 +9,7 @@ Checks are pure: they take the certificate material, the expectations and
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -91,7 +92,7 @@ def verify_chain(
             raise _fail(CheckReason.CHAIN, f"chain does not verify to the pinned roots: {exc}") from exc
         return []
     links = [leaf, *chain]
-    for child, parent in zip(links, links[1:], strict=False):
+    for child, parent in itertools.pairwise(links):
         try:
             child.verify_directly_issued_by(parent)
         except (InvalidSignature, ValueError, TypeError) as exc:

@@ -127,8 +127,3 @@ class LeaseManager:
                 .values(expires_at=now)
                 .execution_options(synchronize_session=False)
             )
-
-    def last_renewal(self, certificate: str) -> str | None:
-        """The renewal id of the latest holder, expired or not (what a waiter reports on)."""
-        with self._sessions() as s:
-            return s.execute(select(Lease.renewal_id).where(Lease.certificate == certificate)).scalar_one_or_none()

@@ -23,10 +23,7 @@ from certd.errors import InventoryError
 from certd.inventory.leases import LeaseInfo, assert_held
 from certd.inventory.models import Certificate, Event, Version, VersionState
 
-__all__ = ["FINISHED_KINDS", "Inventory", "SyncReport", "config_hash"]
-
-FINISHED_KINDS = ("renewal.succeeded", "renewal.failed", "renewal.skipped")
-
+__all__ = ["Inventory", "SyncReport", "config_hash"]
 
 def config_hash(cert: CertificateConfig) -> str:
     """A stable digest of the settings that decide what gets issued."""
@@ -86,7 +83,9 @@ class Inventory:
                         row.retired_at = now
                         retired.append(name)
                 for name in added + changed + retired:
-                    kind = "config.added" if name in added else "config.changed" if name in changed else "config.retired"
+                    kind = (
+                        "config.added" if name in added else "config.changed" if name in changed else "config.retired"
+                    )
                     s.add(Event(certificate=name, at=now, kind=kind, level="info", message=kind.split(".")[1]))
         except SQLAlchemyError as exc:
             raise InventoryError(f"cannot sync the configuration into the inventory: {exc}") from exc
@@ -144,12 +143,17 @@ class Inventory:
             s.expunge_all()
             return rows
 
-    def finished_event(self, renewal_id: str) -> Event | None:
-        """The event that closed a renewal (succeeded, failed or skipped), if it closed."""
+    def finished_since(self, name: str, since: datetime, *, exclude: str) -> Event | None:
+        """The newest renewal of ``name`` that succeeded or failed at or after ``since``."""
         with self.sessions() as s:
             q = (
                 select(Event)
-                .where(Event.renewal_id == renewal_id, Event.kind.in_(FINISHED_KINDS))
+                .where(
+                    Event.certificate == name,
+                    Event.kind.in_(("renewal.succeeded", "renewal.failed")),
+                    Event.at >= since,
+                    Event.renewal_id != exclude,
+                )
                 .order_by(Event.id.desc())
                 .limit(1)
             )

@@ -6,9 +6,11 @@ uses the local CA never imports the ACME or Vault client libraries.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 
 from certd.config import AcmeIssuerConfig, IssuerConfig, LocalCAIssuerConfig, VaultIssuerConfig
+from certd.errors import ConfigError
 from certd.issuers.base import Issuer
 
 __all__ = ["build_issuer", "build_issuers"]
@@ -20,15 +22,13 @@ def build_issuer(name: str, config: IssuerConfig) -> Issuer:
         from certd.issuers.local_ca import LocalCA
 
         return LocalCA(name, config)
-    if isinstance(config, VaultIssuerConfig):
-        from certd.issuers.vault import VaultIssuer
-
-        return VaultIssuer(name, config)
-    if isinstance(config, AcmeIssuerConfig):
-        from certd.issuers.acme import AcmeIssuer
-
-        return AcmeIssuer(name, config)
-    raise TypeError(f"unknown issuer config {type(config).__name__}")
+    module_name = {VaultIssuerConfig: "vault", AcmeIssuerConfig: "acme"}[type(config)]
+    try:
+        module = importlib.import_module(f"certd.issuers.{module_name}")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"issuers.{name}.type: {config.type!r} issuers are not available in this build") from exc
+    issuer: Issuer = module.build(name, config)
+    return issuer
 
 
 def build_issuers(configs: Mapping[str, IssuerConfig]) -> dict[str, Issuer]:

@@ -21,13 +21,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certd.certs import certs_pem, load_pem_certs, serial_hex
 from certd.config import LocalCAIssuerConfig
 from certd.errors import IssuerError
-from certd.issuers.base import IssueRequest, Issued, RevocationReason
+from certd.issuers.base import Issued, IssueRequest, RevocationReason
 from certd.keys import (
     KeyType,
     PrivateKey,
@@ -161,7 +160,7 @@ class LocalCA:
 
     # -- Issuer ----------------------------------------------------------------
     def issue(self, request: IssueRequest) -> Issued:
-        root, inter, inter_key = self._ensure()
+        _, inter, inter_key = self._ensure()
         now = datetime.now(UTC)
         lifetime = request.lifetime or self._config.default_lifetime
         not_after = min(now + lifetime, inter.not_valid_after_utc)

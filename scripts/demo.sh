@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# `make demo`: issue an edge and a backend certificate from certd's local CA into ./var, then show them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CERTD=".venv/bin/certd -c deploy/demo/certd.toml"
+mkdir -p var
+echo "==> certd check-config"
+$CERTD check-config
+echo "==> certd renew --all   (first run issues both; later runs skip what is not due)"
+$CERTD renew --all
+echo "==> certd list"
+$CERTD list
+echo "==> files written for 'edge' (stable names are links into the current generation):"
+ls -la var/certs/edge/
+echo "==> certd bundle edge   (what a load balancer pins for these backends)"
+$CERTD bundle edge --out var/local-ca-bundle.pem
+echo "==> certd plan"
+$CERTD plan

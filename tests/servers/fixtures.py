@@ -1,0 +1,115 @@
+"""pytest plugin: real servers for certd's tests, each owned by a fixture and stopped even when a test fails.
+
+A missing binary skips with the package to install (scripts/install-test-deps.sh); anything else that goes
+wrong at startup is an error with the server's log tail, never a silent pass.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import pytest
+
+from tests.servers.bind import BindServer
+from tests.servers.haproxy import HaproxyServer
+from tests.servers.nginx import NginxServer
+from tests.servers.pebble import PebbleServer
+from tests.servers.postgres import ENV_URL, PostgresCluster, drop_database, fresh_database, postgres_bindir
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def require(*binaries: str, package: str) -> None:
+    missing = [b for b in binaries if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed (apt-get install {package}; scripts/install-test-deps.sh)")
+
+
+def _factory(make: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """Shared body of the *_factory fixtures: remember every server made, stop them all in reverse order."""
+    made: list[_Stoppable] = []
+
+    def create(*args: Any, **kwargs: Any) -> Any:
+        server = make(*args, **kwargs)
+        made.append(server)
+        return server
+
+    try:
+        yield create
+    finally:
+        for server in reversed(made):
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def pebble() -> Iterator[PebbleServer]:
+    """Shared Pebble with challtestsrv as DNS (every name resolves to 127.0.0.1) and the default 5% badNonce."""
+    require("pebble", "pebble-challtestsrv", package="pebble")
+    server = PebbleServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pebble_factory() -> Iterator[Callable[..., PebbleServer]]:
+    """pebble_factory(nonce_reject=5, dns_server=None, extra_env=None) for tests that need their own knobs."""
+    require("pebble", "pebble-challtestsrv", package="pebble")
+    yield from _factory(PebbleServer)
+
+
+@pytest.fixture(scope="session")
+def bind() -> Iterator[BindServer]:
+    require("named", "tsig-keygen", package="bind9 bind9-utils")
+    server = BindServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pebble_dns01(bind: BindServer) -> Iterator[PebbleServer]:
+    """Pebble resolving through `bind`: DNS-01 sees certd's RFC 2136 TXT records; HTTP-01 names hit 127.0.0.1."""
+    require("pebble", package="pebble")
+    server = PebbleServer(dns_server=bind.address)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def haproxy_factory() -> Iterator[Callable[..., HaproxyServer]]:
+    """haproxy_factory(combined_pem, backend_server=None, backend_ca_file=None, backend_sni="localhost")."""
+    require("haproxy", package="haproxy")
+    yield from _factory(HaproxyServer)
+
+
+@pytest.fixture
+def nginx_factory() -> Iterator[Callable[..., NginxServer]]:
+    """nginx_factory(cert_path, key_path): the files must exist first, nginx refuses to start without them."""
+    require("nginx", package="nginx-light")
+    yield from _factory(NginxServer)
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """CERTD_TEST_POSTGRES_URL if set (must allow CREATE DATABASE), else a throwaway cluster for the session."""
+    if url := os.environ.get(ENV_URL):
+        yield url
+        return
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(f"no /usr/lib/postgresql/*/bin/initdb and {ENV_URL} unset (apt-get install postgresql)")
+    cluster = PostgresCluster(bindir)
+    yield cluster.admin_url
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A database of its own for each test, dropped afterwards even if connections were left open."""
+    url = fresh_database(postgres_admin_url)
+    yield url
+    drop_database(postgres_admin_url, url)

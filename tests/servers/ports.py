@@ -1,0 +1,151 @@
+"""Loopback ports for test servers, and the owned subprocess that listens on them.
+
+Ports are picked by binding to port 0 and closing again, so another process could grab one in between; to
+keep two fixtures of *this* session from colliding, every port handed out is remembered and never reused.
+The process helper lives here too because every server module needs the same start / wait / stop logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+HOST = "127.0.0.1"
+STARTUP_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+_handed_out: set[int] = set()
+_lock = threading.Lock()
+
+
+def _bindable(kind: socket.SocketKind, port: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(udp_too: bool = False) -> int:
+    """A loopback TCP port (also free for UDP if asked: DNS servers need both on the same number)."""
+    with _lock:
+        for _ in range(200):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((HOST, 0))
+                port: int = s.getsockname()[1]
+            if port in _handed_out or (udp_too and not _bindable(socket.SOCK_DGRAM, port)):
+                continue
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+def free_ports(n: int, udp_too: bool = False) -> list[int]:
+    return [free_port(udp_too) for _ in range(n)]
+
+
+def tcp_open(port: int, host: str = HOST) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        return True
+    return False
+
+
+def make_workdir(name: str, owner: str | None = None) -> Path:
+    """A fresh directory under /tmp (not pytest's 0700 tree, which a dropped-privilege server cannot enter)."""
+    path = Path(tempfile.mkdtemp(prefix=f"certd-{name}-"))
+    if owner is not None and os.geteuid() == 0:
+        shutil.chown(path, owner, owner)
+    return path
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"<no log: {exc}>"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class ServerError(RuntimeError):
+    """A server did not start or misbehaved; the message carries its log tail."""
+
+
+class ServerProcess:
+    """A subprocess in its own session, logging to a file, stopped by terminate-then-kill of its whole group.
+
+    Its own session keeps Ctrl-C in the terminal from killing it behind the fixture's back, and lets stop()
+    reach workers a master forked (nginx, named) even if the master is gone.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        stop_signal: int = signal.SIGTERM,
+        user: str | None = None,
+    ) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.stop_signal = stop_signal
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+            user=user,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def fail(self, message: str) -> ServerError:
+        return ServerError(f"{self.name}: {message}\n--- {self.log_path} (tail) ---\n{log_tail(self.log_path)}")
+
+    def wait_until(self, ready: Callable[[], bool], what: str, timeout: float = STARTUP_TIMEOUT) -> None:
+        """Poll ready() until true; fail early if the process died, so the log tail shows the real cause."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise self.fail(f"exited with {self.proc.returncode} while waiting for {what}")
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                raise self.fail(f"not ready after {timeout:.0f}s: {what}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        try:
+            if self.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(self.stop_signal)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(timeout)
+            # Leftover workers of a master that died first.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        finally:
+            self._log.close()

@@ -1,0 +1,184 @@
+"""The ``certd`` command as operators and scripts use it: real processes, exit codes, JSON shapes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from certd.certs import load_pem_certs
+from certd.db import create_db_engine, schema_is_current, upgrade
+from certd.keys import KeyType, generate_key, key_pem, load_key_pem
+from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def certd(*args: str, config: Path | None = None, check: bool = False, timeout: float = 120,
+          **kw: object) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "certd"]
+    if config is not None:
+        cmd += ["-c", str(config)]
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, **kw)  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        raise AssertionError(f"certd {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
+    return proc  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def cfg(write_config: WriteConfig, db_url: str) -> Path:
+    return write_config(LOCAL_CA_CONFIG, db_url=db_url)
+
+
+def test_help_lists_every_command() -> None:
+    text = certd("--help", check=True).stdout
+    for cmd in ("check-config", "db", "list", "plan", "renew", "deploy", "revoke", "import", "history", "probe",
+                "bundle"):
+        assert cmd in text
+
+
+def test_check_config_on_the_example() -> None:
+    proc = certd("check-config", config=REPO / "config.example.toml")
+    assert proc.returncode == 0, proc.stderr
+    assert "ok (3 certificates, 3 issuers, 2 deploy targets)" in proc.stdout
+    strict = certd("check-config", "--strict", config=REPO / "config.example.toml")
+    if strict.returncode != 0:  # on hosts without /etc/certd the referenced files are missing
+        assert "does not exist" in strict.stderr
+
+
+def test_renew_json_list_plan_history_bundle(cfg: Path, tmp_path: Path) -> None:
+    proc = certd("renew", "edge", "--force", "--json", config=cfg, check=True)
+    doc = json.loads(proc.stdout)
+    (result,) = doc["results"]
+    assert {"name", "outcome", "serial", "state", "failed_step", "error"} <= set(result)
+    assert (result["outcome"], result["state"]) == ("renewed", "published")
+    assert result["serial"] == result["serial"].lower() and ":" not in result["serial"]
+    out = tmp_path / "out/edge"
+    assert (out / "privkey.pem").resolve().stat().st_mode & 0o777 == 0o600
+    assert (out / "combined.pem").resolve().stat().st_mode & 0o777 == 0o600
+
+    listing = json.loads(certd("list", "--json", config=cfg, check=True).stdout)
+    by_name = {c["name"]: c for c in listing["certificates"]}
+    assert set(by_name["edge"]) >= {"name", "issuer", "names", "status", "serial", "not_before", "not_after",
+                                    "renew_at", "last_error"}
+    assert by_name["edge"]["status"] == "published" and by_name["backend"]["status"] == "pending"
+    assert by_name["edge"]["not_after"].endswith("Z")
+
+    plan = json.loads(certd("plan", "--json", config=cfg, check=True).stdout)["plan"]
+    assert {p["name"]: (p["due"], p["reason"]) for p in plan} == {
+        "edge": (False, "NotDue"), "backend": (True, "DoesNotExist")}
+
+    history = json.loads(certd("history", "edge", "--json", config=cfg, check=True).stdout)
+    assert history["versions"][0]["serial"] == result["serial"]
+    assert {"at", "kind", "message", "renewal_id"} <= set(history["events"][0])
+
+    bundle = certd("bundle", "edge", config=cfg, check=True).stdout.encode()
+    certs = load_pem_certs(bundle)
+    assert len(certs) == 2 and certs[-1].subject == certs[-1].issuer  # intermediate + pinned root
+
+    table = certd("list", config=cfg, check=True).stdout
+    assert "edge" in table and "lb.example.test" in table
+
+
+def test_renew_all_exit_code_and_unknown_name(cfg: Path) -> None:
+    assert certd("renew", "--all", config=cfg).returncode == 0
+    unknown = certd("renew", "nope", config=cfg)
+    assert unknown.returncode == 2 and "no certificate named nope" in unknown.stderr
+    assert certd("renew", config=cfg).returncode == 2
+
+
+def _versions(cfg: Path) -> list[dict[str, object]]:
+    return json.loads(certd("history", "edge", "--json", config=cfg, check=True).stdout)["versions"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("body_change", "expected"),
+    [
+        (("issuer = \"local\"\nnames = [\"lb", "issuer = \"gone\"\nnames = [\"lb"), "certificates.edge.issuer"),
+        (("lifetime = \"72h\"", "lifetime = \"72x\""), "certificates.backend.lifetime: invalid duration"),
+    ],
+)
+def test_bad_config_changes_nothing(write_config: WriteConfig, sqlite_url: str, tmp_path: Path,
+                                    body_change: tuple[str, str], expected: str) -> None:
+    cfg = write_config(LOCAL_CA_CONFIG.replace(*body_change), db_url=sqlite_url)
+    proc = certd("renew", "--all", "--force", config=cfg)
+    assert proc.returncode == 2
+    assert str(cfg) in proc.stderr and expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "certd.db").exists() and not (tmp_path / "out").exists()
+
+
+def test_import_bad_input_changes_nothing(cfg: Path, tmp_path: Path) -> None:
+    certd("renew", "edge", config=cfg, check=True)
+    before = _versions(cfg)
+    served = (tmp_path / "out/edge/combined.pem").read_bytes()
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    key = tmp_path / "key.pem"
+    key.write_bytes(key_pem(generate_key(KeyType.ECDSA_P256)))
+    proc = certd("import", "edge", "--cert", str(garbage), "--key", str(key), config=cfg)
+    assert proc.returncode == 2 and "--cert: malformed PEM certificate" in proc.stderr
+    current_cert = tmp_path / "out/edge/cert.pem"
+    proc = certd("import", "edge", "--cert", str(current_cert), "--key", str(key), config=cfg)
+    assert proc.returncode == 1 and "does not match the private key" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert _versions(cfg) == before
+    assert (tmp_path / "out/edge/combined.pem").read_bytes() == served
+    good = certd("import", "edge", "--cert", str(current_cert), "--key", str(tmp_path / "out/edge/privkey.pem"),
+                 "--chain", str(tmp_path / "out/edge/chain.pem"), "--json", config=cfg)
+    assert good.returncode == 0, good.stderr
+    assert json.loads(good.stdout)["results"][0]["outcome"] == "imported"
+
+
+def test_parallel_processes_make_one_order(cfg: Path) -> None:
+    certd("renew", "edge", config=cfg, check=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg), "renew", "edge", "--force", "--json"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+             for _ in range(8)]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outputs]
+    serials = {json.loads(o[0])["results"][0]["serial"] for o in outputs}
+    assert len(serials) == 1
+    assert len(_versions(cfg)) == 2
+
+
+def _key_matches(out: Path) -> bool:
+    combined = (out / "combined.pem").read_bytes()
+    key = load_key_pem(combined)
+    leaf = load_pem_certs(combined)[0]
+    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(*fmt) == leaf.public_key().public_bytes(*fmt)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_leaves_a_consistent_state(write_config: WriteConfig, sqlite_url: str,
+                                                           tmp_path: Path) -> None:
+    cfg = write_config(LOCAL_CA_CONFIG, db_url=sqlite_url)
+    certd("renew", "edge", config=cfg, check=True)
+    out = tmp_path / "out/edge"
+    rng = random.Random(7)
+    for _ in range(12):
+        proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg), "renew", "edge", "--force",
+                                 "--wait", "1s"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 1.2))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _key_matches(out)
+        engine = create_db_engine(sqlite_url)
+        upgrade(engine)
+        assert schema_is_current(engine)
+        engine.dispose()
+    # After the crashes a normal renewal still works (expired leases are taken over).
+    time.sleep(0)
+    proc = certd("renew", "edge", "--force", "--wait", "3m", config=cfg)
+    assert proc.returncode == 0, proc.stderr
+    assert _key_matches(out)
+    assert not any(p.name.startswith("..tmp-") for p in out.iterdir())

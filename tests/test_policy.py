@@ -1,0 +1,97 @@
+"""Renewal policy: pure checks over explicit times (fake clock, tables of cases)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from certd.policy import (
+    Current,
+    Reason,
+    Wanted,
+    backoff_until,
+    evaluate,
+    jitter_bound,
+    lifetime_renew_at,
+    pick_renew_at,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+WANT = Wanted(issuer="local", names=("a.test",), key_type="ecdsa-p256")
+
+
+def cur(**kw: object) -> Current:
+    base = dict(issuer="local", names=("a.test",), key_type="ecdsa-p256", not_before=T0,
+                not_after=T0 + timedelta(days=90), renew_at=T0 + timedelta(days=60))
+    base.update(kw)
+    return Current(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "renew_before", "fraction", "expected"),
+    [
+        (timedelta(days=90), None, None, timedelta(days=60)),
+        (timedelta(days=90), timedelta(days=30), None, timedelta(days=60)),
+        (timedelta(days=90), None, 0.5, timedelta(days=45)),
+        (timedelta(days=6), None, None, timedelta(days=3)),  # short-lived: half
+        (timedelta(hours=1), timedelta(hours=2), None, timedelta(0)),  # never before not_before
+    ],
+)
+def test_lifetime_rule(lifetime: timedelta, renew_before: timedelta | None, fraction: float | None,
+                       expected: timedelta) -> None:
+    assert lifetime_renew_at(T0, T0 + lifetime, renew_before=renew_before, renew_fraction=fraction) == T0 + expected
+
+
+def test_jitter_only_makes_renewal_earlier_and_is_bounded() -> None:
+    rng = random.Random(1)
+    base = T0 + timedelta(days=60)
+    picks = [pick_renew_at(T0, T0 + timedelta(days=90), rng=rng) for _ in range(500)]
+    assert all(base - timedelta(minutes=10) <= p <= base for p in picks)
+    assert len(set(picks)) > 400
+    assert jitter_bound(timedelta(minutes=5)) == timedelta(seconds=6)
+
+
+def test_ari_window_pick_is_used_when_earlier() -> None:
+    rng = random.Random(2)
+    window = (T0 + timedelta(days=10), T0 + timedelta(days=11))
+    p = pick_renew_at(T0, T0 + timedelta(days=90), ari_window=window, rng=rng)
+    assert window[0] - timedelta(minutes=10) <= p <= window[1]
+
+
+@pytest.mark.parametrize(
+    ("current", "now", "reason", "due"),
+    [
+        (None, T0, Reason.DOES_NOT_EXIST, True),
+        (cur(), T0 + timedelta(days=1), Reason.NOT_DUE, False),
+        (cur(), T0 + timedelta(days=60), Reason.RENEWAL_TIME, True),
+        (cur(), T0 + timedelta(days=91), Reason.EXPIRED, True),
+        (cur(names=("b.test",)), T0, Reason.NAMES_CHANGED, True),
+        (cur(key_type="rsa-2048"), T0, Reason.KEY_TYPE_CHANGED, True),
+        (cur(issuer="other"), T0, Reason.ISSUER_CHANGED, True),
+        (cur(revoked=True), T0, Reason.REVOKED, True),
+    ],
+)
+def test_evaluate(current: Current | None, now: datetime, reason: Reason, due: bool) -> None:
+    verdict = evaluate(WANT, current, now)
+    assert verdict.reason is reason
+    assert verdict.due is due
+
+
+def test_force_and_backoff() -> None:
+    assert evaluate(WANT, cur(), T0, force=True).reason is Reason.FORCED
+    v = evaluate(WANT, None, T0, next_attempt_at=T0 + timedelta(minutes=4))
+    assert (v.reason, v.due, v.at) == (Reason.BACKING_OFF, False, T0 + timedelta(minutes=4))
+
+
+@pytest.mark.parametrize(("failures", "low", "high"), [(1, 60, 66), (2, 120, 132), (5, 960, 1056),
+                                                       (20, 21600, 23760)])
+def test_backoff_doubles_and_caps(failures: int, low: int, high: int) -> None:
+    at = backoff_until(failures, T0, rng=random.Random(3))
+    assert low <= (at - T0).total_seconds() <= high
+
+
+def test_backoff_never_past_deadline() -> None:
+    at = backoff_until(20, T0, rng=random.Random(3), deadline=T0 + timedelta(hours=1))
+    assert at == T0 + timedelta(minutes=1)
