@@ -60,13 +60,14 @@ class App:
         if migrate:
             upgrade(engine)
         sessions = session_factory(engine)
-        inventory = Inventory(engine, sessions)
+        keybox = KeyBox.from_file(config.database.key_file)
+        inventory = Inventory(engine, sessions, keybox)
         if sync:
             inventory.sync(config, clock.now())
         leases = LeaseManager(sessions, owner_id(), lease_ttl or config.daemon.lease_ttl)
 
         def issuer_factory(name: str) -> Issuer:
-            return build_issuer(name, config.issuers[name])
+            return build_issuer(name, config.issuers[name], inventory)
 
         if prober is None:
             from certd.probe import verify_served
@@ -78,7 +79,7 @@ class App:
             leases,
             issuer_factory=issuer_factory,
             targets=build_targets(config.deploy),
-            keybox=KeyBox.from_file(config.database.key_file),
+            keybox=keybox,
             clock=clock,
             prober=prober,
         )

@@ -71,3 +71,7 @@ class CommandTarget:
                 f"deploy {self.name}: command {argv[0]} exited {proc.returncode}" + (f": {output}" if output else "")
             )
         return f"command {argv[0]} exited 0" + (f": {output}" if output else "")
+
+
+def build(name: str, config: CommandDeployConfig) -> CommandTarget:
+    return CommandTarget(name, config)

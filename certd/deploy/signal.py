@@ -82,3 +82,7 @@ class SignalTarget:
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise DeployError(f"deploy {self.name}: systemctl reload {unit} failed: {detail[0]}")
         return f"reloaded unit {unit}"
+
+
+def build(name: str, config: SignalDeployConfig) -> SignalTarget:
+    return SignalTarget(name, config)

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, select, update
@@ -20,8 +20,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certd.config import CertificateConfig, Config
 from certd.errors import InventoryError
+from certd.inventory.keybox import KeyBox
 from certd.inventory.leases import LeaseInfo, assert_held
-from certd.inventory.models import Certificate, Event, Version, VersionState
+from certd.inventory.models import Account, Certificate, Event, Version, VersionState
 
 __all__ = ["Inventory", "SyncReport", "config_hash"]
 
@@ -44,9 +45,37 @@ class SyncReport:
 class Inventory:
     """Session-per-call access to the inventory; safe to share between threads."""
 
-    def __init__(self, engine: Engine, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, engine: Engine, sessions: sessionmaker[Session], keybox: KeyBox | None = None) -> None:
         self.engine = engine
         self.sessions = sessions
+        self.keybox = keybox or KeyBox(None)
+
+    # -- issuer accounts (AccountStore) -------------------------------------------
+    def load_account(self, issuer: str, directory: str) -> tuple[bytes, str | None] | None:
+        """The stored account key PEM and URL for this issuer and directory, if any."""
+        with self.sessions() as s:
+            row = s.execute(
+                select(Account).where(Account.issuer == issuer, Account.directory == directory)
+            ).scalar_one_or_none()
+            if row is None:
+                return None
+            key = row.key_enc
+            if key.startswith(b"cd1"):
+                key = self.keybox.open(key, f"account:{issuer}:{directory}")
+            return key, row.uri
+
+    def save_account(self, issuer: str, directory: str, key_pem: bytes, uri: str | None) -> None:
+        """Store (or replace) the account; the key is sealed when a key file is configured."""
+        sealed = self.keybox.seal(key_pem, f"account:{issuer}:{directory}") if self.keybox.enabled else key_pem
+        with self.sessions.begin() as s:
+            row = s.execute(
+                select(Account).where(Account.issuer == issuer, Account.directory == directory)
+            ).scalar_one_or_none()
+            if row is None:
+                s.add(Account(issuer=issuer, directory=directory, uri=uri, key_enc=sealed,
+                              created_at=datetime.now(UTC)))
+            else:
+                row.uri, row.key_enc = uri, sealed
 
     # -- configuration sync ------------------------------------------------------
     def sync(self, config: Config, now: datetime) -> SyncReport:

@@ -7,17 +7,19 @@ uses the local CA never imports the ACME or Vault client libraries.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
 
 from certd.config import AcmeIssuerConfig, IssuerConfig, LocalCAIssuerConfig, VaultIssuerConfig
 from certd.errors import ConfigError
-from certd.issuers.base import Issuer
+from certd.issuers.base import AccountStore, Issuer
 
-__all__ = ["build_issuer", "build_issuers"]
+__all__ = ["build_issuer"]
 
 
-def build_issuer(name: str, config: IssuerConfig) -> Issuer:
-    """Construct the issuer for one ``[issuers.NAME]`` table."""
+def build_issuer(name: str, config: IssuerConfig, accounts: AccountStore) -> Issuer:
+    """Construct the issuer for one ``[issuers.NAME]`` table.
+
+    Each non-builtin issuer module exposes ``build(name, config, accounts) -> Issuer``.
+    """
     if isinstance(config, LocalCAIssuerConfig):
         from certd.issuers.local_ca import LocalCA
 
@@ -27,9 +29,7 @@ def build_issuer(name: str, config: IssuerConfig) -> Issuer:
         module = importlib.import_module(f"certd.issuers.{module_name}")
     except ModuleNotFoundError as exc:
         raise ConfigError(f"issuers.{name}.type: {config.type!r} issuers are not available in this build") from exc
-    issuer: Issuer = module.build(name, config)
+    issuer: Issuer = module.build(name, config, accounts)
     return issuer
 
 
-def build_issuers(configs: Mapping[str, IssuerConfig]) -> dict[str, Issuer]:
-    return {name: build_issuer(name, cfg) for name, cfg in configs.items()}

@@ -22,6 +22,7 @@ from cryptography import x509
 from certd.keys import KeyType, PrivateKey
 
 __all__ = [
+    "AccountStore",
     "IssueRequest",
     "Issued",
     "Issuer",
@@ -87,6 +88,18 @@ class RenewalWindow:
     end: datetime
     retry_after: datetime | None = None
     explanation_url: str | None = None
+
+
+class AccountStore(Protocol):
+    """Where an issuer keeps its account (ACME): the key PEM and the account URL.
+
+    Implemented by the inventory, so every replica sharing the database uses
+    the same account; keys are encrypted there when ``[database] key_file`` is set.
+    """
+
+    def load_account(self, issuer: str, directory: str) -> tuple[bytes, str | None] | None: ...
+
+    def save_account(self, issuer: str, directory: str, key_pem: bytes, uri: str | None) -> None: ...
 
 
 @runtime_checkable
