@@ -24,6 +24,7 @@ from certd.inventory.leases import LeaseManager
 from certd.inventory.store import Inventory
 from certd.issuers import build_issuer
 from certd.issuers.base import Issuer
+from certd.metrics import Metrics
 from certd.pipeline import Pipeline, Prober
 
 __all__ = ["App", "owner_id"]
@@ -54,6 +55,7 @@ class App:
         sync: bool = True,
         lease_ttl: timedelta | None = None,
         prober: Prober | None = None,
+        metrics: Metrics | None = None,
     ) -> App:
         clock = clock or SystemClock()
         engine = create_db_engine(config.database.url, busy_timeout=config.database.busy_timeout)
@@ -82,6 +84,7 @@ class App:
             keybox=keybox,
             clock=clock,
             prober=prober,
+            metrics=metrics,
         )
         return cls(config=config, engine=engine, inventory=inventory, pipeline=pipeline, clock=clock)
 

@@ -113,17 +113,17 @@ pass_state = click.make_pass_decorator(_State)
     "-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
     help="Config file (default: $CERTD_CONFIG, then ./certd.toml).",
 )
-@click.option("--log-level", default="warning", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]), help="Log level (logs go to stderr).")
+@click.option("--log-level", default=None, type=click.Choice(["debug", "info", "warning", "error"]),
+              help="Log level (logs go to stderr; default: info for `run`, warning otherwise).")
 @click.version_option(__version__, prog_name="certd")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> None:
     """Keep TLS certificates fresh on load balancers and backends.
 
     certd issues certificates (ACME, Vault PKI or its own local CA), writes
     them atomically, makes servers load them, and proves they are served.
     """
-    setup_logging(log_level)
+    setup_logging(log_level or ("info" if ctx.invoked_subcommand == "run" else "warning"))
     ctx.obj = _State(config_path or default_config_path())
     ctx.call_on_close(lambda: ctx.obj._app.close() if ctx.obj._app else None)
 
@@ -404,6 +404,20 @@ def bundle_cmd(state: _State, name: str, out_file: Path | None) -> None:
     tmp.write_bytes(pem)
     tmp.replace(out_file)
     err.print(f"wrote {out_file}")
+
+
+@cli.command("run")
+@pass_state
+def run_cmd(state: _State) -> None:
+    """The daemon: renews on schedule and serves the HTTP API until SIGTERM.
+
+    SIGHUP reloads the config (an invalid one is logged and ignored).
+    """
+    from certd.daemon import Daemon
+
+    with _errors():
+        daemon = Daemon(state.config_path, state.config)
+    sys.exit(daemon.run())
 
 
 def main() -> None:

@@ -44,6 +44,7 @@ from certd.inventory.models import Event, Version, VersionState
 from certd.inventory.store import Inventory
 from certd.issuers.base import Issuer, IssueRequest, RenewalInfo, RevocationReason
 from certd.keys import PrivateKey, build_csr, generate_key, key_pem, key_type_of, load_key_pem
+from certd.metrics import Metrics
 from certd.policy import Current, Verdict, Wanted, backoff_until, evaluate, hard_deadline, pick_renew_at
 from certd.publish import Generation, Publisher, current_generation
 from certd.x509check import Expectations, check_certificate
@@ -144,6 +145,7 @@ class Pipeline:
         clock: Clock,
         prober: Prober | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.inventory = inventory
@@ -156,6 +158,7 @@ class Pipeline:
         self.clock = clock
         self.prober = prober
         self._rng = rng or random.SystemRandom()
+        self.metrics = metrics
 
     # -- helpers -----------------------------------------------------------------
     def issuer(self, name: str) -> Issuer:
@@ -178,6 +181,10 @@ class Pipeline:
         log.log(logging.WARNING if level != "info" else logging.INFO, "%s: %s: %s", name, kind, message,
                 extra={"certificate": name, "renewal_id": rid, "event": kind})
         self.inventory.event(name, kind, message, self.clock.now(), renewal_id=rid, **kw)
+
+    def _count(self, metric: str, *labels: str) -> None:
+        if self.metrics is not None:
+            getattr(self.metrics, metric).labels(*labels).inc()
 
     def wanted(self, name: str, cfg: CertificateConfig) -> Wanted:
         return Wanted(issuer=cfg.issuer, names=tuple(cfg.names), key_type=str(cfg.key))
@@ -243,6 +250,8 @@ class Pipeline:
                 return self._finished(name, finished)
             if lease is not None:
                 return lease
+            if not wait:
+                return Result(name, "skipped", renewal_id=rid, reason="LeaseHeld")
             if time.monotonic() >= deadline:
                 err = LeaseTimeout(f"certificate {name}: another renewal held the lease for longer than {wait}")
                 return Result(name, "failed", failed_step="lease", error=str(err), reason=err.reason)
@@ -274,11 +283,16 @@ class Pipeline:
         got = self._acquire(name, rid, wait)
         if isinstance(got, Result):
             return got
+        started = time.monotonic()
         with _Heartbeat(self.leases, got, self.clock) as beat:
             try:
-                return self._renew_locked(name, cfg, beat, force, rid)
+                result = self._renew_locked(name, cfg, beat, force, rid)
             finally:
                 self.leases.release(beat.lease, self.clock.now())
+        if self.metrics is not None and result.outcome != "skipped":
+            self.metrics.renewals.labels(name, cfg.issuer, "success" if result.ok else "failure").inc()
+            self.metrics.renewal_duration.observe(time.monotonic() - started)
+        return result
 
     def _renew_locked(self, name: str, cfg: CertificateConfig, beat: _Heartbeat, force: bool, rid: str) -> Result:
         old = self.inventory.current_version(name)
@@ -304,7 +318,12 @@ class Pipeline:
                     certificate=name, names=tuple(cfg.names), key_type=cfg.key, csr=csr,
                     lifetime=cfg.lifetime, replaces=old.ari_cert_id if old else None,
                 )
-                issued = issuer.issue(request)
+                try:
+                    issued = issuer.issue(request)
+                except CertdError:
+                    self._count("issuer_requests", cfg.issuer, "failure")
+                    raise
+                self._count("issuer_requests", cfg.issuer, "success")
                 if issued.private_key is not None:
                     key = issued.private_key
                 chain = intermediates_only(issued.chain)
@@ -400,7 +419,12 @@ class Pipeline:
         if cfg.deploy:
             with _step("deploy"):
                 for target_name in cfg.deploy:
-                    message = self.targets[target_name].deploy(ctx)
+                    try:
+                        message = self.targets[target_name].deploy(ctx)
+                    except CertdError:
+                        self._count("deploys", name, target_name, "failure")
+                        raise
+                    self._count("deploys", name, target_name, "success")
                     self._event(name, "deploy.done", f"{target_name}: {message}", rid, step="deploy")
                 state = VersionState.DEPLOYED
                 self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
@@ -410,7 +434,13 @@ class Pipeline:
                     raise VerifyError(f"certificate {name}: verify endpoints are configured but no prober")
                 for ep in cfg.verify:
                     bundle = _load_bundle(ep.ca_bundle) if ep.ca_bundle else roots
-                    message = self.prober(ep.endpoint, ep.sni or _default_sni(cfg), bundle, leaf, cfg.verify_timeout)
+                    try:
+                        message = self.prober(ep.endpoint, ep.sni or _default_sni(cfg), bundle, leaf,
+                                              cfg.verify_timeout)
+                    except CertdError:
+                        self._count("probes", name, "failure")
+                        raise
+                    self._count("probes", name, "success")
                     self._event(name, "verify.done", f"{ep.endpoint}: {message}", rid, step="verify")
                 state = VersionState.SERVED
                 self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)

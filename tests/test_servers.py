@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import http.server
 import socket
 import ssl
@@ -14,9 +15,9 @@ from typing import TypeVar
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rdatatype
 import dns.tsigkeyring
 import dns.update
-import josepy as jose
 import pytest
 import requests
 import sqlalchemy as sa
@@ -24,6 +25,8 @@ from acme import challenges, client, crypto_util, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from tests.servers import tlsutil
 from tests.servers.bind import BindServer
@@ -65,9 +68,10 @@ def retry_bad_nonce(fn: Callable[[], T], attempts: int = 6) -> T:
     raise AssertionError("unreachable")
 
 
-def acme_client(pebble: PebbleServer) -> tuple[client.ClientV2, jose.JWKEC]:
-    key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-    net = client.ClientNetwork(key, alg=jose.ES256, verify_ssl=str(pebble.ca_bundle))  # type: ignore[arg-type]
+def acme_client(pebble: PebbleServer) -> tuple[client.ClientV2, JWKEC]:
+    key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    # Typed as bool, but handed to requests' `verify`, which takes a CA bundle path: that is how Pebble is trusted.
+    net = client.ClientNetwork(key, alg=ES256, verify_ssl=str(pebble.ca_bundle))  # type: ignore[arg-type]
     acme = client.ClientV2(client.ClientV2.get_directory(pebble.directory_url, net), net)
     reg = messages.NewRegistration.from_data(terms_of_service_agreed=True)
     net.account = retry_bad_nonce(lambda: acme.new_account(reg))
@@ -78,7 +82,7 @@ def issue(
     pebble: PebbleServer,
     name: str,
     kind: type[challenges.KeyAuthorizationChallenge],
-    publish: Callable[[challenges.ChallengeBody, jose.JWKEC], None],
+    publish: Callable[[messages.ChallengeBody, JWKEC], None],
 ) -> x509.Certificate:
     acme, account_key = acme_client(pebble)
     leaf_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
@@ -90,7 +94,8 @@ def issue(
             continue
         chall = next(c for c in authz.body.challenges if isinstance(c.chall, kind))
         publish(chall, account_key)
-        retry_bad_nonce(lambda c=chall: acme.answer_challenge(c, c.response(account_key)))
+        response = chall.response(account_key)
+        retry_bad_nonce(functools.partial(acme.answer_challenge, chall, response))
     deadline = dt.datetime.now() + dt.timedelta(seconds=30)
     done = retry_bad_nonce(lambda: acme.poll_and_finalize(order, deadline))
     return x509.load_pem_x509_certificates(done.fullchain_pem.encode())[0]
@@ -135,7 +140,7 @@ def dns_names(cert: x509.Certificate) -> list[str]:
 
 
 def test_pebble_issues_with_real_http01(pebble: PebbleServer, http01_responder: dict[str, str]) -> None:
-    def publish(chall: challenges.ChallengeBody, key: jose.JWKEC) -> None:
+    def publish(chall: messages.ChallengeBody, key: JWKEC) -> None:
         http01_responder[chall.chall.path] = chall.chall.validation(key)
 
     cert = issue(pebble, "smoke-http.example.test", challenges.HTTP01, publish)
@@ -153,13 +158,15 @@ def test_pebble_factory_options_reach_pebble(pebble_factory: Callable[..., Pebbl
 # --- BIND -----------------------------------------------------------------------------------------------------
 
 
-def tsig_update(bind: BindServer, add: dict[str, str]) -> None:
+def tsig_update(bind: BindServer, add: dict[str, str], delete: tuple[str, ...] = ()) -> None:
     keyring = dns.tsigkeyring.from_text(
         {bind.tsig_key_name: (bind.tsig_algorithm, bind.tsig_secret_file.read_text().strip())}
     )
     update = dns.update.UpdateMessage(bind.zone, keyring=keyring, keyalgorithm=bind.tsig_algorithm)
     for name, value in add.items():
         update.replace(name, 60, "TXT", f'"{value}"')
+    for name in delete:
+        update.delete(name)
     reply = dns.query.tcp(update, bind.host, port=bind.port, timeout=5)
     assert reply.rcode() == dns.rcode.NOERROR, dns.rcode.to_text(reply.rcode())
 
@@ -174,16 +181,21 @@ def test_bind_answers_and_accepts_tsig_update(bind: BindServer) -> None:
     assert soa.answer and soa.answer[0].rdtype == dns.rdatatype.SOA
     tsig_update(bind, {"_acme-challenge.smoke": "token-123"})
     assert txt(bind, f"_acme-challenge.smoke.{bind.zone}") == ["token-123"]
+    tsig_update(bind, {}, delete=("_acme-challenge.smoke",))  # the server is shared by the whole session
+    assert txt(bind, f"_acme-challenge.smoke.{bind.zone}") == []
     unsigned = dns.update.UpdateMessage(bind.zone)
     unsigned.add("evil", 60, "TXT", '"x"')
     assert dns.query.tcp(unsigned, bind.host, port=bind.port, timeout=5).rcode() == dns.rcode.REFUSED
 
 
 def test_pebble_dns01_validates_against_bind(pebble_dns01: PebbleServer, bind: BindServer) -> None:
-    def publish(chall: challenges.ChallengeBody, key: jose.JWKEC) -> None:
+    def publish(chall: messages.ChallengeBody, key: JWKEC) -> None:
         tsig_update(bind, {chall.chall.validation_domain_name("smoke-dns").rstrip("."): chall.chall.validation(key)})
 
-    cert = issue(pebble_dns01, f"smoke-dns.{bind.zone}", challenges.DNS01, publish)
+    try:
+        cert = issue(pebble_dns01, f"smoke-dns.{bind.zone}", challenges.DNS01, publish)
+    finally:
+        tsig_update(bind, {}, delete=("_acme-challenge.smoke-dns",))
     assert dns_names(cert) == [f"smoke-dns.{bind.zone}"]
 
 
@@ -208,7 +220,7 @@ def test_haproxy_serves_tls_and_rotates_over_runtime_api(
     assert "Transaction created" in lb.runtime(f"set ssl cert {files['combined']} <<\n{payload}")
     assert "Success!" in lb.runtime(f"commit ssl cert {files['combined']}")
     assert served_serial(lb.port, files["ca"]) == new.cert.serial_number
-    assert lb.pid == lb._proc.proc.pid and lb._proc.proc.poll() is None
+    assert b"haproxy" in Path(f"/proc/{lb.pid}/cmdline").read_bytes()  # same process, still serving
 
 
 def test_haproxy_reencrypts_to_verified_backend(

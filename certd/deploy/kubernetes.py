@@ -94,6 +94,11 @@ class _Desired:
 class _Conflict(Exception):
     """The write lost a race (409); read again and retry."""
 
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
 
 class KubernetesSecretTarget:
     """Create or update one ``kubernetes.io/tls`` Secret with optimistic concurrency."""
@@ -210,6 +215,7 @@ class KubernetesSecretTarget:
         )
 
     def _write(self, client: Client, desired: _Desired) -> tuple[str, int]:
+        last = _Conflict("Conflict", "")
         for attempt in range(1, MAX_ATTEMPTS + 1):
             if attempt > 1:
                 delay = min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 2))
@@ -224,11 +230,11 @@ class KubernetesSecretTarget:
                     return "unchanged", attempt
                 self._call("update", client.replace, merged)
                 return "updated", attempt
-            except _Conflict:
-                continue
+            except _Conflict as conflict:
+                last = conflict
         raise DeployError(
             f"deploy {self.name}: secret {self._where} kept changing under us: {MAX_ATTEMPTS} attempts each "
-            "ended in 409 Conflict (another writer updates it at the same time)",
+            f"ended in 409 (another writer updates it at the same time); last: 409 {last.reason}: {last.message}",
         )
 
     def _read(self, client: Client) -> Secret | None:
@@ -246,7 +252,7 @@ class KubernetesSecretTarget:
             method(secret)
         except ApiError as exc:
             if exc.status.code == 409:
-                raise _Conflict from exc
+                raise _Conflict(exc.status.reason or "Conflict", _redact(exc.status.message or "")) from exc
             raise self._api_failure(action, exc) from exc
         except httpx2.HTTPError as exc:
             raise self._transport_failure(action, exc) from exc
@@ -292,8 +298,7 @@ class KubernetesSecretTarget:
             403: f" (RBAC: allow get, create and update on secrets in namespace {self._config.namespace!r})",
         }.get(code, "")
         return DeployError(
-            f"deploy {self.name}: cannot {action} secret {self._where} in namespace {self._config.namespace}: "
-            f"{code} {reason}: {message}{hint}",
+            f"deploy {self.name}: cannot {action} secret {self._where}: {code} {reason}: {message}{hint}",
             retryable=code in (409, 429) or code >= 500,
         )
 

@@ -17,13 +17,14 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certd.certs import certs_pem, load_pem_certs, serial_hex
+from certd.clock import Clock, SystemClock
 from certd.config import LocalCAIssuerConfig
 from certd.errors import IssuerError
 from certd.issuers.base import Issued, IssueRequest, RevocationReason
@@ -72,13 +73,13 @@ def _write_private(path: Path, data: bytes) -> None:
 class LocalCA:
     """Issuer backed by files in ``config.dir``; safe to share between threads."""
 
-    def __init__(self, name: str, config: LocalCAIssuerConfig, *, now: datetime | None = None) -> None:
+    def __init__(self, name: str, config: LocalCAIssuerConfig, *, clock: Clock | None = None) -> None:
         self.name = name
         self._config = config
         self._dir = config.dir
         self._lock = threading.Lock()
         self._loaded: tuple[x509.Certificate, x509.Certificate, PrivateKey] | None = None
-        self._created_at = now
+        self._clock: Clock = clock or SystemClock()
 
     # -- files -----------------------------------------------------------------
     @property
@@ -117,7 +118,7 @@ class LocalCA:
         return root, inter, key
 
     def _create(self) -> None:
-        now = self._created_at or datetime.now(UTC)
+        now = self._clock.now()
         root_key = generate_key(self._config.key)
         cn = self._config.common_name
         root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} root")])
@@ -161,9 +162,11 @@ class LocalCA:
     # -- Issuer ----------------------------------------------------------------
     def issue(self, request: IssueRequest) -> Issued:
         _, inter, inter_key = self._ensure()
-        now = datetime.now(UTC)
+        now = self._clock.now()
         lifetime = request.lifetime or self._config.default_lifetime
         not_after = min(now + lifetime, inter.not_valid_after_utc)
+        # Backdate for clock skew, but by little enough that a short lifetime stays what was asked.
+        backdate = min(_BACKDATE, lifetime / 20)
         csr = request.csr
         if not csr.is_signature_valid:
             raise IssuerError(f"issuer {self.name}: CSR signature is invalid", reason="BadCSR")
@@ -189,7 +192,7 @@ class LocalCA:
             .issuer_name(inter.subject)
             .public_key(pub)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
+            .not_valid_before(now - backdate)
             .not_valid_after(not_after)
             .add_extension(x509.SubjectAlternativeName(san_entries(request.names)), critical=not subject)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -207,7 +210,7 @@ class LocalCA:
     def revoke(self, certificate: x509.Certificate, reason: RevocationReason) -> None:
         """Record the serial in ``revoked.txt``; the local CA publishes no CRL or OCSP."""
         self._ensure()
-        line = f"{serial_hex(certificate)} {reason.value} {datetime.now(UTC).isoformat()}\n"
+        line = f"{serial_hex(certificate)} {reason.value} {self._clock.now().isoformat()}\n"
         with self._flock(), open(self._dir / "revoked.txt", "a") as fh:
             fh.write(line)
 

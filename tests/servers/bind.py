@@ -1,6 +1,9 @@
 """A real BIND `named`, authoritative for example.test and accepting TSIG-signed RFC 2136 updates.
 
 Used as certd's DNS-01 provider target and, via its wildcard A record, as Pebble's resolver for HTTP-01 too.
+Caveat (plain DNS semantics): while `_acme-challenge.foo.example.test` exists, `foo.example.test` is an empty
+non-terminal and the wildcard no longer answers for it (NODATA), so HTTP-01 for that name fails. Tests sharing
+the session-scoped server should delete their TXT records afterwards.
 """
 
 from __future__ import annotations

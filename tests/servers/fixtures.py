@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any, Protocol
 
 import pytest
@@ -18,6 +21,22 @@ from tests.servers.haproxy import HaproxyServer
 from tests.servers.nginx import NginxServer
 from tests.servers.pebble import PebbleServer
 from tests.servers.postgres import ENV_URL, PostgresCluster, drop_database, fresh_database, postgres_bindir
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`timeout 600 pytest` ends with SIGTERM, which by default kills Python with no fixture teardown and would
+    leave every server running; as a KeyboardInterrupt, pytest tears the fixtures down first."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is _interrupt:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _Stoppable(Protocol):

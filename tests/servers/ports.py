@@ -7,6 +7,7 @@ The process helper lives here too because every server module needs the same sta
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -25,6 +26,23 @@ STOP_TIMEOUT = 10.0
 
 _handed_out: set[int] = set()
 _lock = threading.Lock()
+_live: dict[int, Callable[[], None]] = {}
+
+
+def stop_at_exit(owner: object, stop: Callable[[], None]) -> None:
+    """Last line of defence when a fixture's teardown never runs (pytest crashes, a test calls os._exit aside)."""
+    _live[id(owner)] = stop
+
+
+def forget(owner: object) -> None:
+    _live.pop(id(owner), None)
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for stop in reversed(list(_live.values())):
+        with contextlib.suppress(Exception):
+            stop()
 
 
 def _bindable(kind: socket.SocketKind, port: int) -> bool:
@@ -96,7 +114,6 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         cwd: Path | None = None,
         stop_signal: int = signal.SIGTERM,
-        user: str | None = None,
     ) -> None:
         self.name = name
         self.log_path = log_path
@@ -110,8 +127,8 @@ class ServerProcess:
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            user=user,
         )
+        stop_at_exit(self, self.stop)
 
     @property
     def pid(self) -> int:
@@ -149,3 +166,4 @@ class ServerProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         finally:
             self._log.close()
+            forget(self)

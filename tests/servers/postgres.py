@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from tests.servers.ports import HOST, ServerError, free_port, log_tail, make_workdir
+from tests.servers.ports import HOST, ServerError, forget, free_port, log_tail, make_workdir, stop_at_exit
 
 ENV_URL = "CERTD_TEST_POSTGRES_URL"
 
@@ -39,6 +39,7 @@ class PostgresCluster:
         self.port = free_port()
         self.admin_url = f"postgresql+psycopg://postgres@{HOST}:{self.port}/postgres"
         opts = f"-c listen_addresses={HOST} -p {self.port} -k {self.workdir} -c fsync=off -c full_page_writes=off"
+        stop_at_exit(self, self.stop)
         try:
             self._pg("initdb", "-D", str(self.datadir), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
             self._pg("pg_ctl", "start", "-w", "-t", "20", "-D", str(self.datadir), "-l", str(self.log_path), "-o", opts)
@@ -70,6 +71,7 @@ class PostgresCluster:
                 except (ServerError, subprocess.TimeoutExpired):
                     self._pg("pg_ctl", "stop", "-w", "-t", "15", "-m", "immediate", "-D", str(self.datadir))
         finally:
+            forget(self)
             if self._own_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -139,6 +139,7 @@ class _State:
     store: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     revision: int = 100
     conflicts: int = 0
+    conflict_data: dict[str, str] | None = None
     log: list[RecordedRequest] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -401,6 +402,8 @@ class _Api:
             current["metadata"].update(uid=str(uuid.uuid4()), creationTimestamp=_now())
             current["metadata"].pop("generateName", None)
             self.s.store[key] = current
+        if self.s.conflict_data:
+            current.setdefault("data", {}).update(self.s.conflict_data)
         annotations = current["metadata"].setdefault("annotations", {})
         annotations[OTHER_WRITER_ANNOTATION] = str(int(annotations.get(OTHER_WRITER_ANNOTATION, "0")) + 1)
         current["metadata"]["resourceVersion"] = self._next_rv()
@@ -418,7 +421,7 @@ class _Api:
             raise _not_found(namespace, name)
         return 200, self._output(current)
 
-    def list(self, namespace: str, query: Mapping[str, list[str]]) -> tuple[int, dict[str, Any]]:
+    def list_secrets(self, namespace: str, query: Mapping[str, list[str]]) -> tuple[int, dict[str, Any]]:
         selector = (query.get("labelSelector") or [""])[0]
         requirements = [_parse_requirement(part) for part in selector.split(",") if part.strip()]
 
@@ -463,7 +466,8 @@ class _Api:
         if current is None:
             raise _not_found(namespace, name)
         obj, warnings = self._normalize(namespace, body, url_name=name)
-        return self._replace(current, obj, dry_run=dry_run, inject=inject), warnings
+        code, out = self._replace(current, obj, dry_run=dry_run, inject=inject)
+        return code, out, warnings
 
     def patch(self, namespace: str, name: str, content_type: str, body: Any, *, dry_run: bool = False,
               inject: bool = True) -> tuple[int, dict[str, Any], list[str]]:
@@ -481,7 +485,8 @@ class _Api:
         if patched.get("metadata", {}).get("name") != name:
             raise _invalid(name, [_Field("metadata.name", "FieldValueInvalid", "Invalid value: field is immutable")])
         obj, warnings = self._normalize(namespace, patched, url_name=name)
-        return self._replace(current, obj, dry_run=dry_run, inject=inject), warnings
+        code, out = self._replace(current, obj, dry_run=dry_run, inject=inject)
+        return code, out, warnings
 
     def _replace(self, current: dict[str, Any], obj: dict[str, Any], *, dry_run: bool,
                  inject: bool) -> tuple[int, dict[str, Any]]:
@@ -567,6 +572,8 @@ class _Handler(BaseHTTPRequestHandler):
                 code, reply, warnings = self._route(api, state, user, path, query, content_type, body)
         except StandinApiError as exc:
             code, reply = exc.code, exc.status()
+        except Exception as exc:  # a stand-in bug must show up as a 500 Status, not a dropped connection
+            code, reply = 500, StandinApiError(500, "InternalError", f"stand-in error: {exc!r}").status()
         with state.lock:
             state.log.append(RecordedRequest(self.command, path, query, content_type, body, code, user,
                                              reply.get("reason") if isinstance(reply, dict) else None))
@@ -624,7 +631,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _bad_request("the body of the request could not be decoded as JSON")
         dry_run = query.get("dryRun") == ["All"]
         if verb == "list":
-            code, out = api.list(namespace, query)
+            code, out = api.list_secrets(namespace, query)
             return code, out, []
         if verb == "get":
             assert name is not None
@@ -768,11 +775,18 @@ class KubernetesStandin:
             self._state.log.clear()
 
     # --- what tests change -------------------------------------------------------------------------------------
-    def inject_conflicts(self, n: int) -> None:
+    def inject_conflicts(self, n: int, *, other_data: Mapping[str, bytes] | None = None) -> None:
         """The next ``n`` writes lose a race: someone else writes first (bumping resourceVersion, or creating the
-        object for a POST) and the request answers 409 (``Conflict``, or ``AlreadyExists`` for a POST)."""
+        object from the POSTed body) and the request answers 409 (``Conflict``, or ``AlreadyExists`` for a POST).
+
+        The other writer always sets the annotation ``OTHER_WRITER_ANNOTATION`` (a count), and also these data
+        keys when ``other_data`` is given, so a test can tell whether its client re-read before writing again.
+        """
         with self._state.lock:
             self._state.conflicts = n
+            self._state.conflict_data = (
+                None if other_data is None else {k: base64.b64encode(v).decode() for k, v in other_data.items()}
+            )
 
     @property
     def pending_conflicts(self) -> int:

@@ -46,7 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["PkiRole", "Request", "VaultStandin", "go_duration", "parse_vault_duration"]
+__all__ = ["PkiRole", "Request", "VaultError", "VaultStandin", "go_duration", "parse_vault_duration"]
 
 SYSTEM_TTL = 768 * 3600  # Vault's default and max lease TTL when a mount is not tuned (32 days)
 _HOSTNAME = re.compile(r"^(\*\.)?(([a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9\-]*[a-zA-Z0-9])\.)*"
@@ -185,7 +185,8 @@ class _Leaf:
     revoked_at: float | None = None
 
 
-def _make_cert(cn: str, public_key: Any, issuer: tuple[x509.Name, Any] | None, lifetime: dt.timedelta, *,
+def _make_cert(cn: str, public_key: Any, issuer: tuple[x509.Name, Any] | None,
+               lifetime: dt.timedelta | dt.datetime, *,
                ca: bool = False, path_len: int | None = None, sans: list[x509.GeneralName] | None = None,
                ekus: list[x509.ObjectIdentifier] | None = None, signing_key: Any = None) -> x509.Certificate:
     """One builder for the CAs, the listener certificate and the leaves (``issuer=None``: self-signed)."""
@@ -211,22 +212,18 @@ def _make_cert(cn: str, public_key: Any, issuer: tuple[x509.Name, Any] | None, l
 
 
 class VaultStandin:
-    """The server plus test controls; start with ``start()`` or use as a context manager."""
+    """The server plus test controls; ``start()``/``stop()`` or use it as a context manager."""
 
     def __init__(self, *, tls: bool = True, namespace: str | None = None, pki_mount: str = "pki",
                  approle_mount: str = "approle", kubernetes_mount: str = "kubernetes",
                  default_lease_ttl: int = SYSTEM_TTL, max_lease_ttl: int = SYSTEM_TTL) -> None:
-        self.tls = tls
-        self.namespace = (namespace or "").strip("/")
-        self.pki_mount = pki_mount.strip("/")
-        self.approle_mount = approle_mount.strip("/")
+        self.tls, self.namespace = tls, (namespace or "").strip("/")
+        self.pki_mount, self.approle_mount = pki_mount.strip("/"), approle_mount.strip("/")
         self.kubernetes_mount = kubernetes_mount.strip("/")
-        self.default_lease_ttl = default_lease_ttl
-        self.max_lease_ttl = max_lease_ttl
+        self.default_lease_ttl, self.max_lease_ttl = default_lease_ttl, max_lease_ttl
         self.requests: list[Request] = []
-        self.sealed = False
-        self.standby = False
-        self.delay = 0.0
+        self.sealed = self.standby = False
+        self.delay = 0.0  # seconds every request waits before it is answered (client timeouts)
         self._lock = threading.RLock()
         self._roles: dict[str, PkiRole] = {}
         self._tokens: dict[str, _Token] = {}
@@ -235,35 +232,27 @@ class VaultStandin:
         self._leaves: dict[str, _Leaf] = {}
         self._faults: list[tuple[int, list[str]]] = []
         self._dir = Path(tempfile.mkdtemp(prefix="vault-standin-"))
-        root_key = ec.generate_private_key(ec.SECP256R1())
-        int_key = ec.generate_private_key(ec.SECP256R1())
-        root = _ca_cert("Standin Vault Root CA", root_key, None, 3650, None)
-        inter = _ca_cert("Standin Vault Intermediate CA", int_key, (root.subject, root_key), 1825, 0)
+        root_key, int_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        root = _make_cert("Standin Vault Root CA", root_key.public_key(), None, dt.timedelta(days=3650),
+                          ca=True, signing_key=root_key)
+        inter = _make_cert("Standin Vault Intermediate CA", int_key.public_key(), (root.subject, root_key),
+                           dt.timedelta(days=1825), ca=True, path_len=0)
         self.root_issuer = _Issuer(str(uuid.uuid4()), "root", root, root_key, [root])
         self.intermediate_issuer = _Issuer(str(uuid.uuid4()), "intermediate", inter, int_key, [inter, root])
         self.default_issuer = self.intermediate_issuer
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         self.ca_bundle_path = self._dir / "listener-ca.pem"
-        self._ssl: ssl.SSLContext | None = self._listener_tls() if tls else None
+        self._ssl = self._listener_tls() if tls else None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
 
-    # ----------------------------------------------------------------- lifecycle
     def _listener_tls(self) -> ssl.SSLContext:
-        """Vault's own TLS: a separate CA (not the PKI root) and a cert for 127.0.0.1/localhost."""
-        ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca = _ca_cert("Standin Vault Listener CA", ca_key, None, 30, 0)
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vault.standin")]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
+        """Vault's own TLS: a CA of its own (not the PKI root) and a certificate for 127.0.0.1/localhost."""
+        ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+        ca = _make_cert("Standin Vault Listener CA", ca_key.public_key(), None, dt.timedelta(days=30), ca=True,
+                        signing_key=ca_key)
+        cert = _make_cert("vault.standin", key.public_key(), (ca.subject, ca_key), dt.timedelta(days=30),
+                          sans=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+                          ekus=[ExtendedKeyUsageOID.SERVER_AUTH])
         self.ca_bundle_path.write_text(_pem(ca))
         (self._dir / "listener.pem").write_text(_pem(cert))
         (self._dir / "listener-key.pem").write_bytes(key.private_bytes(
@@ -274,7 +263,8 @@ class VaultStandin:
 
     def start(self) -> VaultStandin:
         self._server = _Server(("127.0.0.1", 0), _Handler, self)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="vault-standin", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="vault-standin",
+                                        daemon=True)
         self._thread.start()
         return self
 
@@ -301,22 +291,21 @@ class VaultStandin:
 
     # ------------------------------------------------------------ test controls
     def root_pem(self) -> str:
-        """The PKI root certificate (what certd pins as ``roots``)."""
+        """The PKI root certificate: what certd pins as the issuer's ``roots``."""
         return _pem(self.root_issuer.cert)
 
     def intermediate_pem(self) -> str:
         return _pem(self.intermediate_issuer.cert)
 
     def add_role(self, name: str, **settings: Any) -> PkiRole:
-        """Create or replace a PKI role; ``ttl``/``max_ttl`` accept Vault duration strings."""
+        """Create or replace a PKI role (``PkiRole`` fields; ``ttl``/``max_ttl`` as Vault durations)."""
         for key in ("ttl", "max_ttl"):
             if key in settings:
                 settings[key] = parse_vault_duration(settings[key])
         if "allowed_domains" in settings:
             settings["allowed_domains"] = _split(settings["allowed_domains"])
-        role = PkiRole(name=name, **settings)
         with self._lock:
-            self._roles[name] = role
+            role = self._roles[name] = PkiRole(name=name, **settings)
         return role
 
     def add_approle(self, role_id: str, secret_id: str, token_ttl: Any = 3600, *,
@@ -329,7 +318,7 @@ class VaultStandin:
 
     def add_kubernetes_role(self, role: str, jwt: str, token_ttl: Any = 3600, *,
                             policies: tuple[str, ...] = ("default", "pki")) -> None:
-        """Accept ``jwt`` (stands in for a TokenReview the real plugin does) for ``role``."""
+        """Accept ``jwt`` for ``role`` (instead of the TokenReview the real plugin asks Kubernetes for)."""
         with self._lock:
             entry = self._k8s_roles.setdefault(role, {"jwts": set()})
             entry["jwts"].add(jwt)
@@ -337,7 +326,7 @@ class VaultStandin:
 
     def create_token(self, ttl: Any = 3600, policies: tuple[str, ...] = ("default", "pki"), *,
                      renewable: bool = True, max_ttl: Any = 0) -> str:
-        """A service token as ``auth/token/create`` would make it (``ttl`` 0: never expires)."""
+        """A service token as ``auth/token/create`` makes it (``ttl`` 0: never expires, like root's)."""
         return self._new_token(parse_vault_duration(ttl), list(policies), renewable, "auth/token/create",
                                None, parse_vault_duration(max_ttl)).id
 
@@ -350,7 +339,7 @@ class VaultStandin:
             self._tokens.pop(token, None)
 
     def token_ttl(self, token: str) -> int | None:
-        """Seconds left, ``None`` if the token is unknown, expired or revoked."""
+        """Seconds left; ``None`` if the token is unknown, expired or revoked."""
         with self._lock:
             tok = self._live_token(token)
             return None if tok is None else self._remaining(tok)
@@ -362,13 +351,13 @@ class VaultStandin:
         self.sealed = False
 
     def fail_next(self, status: int, *errors: str, count: int = 1) -> None:
-        """Answer the next ``count`` API calls (not ``sys/health``) with this error."""
+        """Answer the next ``count`` API calls (not ``sys/health``) with this status and errors."""
         with self._lock:
             self._faults.extend([(status, list(errors) or ["injected failure"])] * count)
 
     @property
     def revoked_serials(self) -> set[str]:
-        """Colon-separated hex serials (Vault's format) of revoked certificates."""
+        """Serials (Vault's colon-separated hex) of the revoked certificates."""
         with self._lock:
             return {s for s, leaf in self._leaves.items() if leaf.revoked_at is not None}
 
@@ -378,15 +367,15 @@ class VaultStandin:
             return {s: leaf.cert for s, leaf in self._leaves.items()}
 
     def count(self, method: str, path: str) -> int:
-        return sum(1 for r in self.requests if r.method == method and r.path == path)
+        """How many ``method`` requests reached ``path`` (e.g. ``"/v1/auth/approle/login"``)."""
+        return sum(1 for r in list(self.requests) if r.method == method and r.path == path)
 
     # ------------------------------------------------------------------ dispatch
     def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes
                ) -> tuple[int, str, bytes]:
-        """Answer one request: status, content type, body."""
+        """Answer one request (headers lower-cased): status, content type, body."""
         parts = urlsplit(raw_path)
-        path = unquote(parts.path)
-        query = parse_qs(parts.query, keep_blank_values=True)
+        path, query = unquote(parts.path), parse_qs(parts.query, keep_blank_values=True)
         ns = headers.get("x-vault-namespace", "").strip("/")
         ns = "" if ns == "root" else ns
         token = headers.get("x-vault-token") or None
@@ -400,13 +389,13 @@ class VaultStandin:
             if not path.startswith("/v1/"):
                 raise VaultError(404, "404 page not found")
             rel = path[4:].strip("/")
-            if rel == "sys/health" and not ns:
+            if rel == "sys/health" and not ns:  # sys/health is not served inside namespaces
                 return self._health(method, query)
             if self.sealed:
                 raise VaultError(503, "Vault is sealed")
             if ns != self.namespace:
-                route = f"{ns}/{rel}" if ns else rel
-                raise VaultError(404, f'no handler for route "{route}". route entry not found.')
+                raise VaultError(404, f'no handler for route "{f"{ns}/" if ns else ""}{rel}". '
+                                      "route entry not found.")
             with self._lock:
                 if self._faults:
                     status, errors = self._faults.pop(0)
@@ -416,7 +405,7 @@ class VaultStandin:
             except ValueError as exc:
                 raise VaultError(400, f"failed to parse JSON input: {exc}") from exc
             if not isinstance(data, dict):
-                raise VaultError(400, "failed to parse JSON input: not an object")
+                raise VaultError(400, "failed to parse JSON input: not a JSON object")
             with self._lock:
                 result = self._route(method, rel, data, token)
             if isinstance(result, tuple):
@@ -426,15 +415,14 @@ class VaultStandin:
             return err.status, "application/json", json.dumps({"errors": err.errors}).encode()
 
     def _health(self, method: str, query: dict[str, list[str]]) -> tuple[int, str, bytes]:
-        def flag(name: str) -> bool:
-            return name in query and query[name][-1].lower() in ("", "1", "t", "true")
-
+        """``sys/health``: 200 active, 429 standby (unless ``standbyok``), 503 sealed; codes overridable."""
         def code(name: str, default: int) -> int:
             return int(query[name][-1]) if name in query else default
 
+        standby_ok = "standbyok" in query and query["standbyok"][-1].lower() in ("", "1", "t", "true")
         if self.sealed:
             status = code("sealedcode", 503)
-        elif self.standby and not flag("standbyok"):
+        elif self.standby and not standby_ok:
             status = code("standbycode", 429)
         else:
             status = code("activecode", 200)
@@ -446,17 +434,25 @@ class VaultStandin:
 
     def _route(self, method: str, rel: str, data: dict[str, Any], token: str | None
                ) -> dict[str, Any] | tuple[int, str, bytes]:
-        write = method in ("POST", "PUT")
+        write, mount = method in ("POST", "PUT"), self.pki_mount + "/"
         if rel == f"auth/{self.approle_mount}/login" and write:
             return self._approle_login(data)
         if rel == f"auth/{self.kubernetes_mount}/login" and write:
             return self._kubernetes_login(data)
-        mount = self.pki_mount + "/"
-        if rel.startswith(mount) and method == "GET":
-            unauthenticated = self._pki_public(rel[len(mount):])
-            if unauthenticated is not None:
-                return unauthenticated
-        tok = self._require(token)
+        if method == "GET" and rel.startswith(mount):  # the unauthenticated CA reads
+            sub = rel[len(mount):]
+            if sub == "ca_chain":
+                return 200, "application/pem-certificate-chain", "".join(
+                    _pem(c) for c in self.default_issuer.chain).encode()
+            if sub == "cert/ca_chain":
+                chain = [_pem(c) for c in self.default_issuer.chain]
+                return self._envelope({"certificate": "".join(chain), "ca_chain": chain, "revocation_time": 0,
+                                       "revocation_time_rfc3339": "", "issuer_id": self.default_issuer.id})
+            if m := re.fullmatch(r"issuer/([^/]+)/json", sub):
+                return self._issuer_doc(self._issuer(m.group(1)))
+        tok = self._live_token(token)
+        if tok is None:
+            raise VaultError(403, "permission denied")
         if rel == "auth/token/lookup-self" and method == "GET":
             return self._envelope(self._token_info(tok))
         if rel == "auth/token/renew-self" and write:
@@ -464,7 +460,15 @@ class VaultStandin:
         if rel.startswith(mount):
             if not {"root", "pki"} & set(tok.policies):
                 raise VaultError(403, "permission denied")
-            return self._pki(method, rel[len(mount):], data)
+            sub = rel[len(mount):]
+            if (m := re.fullmatch(r"(?:issuer/([^/]+)/)?(issue|sign)/([^/]+)", sub)) and write:
+                return self._issue_or_sign(m.group(3), data, m.group(1), sign=m.group(2) == "sign")
+            if sub == "revoke" and write:
+                return self._revoke(data)
+            if (m := re.fullmatch(r"issuer/([^/]+)", sub)) and method == "GET":
+                return self._issuer_doc(self._issuer(m.group(1)))
+            if re.fullmatch(r"(?:issuer/[^/]+/)?(issue|sign)/[^/]+|revoke", sub):
+                raise VaultError(405, "unsupported operation")
         raise VaultError(404, f'no handler for route "{rel}". route entry not found.')
 
     # ---------------------------------------------------------------------- auth
@@ -480,19 +484,11 @@ class VaultStandin:
 
     def _live_token(self, token: str | None) -> _Token | None:
         tok = self._tokens.get(token or "")
-        if tok is None or (tok.expires is not None and tok.expires <= time.time()):
-            return None
-        return tok
-
-    def _require(self, token: str | None) -> _Token:
-        tok = self._live_token(token)
-        if tok is None:
-            raise VaultError(403, "permission denied")
-        return tok
+        return None if tok is None or (tok.expires is not None and tok.expires <= time.time()) else tok
 
     @staticmethod
     def _remaining(tok: _Token) -> int:
-        return 0 if tok.expires is None else max(0, int(tok.expires - time.time()))
+        return 0 if tok.expires is None else max(0, round(tok.expires - time.time()))
 
     def _auth_block(self, tok: _Token) -> dict[str, Any]:
         return {"client_token": tok.id, "accessor": tok.accessor, "policies": tok.policies,
@@ -506,17 +502,15 @@ class VaultStandin:
             raise VaultError(400, "missing role_id")
         role = self._approles.get(role_id)
         if role is None or not secret_id or not secrets.compare_digest(role["secret_id"], secret_id):
-            raise VaultError(400, "invalid role or secret ID")
+            raise VaultError(400, "invalid role or secret ID")  # 400, not 403: that is what Vault answers
         tok = self._new_token(role["ttl"], role["policies"], role["renewable"],
                               f"auth/{self.approle_mount}/login", {"role_name": role["name"]}, role["max_ttl"])
         return self._envelope(None, auth=self._auth_block(tok))
 
     def _kubernetes_login(self, data: dict[str, Any]) -> dict[str, Any]:
         role_name, jwt = str(data.get("role", "")), str(data.get("jwt", ""))
-        if not role_name:
-            raise VaultError(400, "missing role")
-        if not jwt:
-            raise VaultError(400, "missing jwt")
+        if not role_name or not jwt:
+            raise VaultError(400, f"missing {'role' if not role_name else 'jwt'}")
         role = self._k8s_roles.get(role_name)
         if role is None:
             raise VaultError(400, f'invalid role name "{role_name}"')
@@ -540,11 +534,7 @@ class VaultStandin:
         now = time.time()
         increment = parse_vault_duration(data.get("increment")) or tok.ttl
         tok.expires = min(now + increment, tok.max_expires or now + increment)
-        warnings = None
-        if tok.expires < now + increment:
-            warnings = [f'TTL of "{go_duration(increment)}" exceeded the effective max_ttl of '
-                        f'"{go_duration(self._remaining(tok))}"; TTL value is capped accordingly']
-        return self._envelope(None, auth=self._auth_block(tok), warnings=warnings)
+        return self._envelope(None, auth=self._auth_block(tok))
 
     # ----------------------------------------------------------------------- pki
     def _issuer(self, ref: str) -> _Issuer:
@@ -555,49 +545,10 @@ class VaultStandin:
                 return iss
         raise VaultError(400, f"unable to find PKI issuer for reference: {ref}")
 
-    def _pki_public(self, rel: str) -> tuple[int, str, bytes] | dict[str, Any] | None:
-        """The unauthenticated PKI reads: ``ca_chain``, ``cert/:serial``, ``issuer/:ref/{json,pem}``."""
-        if rel == "ca_chain":
-            return 200, "application/pem-certificate-chain", "".join(
-                _pem(c) for c in self.default_issuer.chain).encode()
-        if rel == "cert/ca_chain":
-            chain = [_pem(c) for c in self.default_issuer.chain]
-            return self._envelope({"certificate": "".join(chain), "ca_chain": chain, "revocation_time": 0,
-                                   "revocation_time_rfc3339": "", "issuer_id": self.default_issuer.id})
-        if rel.startswith("cert/"):
-            serial = rel[5:].lower().replace("-", ":")
-            leaf = self._leaves.get(serial)
-            if leaf is None:
-                return None
-            return self._envelope({"certificate": _pem(leaf.cert), "revocation_time": int(leaf.revoked_at or 0),
-                                   "revocation_time_rfc3339": _rfc3339(leaf.revoked_at) if leaf.revoked_at
-                                   else "", "issuer_id": self.intermediate_issuer.id})
-        m = re.fullmatch(r"issuer/([^/]+)/(json|pem)", rel)
-        if m:
-            iss = self._issuer(m.group(1))
-            if m.group(2) == "pem":
-                return 200, "application/pem-certificate-chain", _pem(iss.cert).encode()
-            return self._issuer_doc(iss)
-        return None
-
     def _issuer_doc(self, iss: _Issuer) -> dict[str, Any]:
         return self._envelope({"certificate": _pem(iss.cert), "ca_chain": [_pem(c) for c in iss.chain],
                                "issuer_id": iss.id, "issuer_name": iss.name, "key_id": "",
                                "leaf_not_after_behavior": "err", "revoked": False})
-
-    def _pki(self, method: str, rel: str, data: dict[str, Any]) -> dict[str, Any]:
-        write = method in ("POST", "PUT")
-        m = re.fullmatch(r"(?:issuer/([^/]+)/)?(issue|sign)/([^/]+)", rel)
-        if m and write:
-            return self._issue_or_sign(m.group(3), data, m.group(1), sign=m.group(2) == "sign")
-        if rel == "revoke" and write:
-            return self._revoke(data)
-        m = re.fullmatch(r"issuer/([^/]+)", rel)
-        if m and method == "GET":
-            return self._issuer_doc(self._issuer(m.group(1)))
-        if re.fullmatch(r"(?:issuer/[^/]+/)?(issue|sign)/[^/]+|revoke", rel):
-            raise VaultError(405, "unsupported operation")
-        raise VaultError(404, f'no handler for route "{self.pki_mount}/{rel}". route entry not found.')
 
     def _issue_or_sign(self, role_name: str, data: dict[str, Any], issuer_ref: str | None, *, sign: bool
                        ) -> dict[str, Any]:
@@ -608,44 +559,31 @@ class VaultStandin:
             raise VaultError(400, 'role key type "any" not allowed for issuing certificates, only signing')
         issuer = self._issuer(issuer_ref if issuer_ref is not None else role.issuer_ref)
         csr = self._csr(role, data) if sign else None
-        cn, dns, emails, ips = self._names(role, data, csr)
+        cn, dns, ips = self._names(role, data, csr)
         not_after, warnings = self._not_after(role, data, issuer)
         key = None if csr is not None else self._generate_key(role)
         public_key = csr.public_key() if csr is not None else key.public_key()  # type: ignore[union-attr]
-        now = dt.datetime.now(dt.UTC)
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in dns]
-        sans += [x509.RFC822Name(e) for e in emails] + [x509.IPAddress(ip) for ip in ips]
-        ekus = ([ExtendedKeyUsageOID.SERVER_AUTH] if role.server_flag else []) + (
-            [ExtendedKeyUsageOID.CLIENT_AUTH] if role.client_flag else [])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []))
-            .issuer_name(issuer.cert.subject).public_key(public_key)  # type: ignore[arg-type]
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(seconds=30)).not_valid_after(not_after)
-            .add_extension(x509.KeyUsage(True, False, True, False, True, False, False, False, False), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)  # type: ignore[arg-type]
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
-                           critical=False)
-        )
-        if ekus:
-            builder = builder.add_extension(x509.ExtendedKeyUsage(ekus), critical=False)
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=not cn)
-        cert = builder.sign(issuer.key, hashes.SHA256())
+        ekus = [oid for flag, oid in ((role.server_flag, ExtendedKeyUsageOID.SERVER_AUTH),
+                                      (role.client_flag, ExtendedKeyUsageOID.CLIENT_AUTH)) if flag]
+        cert = _make_cert(cn, public_key, (issuer.cert.subject, issuer.key), not_after, ekus=ekus,
+                          sans=[x509.DNSName(n) for n in dns] + [x509.IPAddress(ip) for ip in ips])
         serial = _colon_hex(cert.serial_number)
         self._leaves[serial] = _Leaf(cert)
-        chain = issuer.chain
-        if data.get("remove_roots_from_chain"):
-            chain = [c for c in chain if c.subject != c.issuer]
+        chain = [c for c in issuer.chain if not (data.get("remove_roots_from_chain") and c.subject == c.issuer)]
         out: dict[str, Any] = {"certificate": _pem(cert), "issuing_ca": _pem(issuer.cert),
                                "ca_chain": [_pem(c) for c in chain], "serial_number": serial,
                                "expiration": int(cert.not_valid_after_utc.timestamp())}
         if key is not None:
-            out["private_key"], out["private_key_type"] = self._key_pem(key, data), role.key_type
+            pkcs8 = data.get("private_key_format") == "pkcs8" or isinstance(key, ed25519.Ed25519PrivateKey)
+            fmt = serialization.PrivateFormat.PKCS8 if pkcs8 else serialization.PrivateFormat.TraditionalOpenSSL
+            out["private_key"] = key.private_bytes(serialization.Encoding.PEM, fmt,
+                                                   serialization.NoEncryption()).decode()
+            out["private_key_type"] = role.key_type
         return self._envelope(out, warnings=warnings or None)
 
-    def _csr(self, role: PkiRole, data: dict[str, Any]) -> x509.CertificateSigningRequest:
+    @staticmethod
+    def _csr(role: PkiRole, data: dict[str, Any]) -> x509.CertificateSigningRequest:
+        """Parse the CSR and apply the role's ``key_type``/``key_bits`` rules, as ``signCert`` does."""
         text = str(data.get("csr", ""))
         if not text:
             raise VaultError(400, '"csr" is empty')
@@ -653,12 +591,11 @@ class VaultStandin:
             raise VaultError(400, "csr contains no data")
         try:
             csr = x509.load_pem_x509_csr(text.encode())
+            pub = csr.public_key()
         except ValueError as exc:
             raise VaultError(400, f"certificate request could not be parsed: {exc}") from exc
-        pub = csr.public_key()
-        actual = {rsa.RSAPublicKey: "rsa", ec.EllipticCurvePublicKey: "ec",
-                  ed25519.Ed25519PublicKey: "ed25519"}
-        kind = next((v for k, v in actual.items() if isinstance(pub, k)), None)
+        kinds = ((rsa.RSAPublicKey, "rsa"), (ec.EllipticCurvePublicKey, "ec"), (ed25519.Ed25519PublicKey, "ed25519"))
+        kind = next((name for cls, name in kinds if isinstance(pub, cls)), None)
         if kind is None:
             raise VaultError(400, "Unknown key type in CSR")
         if role.key_type != "any" and kind != role.key_type:
@@ -670,56 +607,39 @@ class VaultStandin:
             minimum = role.key_bits or {"rsa": 2048, "ec": 256}.get(kind, 0)
         if kind in ("rsa", "ec") and bits < minimum:
             raise VaultError(400, f"role requires a minimum of a {minimum}-bit key, but CSR's key is {bits} bits")
-        if kind == "rsa" and bits < 2048:
-            raise VaultError(400, f"Vault requires a minimum of a 2048-bit key, but CSR's key is {bits} bits")
         if not csr.is_signature_valid:
-            raise VaultError(400, "certificate request could not be parsed: invalid signature")
+            raise VaultError(400, "certificate request could not be parsed: signature invalid")
         return csr
 
     def _names(self, role: PkiRole, data: dict[str, Any], csr: x509.CertificateSigningRequest | None
-               ) -> tuple[str, list[str], list[str], list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
-        """Vault's ``GenerateCreationBundle`` name rules, including the role's ``use_csr_*`` switches."""
-        cn = ""
-        csr_sans: x509.SubjectAlternativeName | None = None
+               ) -> tuple[str, list[str], list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+        """``GenerateCreationBundle``'s name handling (DNS and IP SANs; e-mail SANs are left out)."""
+        cn, sans = "", None
         if csr is not None:
             try:
-                csr_sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             except x509.ExtensionNotFound:
-                csr_sans = None
-            if role.use_csr_common_name:
-                attrs = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-                cn = str(attrs[0].value) if attrs else ""
+                sans = None
+            attrs = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            cn = str(attrs[0].value) if attrs and role.use_csr_common_name else ""
         if not cn:
             cn = str(data.get("common_name", "") or "")
             if not cn and role.require_cn:
                 raise VaultError(400, 'the common_name field is required, or must be provided in a CSR with '
                                       '"use_csr_common_name" set to true, unless "require_cn" is set to false')
-        dns: list[str] = []
-        emails: list[str] = []
         from_csr = csr is not None and role.use_csr_sans
-        if from_csr and csr_sans is not None:
-            dns = list(csr_sans.get_values_for_type(x509.DNSName))
-            emails = list(csr_sans.get_values_for_type(x509.RFC822Name))
-        if cn and not data.get("exclude_cn_from_sans"):
-            if "@" in cn:
-                emails.append(cn)
-            elif _HOSTNAME.match(cn):
-                dns.append(cn)
+        dns: list[str] = list(sans.get_values_for_type(x509.DNSName)) if from_csr and sans else []
+        if cn and not data.get("exclude_cn_from_sans") and _HOSTNAME.match(cn):
+            dns.append(cn)
         if not from_csr:
-            for name in sorted(set(_split(data.get("alt_names")))):
-                if "@" in name:
-                    emails.append(name)
-                elif _HOSTNAME.match(name):
-                    dns.append(name)
+            dns += [n for n in sorted(set(_split(data.get("alt_names")))) if _HOSTNAME.match(n)]
         if cn and self._bad_name(role, [cn]):
             raise VaultError(400, f"common name {cn} not allowed by this role")
         if bad := self._bad_name(role, dns):
             raise VaultError(400, f"subject alternate name {bad} not allowed by this role")
-        if bad := self._bad_name(role, emails):
-            raise VaultError(400, f"email address {bad} not allowed by this role")
         ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
         if from_csr:
-            ips = list(csr_sans.get_values_for_type(x509.IPAddress)) if csr_sans else []
+            ips = list(sans.get_values_for_type(x509.IPAddress)) if sans else []
             if ips and not role.allow_ip_sans:
                 raise VaultError(400, "IP Subject Alternative Names are not allowed in this role, "
                                       "but was provided some via CSR")
@@ -733,73 +653,50 @@ class VaultStandin:
                     ips.append(ipaddress.ip_address(value))
                 except ValueError as exc:
                     raise VaultError(400, f'the value "{value}" is not a valid IP address') from exc
-        return cn, list(dict.fromkeys(dns)), list(dict.fromkeys(emails)), ips
+        return cn, list(dict.fromkeys(dns)), ips
 
     @staticmethod
     def _bad_name(role: PkiRole, names: list[str]) -> str:
-        """Vault's ``ValidateNames``: the first name no rule of the role allows, or ``""``."""
+        """``ValidateNames`` for host names: the first name no rule of the role allows, else ``""``."""
         for name in names:
-            reduced = email_domain = name
-            is_email = is_wild = False
-            wild_label = ""
-            if "@" in reduced:
-                parts = reduced.split("@")
-                if len(parts) != 2:
+            reduced, wild_label, is_wild = name, "", "*" in name
+            if is_wild:
+                if not role.allow_wildcard_certificates or name.count("*") > 1:
                     return name
-                reduced = email_domain = parts[1]
-                is_email = True
-            if "*" in reduced:
-                is_wild = True
-                if not role.allow_wildcard_certificates or reduced.count("*") > 1:
-                    return name
-                wild_label, _, reduced = reduced.partition(".")
+                wild_label, _, reduced = name.partition(".")
                 if "*" in reduced:
                     return name
-            if is_email and is_wild:
-                return name
             if role.enforce_hostnames:
                 try:
                     converted = reduced.encode("idna").decode() if reduced else ""
                 except UnicodeError:
                     return name
-                if reduced and not _HOSTNAME.match(converted):
-                    return name
-                if is_wild and not _LEFT_WILD.match(wild_label):
+                if (reduced and not _HOSTNAME.match(converted)) or (is_wild and not _LEFT_WILD.match(wild_label)):
                     return name
             if role.allow_any_name:
                 continue
             if role.allow_localhost and (reduced in ("localhost", "localdomain") or (
                     role.allow_subdomains and reduced.endswith((".localhost", ".localdomain")))):
                 continue
-            ok = False
-            for domain in role.allowed_domains:
-                if role.allow_bare_domains and (name.lower() == domain.lower() or (
-                        is_email and email_domain.lower() == domain.lower())):
-                    ok = True
-                elif role.allow_subdomains and (reduced.endswith("." + domain) or (
-                        is_wild and reduced.lower() == domain.lower())):
-                    ok = True
-                elif role.allow_glob_domains and "*" in domain and fnmatch.fnmatchcase(name.lower(),
-                                                                                        domain.lower()):
-                    ok = True
-                if ok:
-                    break
-            if not ok:
+            if not any(
+                (role.allow_bare_domains and name.lower() == d.lower())
+                or (role.allow_subdomains and (reduced.endswith("." + d) or (is_wild and reduced.lower() == d.lower())))
+                or (role.allow_glob_domains and "*" in d and fnmatch.fnmatchcase(name.lower(), d.lower()))
+                for d in role.allowed_domains if d
+            ):
                 return name
         return ""
 
     def _not_after(self, role: PkiRole, data: dict[str, Any], issuer: _Issuer) -> tuple[dt.datetime, list[str]]:
-        """Vault's ``GetCertificateNotAfter``: request ttl, else role ttl, else mount default; capped."""
+        """``GetCertificateNotAfter``: request ttl, else role ttl, else mount default; over max_ttl: capped."""
         warnings: list[str] = []
         ttl = parse_vault_duration(data.get("ttl"))
         not_after_text = str(data.get("not_after", "") or "")
         if ttl > 0 and not_after_text:
             raise VaultError(400, "Either ttl or not_after should be provided. Both should not be provided in "
                                   "the same request.")
-        if ttl == 0 and role.ttl > 0:
-            ttl = role.ttl
+        ttl = ttl or role.ttl or self.default_lease_ttl
         max_ttl = role.max_ttl or self.max_lease_ttl
-        ttl = ttl or self.default_lease_ttl
         if ttl > max_ttl:
             warnings.append(f'TTL "{go_duration(ttl)}" is longer than permitted maxTTL "{go_duration(max_ttl)}", '
                             "so maxTTL is being used")
@@ -826,13 +723,6 @@ class VaultStandin:
             return ed25519.Ed25519PrivateKey.generate()
         return rsa.generate_private_key(public_exponent=65537, key_size=role.key_bits or 2048)
 
-    @staticmethod
-    def _key_pem(key: Any, data: dict[str, Any]) -> str:
-        """``private_key_format`` ``der`` (default, PEM of the type-specific DER) or ``pkcs8``."""
-        pkcs8 = data.get("private_key_format") == "pkcs8" or isinstance(key, ed25519.Ed25519PrivateKey)
-        fmt = serialization.PrivateFormat.PKCS8 if pkcs8 else serialization.PrivateFormat.TraditionalOpenSSL
-        return str(key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption()).decode())
-
     def _revoke(self, data: dict[str, Any]) -> dict[str, Any]:
         serial, pem = str(data.get("serial_number", "") or ""), str(data.get("certificate", "") or "")
         if serial and pem:
@@ -845,14 +735,14 @@ class VaultStandin:
         leaf = self._leaves.get(serial)
         if leaf is None:
             raise VaultError(400, f"certificate with serial {serial} not found")
-        if leaf.revoked_at is None:
-            leaf.revoked_at = time.time()
+        leaf.revoked_at = leaf.revoked_at or time.time()  # revoking twice answers the first revocation
         return self._envelope({"revocation_time": int(leaf.revoked_at),
                                "revocation_time_rfc3339": _rfc3339(leaf.revoked_at), "state": "revoked"})
 
     @staticmethod
     def _envelope(data: dict[str, Any] | None, *, auth: dict[str, Any] | None = None,
                   warnings: list[str] | None = None) -> dict[str, Any]:
+        """Vault's response envelope; PKI roles without ``generate_lease`` give no lease."""
         return {"request_id": str(uuid.uuid4()), "lease_id": "", "renewable": False, "lease_duration": 0,
                 "data": data, "wrap_info": None, "warnings": warnings, "auth": auth, "mount_type": ""}
 
@@ -866,7 +756,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        """TLS handshake in the worker thread, so a client that rejects our certificate stalls nothing."""
+        """TLS handshake in the worker thread, so a client rejecting our certificate stalls nothing else."""
         ctx = self.vault._ssl
         if ctx is None:
             super().finish_request(request, client_address)

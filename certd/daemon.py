@@ -1,0 +1,191 @@
+"""``certd run``: APScheduler wiring, the HTTP API, signals and systemd notification.
+
+The pieces with decisions in them live elsewhere (policy in ``policy.py``,
+scanning in ``scheduler.py``, renewal in ``pipeline.py``); this module only
+connects them to time and to the operating system:
+
+- an interval job runs the scan every ``check_interval``, and a one-off job is
+  (re)placed at the earliest ``renew_at`` the scan saw, so renewals happen on
+  time rather than up to one interval late;
+- SIGHUP reloads the config; a config with errors is logged, reported in
+  ``/healthz`` and ignored (the daemon keeps running on the old one);
+- SIGTERM/SIGINT stop taking work, let running renewals finish and release
+  their leases, then exit;
+- with ``NOTIFY_SOCKET`` set (systemd ``Type=notify``) it reports READY and,
+  with ``WATCHDOG_USEC``, pets the watchdog while the scheduler is alive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import text
+
+from certd.api import ApiState, create_api
+from certd.app import App
+from certd.config import Config, load_config
+from certd.errors import CertdError
+from certd.metrics import Metrics
+from certd.pipeline import Pipeline
+from certd.scheduler import Scheduler
+
+__all__ = ["Daemon", "sd_notify"]
+
+log = logging.getLogger("certd.daemon")
+
+
+def sd_notify(message: str) -> bool:
+    """Send one sd_notify datagram if systemd asked for them; False otherwise."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        except OSError:
+            return False
+    return True
+
+
+class Daemon:
+    """One ``certd run`` process."""
+
+    def __init__(self, config_path: Path, config: Config) -> None:
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.app = App.open(config, metrics=self.metrics)
+        self.config_error: str | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.scheduler = Scheduler(lambda: self.pipeline, self.app.clock, workers=config.daemon.workers,
+                                   metrics=self.metrics)
+        self._aps = BackgroundScheduler(timezone=UTC)
+        self._server: uvicorn.Server | None = None
+
+    @property
+    def pipeline(self) -> Pipeline:
+        with self._lock:
+            return self.app.pipeline
+
+    def _token(self) -> str | None:
+        path = self.pipeline.config.daemon.api_token_file
+        if path is None:
+            return None
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            log.error("cannot read daemon.api_token_file %s: writes through the API are refused", path)
+            return None
+
+    def health(self) -> dict[str, Any]:
+        database = True
+        try:
+            with self.app.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:
+            database = False
+        alive = self._aps.running and not self._stop.is_set()
+        status = "ok" if alive and database and self.config_error is None else "degraded"
+        last = self.scheduler.last_scan
+        return {
+            "status": status,
+            "scheduler": alive,
+            "database": database,
+            "config_error": self.config_error,
+            "last_scan": last.isoformat() if last else None,
+        }
+
+    # -- scheduling ------------------------------------------------------------------
+    def _scan(self) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            started = self.scheduler.scan()
+            if started:
+                log.info("scan started renewals: %s", ", ".join(started))
+        except CertdError as exc:
+            log.error("scan failed: %s", exc)
+        except Exception:
+            log.exception("scan failed")
+        self._place_wakeup()
+
+    def _place_wakeup(self) -> None:
+        wakeup = self.scheduler.next_wakeup()
+        if wakeup is None or self._stop.is_set():
+            return
+        self._aps.add_job(self._scan, "date", run_date=max(wakeup, datetime.now(UTC)), id="wakeup",
+                          replace_existing=True, misfire_grace_time=None)
+
+    # -- signals -------------------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read the config; keep the old one if the new one is invalid."""
+        try:
+            config = load_config(self.config_path)
+            app = App.open(config, metrics=self.metrics)
+        except CertdError as exc:
+            self.config_error = str(exc)
+            log.error("config reload failed, still running on the previous config: %s", exc)
+            return
+        with self._lock:
+            old, self.app = self.app, app
+        self.config_error = None
+        log.info("config reloaded: %d certificates", len(config.certificates))
+        old.close()
+        self._scan()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- main loop -------------------------------------------------------------------
+    def run(self) -> int:
+        """Block until SIGTERM/SIGINT; return the process exit status."""
+        daemon_cfg = self.pipeline.config.daemon
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
+        if self._token() is None:
+            log.warning("no usable [daemon] api_token_file: the HTTP API accepts reads only")
+        state = ApiState(pipeline=lambda: self.pipeline, scheduler=self.scheduler, metrics=self.metrics,
+                         token=self._token, health=self.health)
+        host, _, port = daemon_cfg.api_listen.rpartition(":")
+        self._server = uvicorn.Server(uvicorn.Config(create_api(state), host=host.strip("[]"), port=int(port),
+                                                     log_level="warning", access_log=False))
+        api_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
+        api_thread.start()
+        self._aps.add_job(self._scan, "interval", seconds=daemon_cfg.check_interval.total_seconds(), id="scan",
+                          next_run_time=datetime.now(UTC), max_instances=1, coalesce=True)
+        self._aps.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started and time.monotonic() < deadline and api_thread.is_alive():
+            time.sleep(0.05)
+        if not self._server.started:
+            log.error("HTTP API did not start on %s", daemon_cfg.api_listen)
+            self._aps.shutdown(wait=False)
+            return 1
+        log.info("certd running: api on %s, scanning every %s", daemon_cfg.api_listen, daemon_cfg.check_interval)
+        sd_notify("READY=1\nSTATUS=scanning")
+        watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+        while not self._stop.wait(watchdog / 2 if watchdog else 1.0):
+            if watchdog and self._aps.running:
+                sd_notify("WATCHDOG=1")
+        log.info("stopping: finishing running renewals")
+        sd_notify("STOPPING=1")
+        self._aps.shutdown(wait=False)
+        self.scheduler.shutdown(wait=True)
+        self._server.should_exit = True
+        api_thread.join(10)
+        self.app.close()
+        return 0

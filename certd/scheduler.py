@@ -1,0 +1,223 @@
+"""Deciding when to renew, and running renewals on a bounded worker pool.
+
+The scan only schedules (certmagic's maintain loop is the model): it asks the
+pipeline's policy which certificates are due, hands each to the pool at most
+once, and computes the next exact wake-up so a certificate is renewed at its
+stored ``renew_at`` rather than up to ``check_interval`` late. Workers run
+the same ``Pipeline.renew`` as the CLI and the API, which re-checks under
+the lease. Renewals the scan starts never wait for another holder: if a
+replica already holds a certificate's lease, this one skips it.
+
+``Jobs`` is the in-memory record the HTTP API exposes (``/v1/jobs/{id}``);
+asking to renew a certificate that already has a queued or running job
+returns that job, so callers can retry requests freely.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from certd.clock import Clock
+from certd.metrics import Metrics
+from certd.pipeline import Pipeline, Result
+from certd.policy import Reason, hard_deadline
+
+__all__ = ["Job", "Jobs", "Scheduler"]
+
+log = logging.getLogger("certd.scheduler")
+JobKind = Literal["renew", "deploy"]
+JobState = Literal["queued", "running", "succeeded", "failed"]
+_KEEP_FINISHED = 1000
+
+
+@dataclass
+class Job:
+    """One requested piece of work and, once done, its result."""
+
+    id: str
+    name: str
+    kind: JobKind
+    force: bool
+    state: JobState = "queued"
+    result: Result | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "job": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state,
+            "result": self.result.as_json() if self.result else None,
+        }
+
+
+class Jobs:
+    """Thread-safe job table: at most one open job per (certificate, kind)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._open: dict[tuple[str, JobKind], str] = {}
+
+    def open_or_create(self, name: str, kind: JobKind, force: bool) -> tuple[Job, bool]:
+        """The open job for this certificate and kind, or a new one (``True`` when new)."""
+        with self._lock:
+            existing = self._open.get((name, kind))
+            if existing is not None:
+                return self._jobs[existing], False
+            job = Job(id=uuid.uuid4().hex[:16], name=name, kind=kind, force=force)
+            self._jobs[job.id] = job
+            self._open[(name, kind)] = job.id
+            self._trim()
+            return job, True
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def is_open(self, name: str, kind: JobKind) -> bool:
+        with self._lock:
+            return (name, kind) in self._open
+
+    def start(self, job: Job) -> None:
+        with self._lock:
+            job.state = "running"
+
+    def finish(self, job: Job, result: Result) -> None:
+        with self._lock:
+            job.result = result
+            job.state = "succeeded" if result.ok else "failed"
+            self._open.pop((job.name, job.kind), None)
+
+    def _trim(self) -> None:
+        finished = [j for j in self._jobs.values() if j.state in ("succeeded", "failed")]
+        for job in sorted(finished, key=lambda j: j.created_at)[: max(0, len(finished) - _KEEP_FINISHED)]:
+            del self._jobs[job.id]
+
+
+class Scheduler:
+    """Scans for due certificates and runs renewals; shared by the daemon and the API."""
+
+    def __init__(
+        self,
+        pipeline: Callable[[], Pipeline],
+        clock: Clock,
+        *,
+        workers: int,
+        metrics: Metrics | None = None,
+        inline: bool = False,
+    ) -> None:
+        self._pipeline = pipeline
+        self._clock = clock
+        self._metrics = metrics
+        self.jobs = Jobs()
+        self._inline = inline
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="renew")
+        self._next_wakeup: datetime | None = None
+        self.last_scan: datetime | None = None
+
+    # -- submitting work -----------------------------------------------------------
+    def submit(self, name: str, *, kind: JobKind = "renew", force: bool = True, wait_for_lease: bool = True) -> Job:
+        """Queue work for one certificate, or return the job already open for it."""
+        job, created = self.jobs.open_or_create(name, kind, force)
+        if created:
+            if self._inline:
+                self._run(job, wait_for_lease)
+            else:
+                fut: Future[None] = self._pool.submit(self._run, job, wait_for_lease)
+                fut.add_done_callback(_log_crash)
+        return job
+
+    def _run(self, job: Job, wait_for_lease: bool) -> None:
+        self.jobs.start(job)
+        pipeline = self._pipeline()
+        try:
+            if job.kind == "deploy":
+                result = pipeline.deploy(job.name)
+            else:
+                wait = timedelta(minutes=5) if wait_for_lease else timedelta(0)
+                result = pipeline.renew(job.name, force=job.force, wait=wait)
+        except Exception as exc:
+            log.exception("job %s for %s crashed", job.id, job.name)
+            result = Result(job.name, "failed", failed_step="internal", error=f"{type(exc).__name__}: {exc}")
+        self.jobs.finish(job, result)
+        if self._metrics is not None:
+            self.refresh_metrics([job.name])
+
+    # -- scanning ------------------------------------------------------------------
+    def scan(self) -> list[str]:
+        """Submit every due certificate not already in progress; return their names."""
+        pipeline = self._pipeline()
+        now = self._clock.now()
+        started: list[str] = []
+        wakeup: datetime | None = None
+        for name in pipeline.config.certificates:
+            if self.jobs.is_open(name, "renew"):
+                continue
+            try:
+                verdict = pipeline.verdict(name)
+            except Exception:
+                log.exception("cannot evaluate %s", name)
+                continue
+            if verdict.due:
+                self.submit(name, force=False, wait_for_lease=False)
+                started.append(name)
+            elif verdict.at is not None and verdict.at > now and (wakeup is None or verdict.at < wakeup):
+                wakeup = verdict.at
+        self._next_wakeup = wakeup
+        self.last_scan = now
+        if self._metrics is not None:
+            self.refresh_metrics(list(pipeline.config.certificates))
+        return started
+
+    def next_wakeup(self) -> datetime | None:
+        """The earliest ``renew_at`` (or backoff end) the last scan saw in the future."""
+        return self._next_wakeup
+
+    def refresh_metrics(self, names: list[str]) -> None:
+        """Per-certificate gauges from the inventory (correct even for another replica's work)."""
+        if self._metrics is None:
+            return
+        pipeline = self._pipeline()
+        now = self._clock.now()
+        for name in names:
+            if name not in pipeline.config.certificates:
+                continue
+            version = pipeline.inventory.current_version(name)
+            row = pipeline.inventory.certificate(name)
+            verdict = pipeline.verdict(name)
+            if version is not None and row is not None and row.last_error and now >= hard_deadline(
+                version.not_before, version.not_after
+            ):
+                condition = "expiring"
+            elif row is not None and row.last_error:
+                condition = "failing"
+            elif verdict.due or verdict.reason is Reason.BACKING_OFF:
+                condition = "renewing"
+            else:
+                condition = "ready"
+            self._metrics.set_certificate(
+                name,
+                not_after=version.not_after if version else None,
+                renew_at=version.renew_at if version else None,
+                condition=condition,
+            )
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop taking work; with ``wait``, let running renewals finish (they release their leases)."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+
+def _log_crash(fut: Future[None]) -> None:
+    exc = fut.exception()
+    if exc is not None:
+        log.error("renewal worker crashed: %s", exc)
