@@ -62,7 +62,9 @@ __all__ = [
 ]
 
 DEFAULT_DB_URL = "sqlite:////var/lib/certd/certd.db"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Also valid as a Kubernetes label value and a URL path segment: 63 chars, alphanumeric at both ends.
+_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+_NAME_RULE = "name must be letters, digits, '.', '_' or '-', start and end alphanumeric (max 63)"
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 _SECRET_HINTS = {
     "token": "token_file",
@@ -434,7 +436,7 @@ def _typed_tables(
     for name, table in raw.items():
         where = f"{section}.{name}"
         if not _NAME_RE.match(name):
-            errors.append(f"{path}: {where}: name must be letters, digits, '.', '_' or '-' (max 64)")
+            errors.append(f"{path}: {where}: {_NAME_RULE}")
             continue
         if not isinstance(table, dict):
             errors.append(f"{path}: {where}: must be a table")
@@ -530,7 +532,7 @@ def load_config(path: Path | str) -> Config:
         raw_certs = {}
     for name, table in raw_certs.items():
         if not _NAME_RE.match(name):
-            errors.append(f"{path}: certificates.{name}: name must be letters, digits, '.', '_' or '-'")
+            errors.append(f"{path}: certificates.{name}: {_NAME_RULE}")
             continue
         cert = _validate(path, f"certificates.{name}", CertificateConfig, table, errors, base)
         if cert is not None:

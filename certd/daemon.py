@@ -73,6 +73,7 @@ class Daemon:
         self.scheduler = Scheduler(lambda: self.pipeline, self.app.clock, workers=config.daemon.workers,
                                    metrics=self.metrics)
         self._aps = BackgroundScheduler(timezone=UTC)
+        self.scheduler.on_wakeup_changed = self._place_wakeup
         self._server: uvicorn.Server | None = None
 
     @property
@@ -120,11 +121,10 @@ class Daemon:
             log.error("scan failed: %s", exc)
         except Exception:
             log.exception("scan failed")
-        self._place_wakeup()
 
-    def _place_wakeup(self) -> None:
-        wakeup = self.scheduler.next_wakeup()
-        if wakeup is None or self._stop.is_set():
+
+    def _place_wakeup(self, wakeup: datetime | None) -> None:
+        if wakeup is None or self._stop.is_set() or not self._aps.running:
             return
         self._aps.add_job(self._scan, "date", run_date=max(wakeup, datetime.now(UTC)), id="wakeup",
                           replace_existing=True, misfire_grace_time=None)

@@ -230,6 +230,21 @@ class Pipeline:
         unique = {fingerprint(c): c for c in certs}
         return list(unique.values())
 
+    def verdicts(self) -> dict[str, Verdict]:
+        """``verdict`` for every configured certificate, from two queries (for scans)."""
+        rows = self.inventory.plan_rows()
+        now = self.clock.now()
+        out: dict[str, Verdict] = {}
+        for name, cfg in self.config.certificates.items():
+            row, facts = rows.get(name, (None, None))
+            current = None if facts is None else Current(
+                issuer=facts.issuer, names=facts.names, key_type=facts.key_type, not_before=facts.not_before,
+                not_after=facts.not_after, renew_at=facts.renew_at, revoked=facts.state == VersionState.REVOKED.value,
+            )
+            out[name] = evaluate(self.wanted(name, cfg), current, now,
+                                 next_attempt_at=row.next_attempt_at if row else None)
+        return out
+
     # -- leases ------------------------------------------------------------------
     def _acquire(self, name: str, rid: str, wait: timedelta) -> LeaseInfo | Result:
         """Our lease, or the outcome of a renewal that finished while this request was waiting.

@@ -124,6 +124,8 @@ class Scheduler:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="renew")
         self._next_wakeup: datetime | None = None
         self.last_scan: datetime | None = None
+        # Called with the new next wake-up after a scan and after each finished job (the daemon re-arms its timer).
+        self.on_wakeup_changed: Callable[[datetime | None], None] | None = None
 
     # -- submitting work -----------------------------------------------------------
     def submit(self, name: str, *, kind: JobKind = "renew", force: bool = True, wait_for_lease: bool = True) -> Job:
@@ -152,6 +154,8 @@ class Scheduler:
         self.jobs.finish(job, result)
         if self._metrics is not None:
             self.refresh_metrics([job.name])
+        if not self._inline:
+            self.recompute_wakeup()
 
     # -- scanning ------------------------------------------------------------------
     def scan(self) -> list[str]:
@@ -159,25 +163,24 @@ class Scheduler:
         pipeline = self._pipeline()
         now = self._clock.now()
         started: list[str] = []
-        wakeup: datetime | None = None
-        for name in pipeline.config.certificates:
-            if self.jobs.is_open(name, "renew"):
-                continue
-            try:
-                verdict = pipeline.verdict(name)
-            except Exception:
-                log.exception("cannot evaluate %s", name)
-                continue
-            if verdict.due:
+        for name, verdict in pipeline.verdicts().items():
+            if verdict.due and not self.jobs.is_open(name, "renew"):
                 self.submit(name, force=False, wait_for_lease=False)
                 started.append(name)
-            elif verdict.at is not None and verdict.at > now and (wakeup is None or verdict.at < wakeup):
-                wakeup = verdict.at
-        self._next_wakeup = wakeup
+        self.recompute_wakeup()
         self.last_scan = now
         if self._metrics is not None:
             self.refresh_metrics(list(pipeline.config.certificates))
         return started
+
+    def recompute_wakeup(self) -> datetime | None:
+        """The earliest future ``renew_at`` or backoff end, from the inventory as it is now."""
+        now = self._clock.now()
+        times = [v.at for v in self._pipeline().verdicts().values() if not v.due and v.at is not None and v.at > now]
+        self._next_wakeup = min(times, default=None)
+        if self.on_wakeup_changed is not None:
+            self.on_wakeup_changed(self._next_wakeup)
+        return self._next_wakeup
 
     def next_wakeup(self) -> datetime | None:
         """The earliest ``renew_at`` (or backoff end) the last scan saw in the future."""
@@ -189,12 +192,13 @@ class Scheduler:
             return
         pipeline = self._pipeline()
         now = self._clock.now()
+        rows = {r.name: r for r in pipeline.inventory.certificates()}
+        versions = pipeline.inventory.current_versions()
+        verdicts = pipeline.verdicts()
         for name in names:
-            if name not in pipeline.config.certificates:
+            if name not in verdicts:
                 continue
-            version = pipeline.inventory.current_version(name)
-            row = pipeline.inventory.certificate(name)
-            verdict = pipeline.verdict(name)
+            version, row, verdict = versions.get(name), rows.get(name), verdicts[name]
             if version is not None and row is not None and row.last_error and now >= hard_deadline(
                 version.not_before, version.not_after
             ):

@@ -56,8 +56,7 @@ def list_doc(pipeline: Pipeline) -> dict[str, Any]:
 def plan_doc(pipeline: Pipeline) -> dict[str, Any]:
     """What would renew, when and why (the same verdict ``renew`` acts on)."""
     out = []
-    for name in pipeline.config.certificates:
-        verdict = pipeline.verdict(name)
+    for name, verdict in pipeline.verdicts().items():
         out.append(
             {
                 "name": name,

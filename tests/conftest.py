@@ -19,6 +19,8 @@ from certd.config import Config, load_config
 
 pytest_plugins = [
     "tests.servers.fixtures",
+    "tests.standins.vault_fixtures",
+    "tests.standins.kubernetes_fixtures",
 ]
 
 

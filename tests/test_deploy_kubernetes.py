@@ -17,6 +17,7 @@ from lightkube.resources.core_v1 import Secret
 
 from certd.certs import certs_pem, rfc3339, serial_hex
 from certd.config import KubernetesSecretDeployConfig
+from certd.deploy import build_target
 from certd.deploy.base import DeployContext, DeployTarget, PublishedPaths
 from certd.deploy.kubernetes import (
     ANNOTATION_NOT_AFTER,
@@ -103,8 +104,12 @@ def assert_no_secrets_in(err: DeployError, ctx: DeployContext, standin: Kubernet
         assert forbidden not in text
 
 
-def test_is_a_deploy_target(kubeconfig: Path) -> None:
-    assert isinstance(target_for(kubeconfig), DeployTarget)
+def test_is_a_deploy_target_built_from_config(kubeconfig: Path) -> None:
+    target = target_for(kubeconfig)
+    assert isinstance(target, DeployTarget)
+    built = build_target("k8s-web", KubernetesSecretDeployConfig.model_validate(
+        {"type": "kubernetes-secret", "namespace": NS, "name": NAME, "kubeconfig": kubeconfig}))
+    assert isinstance(built, KubernetesSecretTarget) and built.name == "k8s-web"
 
 
 def test_creates_missing_secret(k8s_standin: KubernetesStandin, kubeconfig: Path,

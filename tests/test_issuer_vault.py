@@ -17,7 +17,7 @@ from cryptography import x509
 
 from certd.config import VaultIssuerConfig
 from certd.errors import CertdError, IssuerError, IssuerUnavailable
-from certd.issuers.base import IssueRequest, Issuer, RevocationReason
+from certd.issuers.base import Issuer, IssueRequest, RevocationReason
 from certd.issuers.vault import VaultIssuer
 from certd.keys import KeyType, build_csr, generate_key
 from tests.standins.vault import VaultStandin
@@ -49,7 +49,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def make_issuer(vault: VaultStandin, tmp_path: Path, *, auth: str = "approle", sleeps: list[float] | None = None,
-                clock: Any = None, **overrides: Any) -> VaultIssuer:
+                clock: Any = None, attempts: int = 3, **overrides: Any) -> VaultIssuer:
     settings: dict[str, Any] = {
         "type": "vault", "url": vault.url, "ca_bundle": vault.ca_bundle_path, "role": "backend", "auth": auth,
         "roots": write(tmp_path / "roots.pem", vault.root_pem()), "timeout": "5s",
@@ -64,7 +64,8 @@ def make_issuer(vault: VaultStandin, tmp_path: Path, *, auth: str = "approle", s
         settings["jwt_file"] = write(tmp_path / "jwt", JWT)
     settings.update(overrides)
     record = sleeps if sleeps is not None else []
-    return VaultIssuer("internal", VaultIssuerConfig(**settings), clock=clock, backoff=0.01, sleep=record.append)
+    return VaultIssuer("internal", VaultIssuerConfig(**settings), clock=clock, attempts=attempts, backoff=0.01,
+                       sleep=record.append)
 
 
 def request(*names: str, lifetime: timedelta | None = None, key_type: KeyType = KeyType.ECDSA_P256) -> IssueRequest:
@@ -315,6 +316,8 @@ def test_concurrent_issue_logs_in_once(vault: VaultStandin, tmp_path: Path) -> N
         t.join(timeout=60)
     assert errors == [] and len({c.serial_number for c in results}) == 8
     assert vault.count("POST", "/v1/auth/approle/login") == 1
+    issuer.close()
+    assert issuer.issue(request("after-close.example.test")).leaf
 
 
 def test_no_secret_appears_in_errors_or_logs(vault: VaultStandin, tmp_path: Path,
@@ -326,7 +329,8 @@ def test_no_secret_appears_in_errors_or_logs(vault: VaultStandin, tmp_path: Path
             request("a.example.test")),
         lambda: make_issuer(vault, tmp_path, auth="token").issue(request("a.example.test")),
         lambda: make_issuer(vault, tmp_path).issue(request("evil.other.test")),
-        lambda: make_issuer(vault, tmp_path, auth="kubernetes", kubernetes_role="nope").issue(request("a.example.test")),
+        lambda: make_issuer(vault, tmp_path, auth="kubernetes", kubernetes_role="nope").issue(
+            request("a.example.test")),
         lambda: make_issuer(vault, tmp_path, ca_bundle=tmp_path / "roots.pem").issue(request("a.example.test")),
     ]
     messages: list[str] = []

@@ -46,6 +46,7 @@ __all__ = [
     "LABEL_MANAGED_BY",
     "MAX_ATTEMPTS",
     "KubernetesSecretTarget",
+    "build",
 ]
 
 TLS_SECRET_TYPE = "kubernetes.io/tls"  # noqa: S105 - a Secret type name, not a password
@@ -318,3 +319,8 @@ class KubernetesSecretTarget:
             f"deploy {self.name}: cannot {action} secret {self._where}: {detail}",
             retryable=retryable,
         )
+
+
+def build(name: str, config: KubernetesSecretDeployConfig) -> KubernetesSecretTarget:
+    """Entry point for ``certd.deploy.build_target``."""
+    return KubernetesSecretTarget(name, config)

@@ -54,7 +54,7 @@ from certd.certs import is_self_signed, load_pem_certs
 from certd.clock import Clock, SystemClock
 from certd.config import VaultIssuerConfig
 from certd.errors import CertdError, IssuerError, IssuerUnavailable
-from certd.issuers.base import Issued, IssueRequest, RevocationReason
+from certd.issuers.base import AccountStore, Issued, IssueRequest, RevocationReason
 from certd.keys import is_ip, load_key_pem
 
 __all__ = ["VaultIssuer"]
@@ -63,8 +63,8 @@ log = logging.getLogger("certd.issuers.vault")
 
 T = TypeVar("T")
 
-_RENEW_FRACTION = 2 / 3
-_EXPIRY_MARGIN = timedelta(seconds=5)
+_RENEW_FRACTION = 2 / 3  # as Vault Agent's lifetime watcher: early enough to survive a failed renewal
+_EXPIRY_MARGIN = timedelta(seconds=5)  # replace a token slightly early, so it cannot lapse in flight
 _REDACTED = "[redacted]"
 
 
@@ -93,6 +93,7 @@ def _vault_serial(certificate: x509.Certificate) -> str:
 
 
 def _tls_reason(exc: BaseException) -> str:
+    """requests buries the ssl module's reason in a long repr; the operator needs only that reason."""
     found = re.search(r"certificate verify failed: [^(')\"]+", str(exc))
     return found.group(0).strip() if found else "TLS handshake failed"
 
@@ -129,6 +130,8 @@ class VaultIssuer:
         dns = [n for n in request.names if not is_ip(n)]
         ips = [n for n in request.names if is_ip(n)]
         params: dict[str, Any] = {"format": "pem"}
+        # For sign, the role's use_csr_* defaults take CN and SANs from the CSR; the names are sent
+        # anyway so that issue, and roles with use_csr_sans = false, get exactly the same names.
         if dns:
             params["common_name"] = dns[0]
             params["alt_names"] = ",".join(dns)
@@ -227,7 +230,7 @@ class VaultIssuer:
             except IssuerUnavailable as exc:
                 if attempt == self._attempts:
                     raise
-                log.warning("%s; retrying in %.1fs (attempt %d of %d)", exc.message, delay, attempt + 1,
+                log.warning("%s; retrying in %gs (attempt %d of %d)", exc.message, delay, attempt + 1,
                             self._attempts)
             self._sleep(delay)
             delay *= 2
@@ -385,9 +388,11 @@ class VaultIssuer:
                                                 f"{trust} ({_tls_reason(exc)})"),
                               reason="TLSVerifyFailed") from exc
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            kind = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "connection failed"
-            raise IssuerUnavailable(self._msg(action, f"cannot reach Vault at {cfg.url}: {kind} "
-                                                      f"(timeout {cfg.timeout.total_seconds():g}s)"),
+            if isinstance(exc, requests.exceptions.Timeout):
+                kind = f"timed out after {cfg.timeout.total_seconds():g}s"
+            else:
+                kind = "connection failed"
+            raise IssuerUnavailable(self._msg(action, f"cannot reach Vault at {cfg.url}: {kind}"),
                                     reason="VaultUnreachable") from exc
         except requests.exceptions.RequestException as exc:
             raise IssuerUnavailable(self._msg(action, f"request to Vault failed: {type(exc).__name__}"),
@@ -400,7 +405,8 @@ class VaultIssuer:
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, dict):
             raise IssuerError(self._msg(action, "Vault's answer has no data"), reason="BadResponse")
-        for warning in response.get("warnings") or []:
+        warnings = response.get("warnings") or []
+        for warning in [warnings] if isinstance(warnings, str) else warnings:
             log.warning("issuer %s: Vault warned on %s (%s): %s", self.name, action, self._where, warning)
         return data
 
@@ -417,3 +423,8 @@ class VaultIssuer:
         if not out:
             raise IssuerError(self._msg(action, "Vault returned no certificate"), reason="BadResponse")
         return out
+
+
+def build(name: str, config: VaultIssuerConfig, accounts: AccountStore) -> VaultIssuer:
+    """Vault needs no account store: its identity is the auth method in the config."""
+    return VaultIssuer(name, config)

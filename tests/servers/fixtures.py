@@ -1,6 +1,6 @@
 """pytest plugin: real servers for certd's tests, each owned by a fixture and stopped even when a test fails.
 
-A missing binary skips with the package to install (scripts/install-test-deps.sh); anything else that goes
+A missing binary skips with the package to install (scripts/install-system-deps.sh test); anything else that goes
 wrong at startup is an error with the server's log tail, never a silent pass.
 """
 
@@ -46,7 +46,7 @@ class _Stoppable(Protocol):
 def require(*binaries: str, package: str) -> None:
     missing = [b for b in binaries if shutil.which(b) is None]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed (apt-get install {package}; scripts/install-test-deps.sh)")
+        pytest.skip(f"{', '.join(missing)} not installed (scripts/install-system-deps.sh test installs {package})")
 
 
 def _factory(make: Callable[..., Any]) -> Iterator[Callable[..., Any]]:

@@ -22,9 +22,12 @@ writer touches, the way the docs describe it:
   RBAC-like allow list per namespace and verb (403 ``Forbidden``), checked before the object is looked up.
 
 Test controls: ``url``, ``ca_bundle_path``, ``token``, ``user``, ``secrets`` (deep copies of what is stored),
-``secret_data()``, ``create_secret()`` (seed state as another writer would), ``inject_conflicts(n)``,
-``allow_namespaces()``, ``allow_all_namespaces()``, ``requests`` (what was asked and answered; never the token),
-``kubeconfig(path)`` and ``stop()``.
+``secret_data()``, ``create_secret()`` (seed state as another writer would), ``inject_conflicts(n)`` and
+``pending_conflicts``, ``allow_namespaces(*ns, verbs=...)``, ``allow_all_namespaces()``, ``requests`` /
+``clear_requests()`` (what was asked and answered; never the token), ``kubeconfig(path)``, ``start()``/``stop()``.
+
+Deliberately left out: watch, JSON patch and server-side apply (415 here), ``deletecollection``, field selectors,
+managedFields, and any resource other than Secrets.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def _not_found(namespace: str, name: str) -> StandinApiError:
+def _not_found(name: str) -> StandinApiError:
     return StandinApiError(404, "NotFound", f'secrets "{name}" not found', {"name": name, "kind": "secrets"})
 
 
@@ -418,7 +421,7 @@ class _Api:
     def get(self, namespace: str, name: str) -> tuple[int, dict[str, Any]]:
         current = self.s.store.get((namespace, name))
         if current is None:
-            raise _not_found(namespace, name)
+            raise _not_found(name)
         return 200, self._output(current)
 
     def list_secrets(self, namespace: str, query: Mapping[str, list[str]]) -> tuple[int, dict[str, Any]]:
@@ -464,7 +467,7 @@ class _Api:
         key = (namespace, name)
         current = self.s.store.get(key)
         if current is None:
-            raise _not_found(namespace, name)
+            raise _not_found(name)
         obj, warnings = self._normalize(namespace, body, url_name=name)
         code, out = self._replace(current, obj, dry_run=dry_run, inject=inject)
         return code, out, warnings
@@ -480,7 +483,7 @@ class _Api:
         key = (namespace, name)
         current = self.s.store.get(key)
         if current is None:
-            raise _not_found(namespace, name)
+            raise _not_found(name)
         patched = merge_patch(copy.deepcopy(current), body)
         if patched.get("metadata", {}).get("name") != name:
             raise _invalid(name, [_Field("metadata.name", "FieldValueInvalid", "Invalid value: field is immutable")])
@@ -513,7 +516,7 @@ class _Api:
     def delete(self, namespace: str, name: str, *, dry_run: bool = False) -> tuple[int, dict[str, Any]]:
         current = self.s.store.get((namespace, name))
         if current is None:
-            raise _not_found(namespace, name)
+            raise _not_found(name)
         if not dry_run:
             del self.s.store[(namespace, name)]
             self._next_rv()

@@ -70,33 +70,21 @@ def parse_vault_duration(value: Any) -> int:
     """Seconds from a Vault duration field: an integer, ``"3600"``, or ``"1h30m"``/``"90s"``/``"2d"``."""
     if value is None or value == "":
         return 0
-    if isinstance(value, bool):
-        raise VaultError(400, f"cannot parse duration {value!r}")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value)
     text = str(value).strip()
     if text.isdigit():
         return int(text)
-    pos, total = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if pos != len(text):
+    if not re.fullmatch(r"(\d+(\.\d+)?(ns|us|ms|s|m|h|d))+", text):
         raise VaultError(400, f'time: invalid duration "{text}"')
-    return int(total)
+    return int(sum(float(n) * _UNIT[u] for n, u in _DURATION_PART.findall(text)))
 
 
 def go_duration(seconds: int) -> str:
     """Go's ``time.Duration.String()`` for whole seconds (``768h0m0s``, ``1m30s``, ``5s``)."""
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m}m{s}s"
-    if m:
-        return f"{m}m{s}s"
-    return f"{s}s"
+    return f"{h}h{m}m{s}s" if h else f"{m}m{s}s" if m else f"{s}s"
 
 
 def _colon_hex(n: int) -> str:
@@ -338,12 +326,6 @@ class VaultStandin:
         with self._lock:
             self._tokens.pop(token, None)
 
-    def token_ttl(self, token: str) -> int | None:
-        """Seconds left; ``None`` if the token is unknown, expired or revoked."""
-        with self._lock:
-            tok = self._live_token(token)
-            return None if tok is None else self._remaining(tok)
-
     def seal(self) -> None:
         self.sealed = True
 
@@ -360,11 +342,6 @@ class VaultStandin:
         """Serials (Vault's colon-separated hex) of the revoked certificates."""
         with self._lock:
             return {s for s, leaf in self._leaves.items() if leaf.revoked_at is not None}
-
-    @property
-    def issued(self) -> dict[str, x509.Certificate]:
-        with self._lock:
-            return {s: leaf.cert for s, leaf in self._leaves.items()}
 
     def count(self, method: str, path: str) -> int:
         """How many ``method`` requests reached ``path`` (e.g. ``"/v1/auth/approle/login"``)."""
@@ -389,11 +366,11 @@ class VaultStandin:
             if not path.startswith("/v1/"):
                 raise VaultError(404, "404 page not found")
             rel = path[4:].strip("/")
-            if rel == "sys/health" and not ns:  # sys/health is not served inside namespaces
+            if rel == "sys/health" and not ns:  # served in the root namespace only
                 return self._health(method, query)
             if self.sealed:
                 raise VaultError(503, "Vault is sealed")
-            if ns != self.namespace:
+            if ns != self.namespace or rel == "sys/health":
                 raise VaultError(404, f'no handler for route "{f"{ns}/" if ns else ""}{rel}". '
                                       "route entry not found.")
             with self._lock:
@@ -690,24 +667,13 @@ class VaultStandin:
     def _not_after(self, role: PkiRole, data: dict[str, Any], issuer: _Issuer) -> tuple[dt.datetime, list[str]]:
         """``GetCertificateNotAfter``: request ttl, else role ttl, else mount default; over max_ttl: capped."""
         warnings: list[str] = []
-        ttl = parse_vault_duration(data.get("ttl"))
-        not_after_text = str(data.get("not_after", "") or "")
-        if ttl > 0 and not_after_text:
-            raise VaultError(400, "Either ttl or not_after should be provided. Both should not be provided in "
-                                  "the same request.")
-        ttl = ttl or role.ttl or self.default_lease_ttl
+        ttl = parse_vault_duration(data.get("ttl")) or role.ttl or self.default_lease_ttl
         max_ttl = role.max_ttl or self.max_lease_ttl
         if ttl > max_ttl:
             warnings.append(f'TTL "{go_duration(ttl)}" is longer than permitted maxTTL "{go_duration(max_ttl)}", '
                             "so maxTTL is being used")
             ttl = max_ttl
-        if not_after_text:
-            try:
-                not_after = dt.datetime.fromisoformat(not_after_text.replace("Z", "+00:00"))
-            except ValueError as exc:
-                raise VaultError(400, f'parsing time "{not_after_text}" as RFC 3339: {exc}') from exc
-        else:
-            not_after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)
+        not_after = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl)  # (the not_after parameter: not modelled)
         if not_after > issuer.cert.not_valid_after_utc:
             raise VaultError(400, f"cannot satisfy request, as TTL would result in notAfter of "
                                   f"{not_after.isoformat()} that is beyond the expiration of the CA certificate "
@@ -724,14 +690,9 @@ class VaultStandin:
         return rsa.generate_private_key(public_exponent=65537, key_size=role.key_bits or 2048)
 
     def _revoke(self, data: dict[str, Any]) -> dict[str, Any]:
-        serial, pem = str(data.get("serial_number", "") or ""), str(data.get("certificate", "") or "")
-        if serial and pem:
-            raise VaultError(400, "Must provide either the certificate or the serial to revoke; not both.")
-        if not serial and not pem:
+        serial = str(data.get("serial_number", "") or "").lower().replace("-", ":")  # (by certificate: not modelled)
+        if not serial:
             raise VaultError(400, "The serial number or certificate to revoke must be provided.")
-        if pem:
-            serial = _colon_hex(x509.load_pem_x509_certificate(pem.encode()).serial_number)
-        serial = serial.lower().replace("-", ":")
         leaf = self._leaves.get(serial)
         if leaf is None:
             raise VaultError(400, f"certificate with serial {serial} not found")
