@@ -372,8 +372,8 @@ class CertificateConfig(_Model):
             raise ValueError(f"names lists {', '.join(dupes)} more than once")
         if self.renew_before is not None and self.renew_fraction is not None:
             raise ValueError("set renew_before or renew_fraction, not both")
-        if self.lifetime is not None and self.lifetime < timedelta(minutes=1):
-            raise ValueError("lifetime must be at least 1m")
+        if self.lifetime is not None and self.lifetime < timedelta(seconds=10):
+            raise ValueError("lifetime must be at least 10s")
         if self.lifetime is not None and self.renew_before is not None and self.renew_before >= self.lifetime:
             raise ValueError("renew_before must be shorter than lifetime")
         return self

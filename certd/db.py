@@ -2,8 +2,9 @@
 
 SQLite is the embedded default for one host: WAL so readers never block the
 writer (with ``synchronous=NORMAL``: crash-consistent, see the pragma), a
-busy timeout so writers queue instead of failing, and every transaction started with ``BEGIN IMMEDIATE`` so a read-then-write cannot hit
-SQLite's lock-upgrade deadlock (SQLITE_BUSY without waiting). PostgreSQL is
+busy timeout so writers queue instead of failing, and every transaction
+started with ``BEGIN IMMEDIATE`` so a read-then-write cannot hit SQLite's
+lock-upgrade deadlock (SQLITE_BUSY without waiting). PostgreSQL is
 for several replicas; there Alembic upgrades take an advisory lock so two
 replicas starting together migrate once.
 """

@@ -362,7 +362,8 @@ class Pipeline:
         return Result(name, "renewed", serial=serial, state=state, renewal_id=rid, reason=str(verdict.reason))
 
     def _expectations(self, cfg: CertificateConfig, roots: list[x509.Certificate] | None) -> Expectations:
-        floor = timedelta(minutes=1)
+        # A new certificate must outlive its own renewal window; for very short lifetimes, a tenth of it.
+        floor = min(timedelta(minutes=1), cfg.lifetime / 10) if cfg.lifetime else timedelta(minutes=1)
         return Expectations(
             names=tuple(cfg.names),
             key_type=cfg.key,
