@@ -36,10 +36,6 @@ class Metrics:
             "certd_certificate_ready_status", "1 for the certificate's current condition, 0 for the others.",
             ["name", "condition"], registry=r,
         )
-        self.served_mismatch = Gauge(
-            "certd_certificate_served_mismatch", "1 when the last verify saw a different certificate served.",
-            ["name"], registry=r,
-        )
         self.renewals = Counter(
             "certd_renewals_total", "Renewal attempts by result.", ["name", "issuer", "result"], registry=r
         )
