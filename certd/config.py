@@ -52,6 +52,7 @@ __all__ = [
     "IssuerConfig",
     "KubernetesSecretDeployConfig",
     "LocalCAIssuerConfig",
+    "RateLimitsConfig",
     "SignalDeployConfig",
     "VaultIssuerConfig",
     "VerifyEndpoint",
@@ -129,8 +130,25 @@ class DaemonConfig(_Model):
     lease_ttl: Duration = timedelta(minutes=2)
 
 
+class RateLimitsConfig(_Model):
+    """certd's own issuance budget per issuer, so a fleet never hits the CA's limits.
+
+    The defaults are Let's Encrypt's published limits: 50 certificates per
+    registered domain per 7 days, 5 duplicate certificates (same set of names)
+    per 7 days, 300 new orders per account per 3 hours. ARI renewals (orders
+    with ``replaces``) are exempt, as they are at Let's Encrypt.
+    """
+
+    certificates_per_domain: int | None = Field(default=50, ge=1)
+    window: Duration = timedelta(days=7)
+    duplicate_certificates: int | None = Field(default=5, ge=1)
+    new_orders: int | None = Field(default=300, ge=1)
+    orders_window: Duration = timedelta(hours=3)
+
+
 class _IssuerBase(_Model):
     bundle_file: ConfigPath | None = None
+    rate_limits: RateLimitsConfig | None = None
 
 
 class AcmeIssuerConfig(_IssuerBase):
@@ -154,6 +172,7 @@ class AcmeIssuerConfig(_IssuerBase):
     eab_hmac_key_file: ConfigPath | None = None
     preferred_chain: str | None = None
     timeout: Duration = timedelta(seconds=30)
+    rate_limits: RateLimitsConfig | None = RateLimitsConfig()
 
     @field_validator("directory")
     @classmethod

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from cryptography import x509
 
+from certd.budget import Budget
 from certd.certs import certs_pem, fingerprint, intermediates_only, load_pem_certs, serial_hex
 from certd.clock import Clock
 from certd.config import CertificateConfig, Config
@@ -166,6 +167,11 @@ class Pipeline:
             if name not in self._issuers:
                 self._issuers[name] = self._issuer_factory(name)
             return self._issuers[name]
+
+    def budget(self, issuer: str) -> Budget | None:
+        """The issuer's rate-limit budget, if it has one."""
+        limits = self.config.issuers[issuer].rate_limits
+        return None if limits is None else Budget(self.inventory.sessions, issuer, limits)
 
     def _cert_config(self, name: str) -> CertificateConfig:
         cfg = self.config.certificates.get(name)
@@ -333,10 +339,15 @@ class Pipeline:
                     certificate=name, names=tuple(cfg.names), key_type=cfg.key, csr=csr,
                     lifetime=cfg.lifetime, replaces=old.ari_cert_id if old else None,
                 )
+                budget = self.budget(cfg.issuer)
+                exempt = request.replaces is not None
+                reservation = budget.reserve(name, cfg.names, self.clock.now(), exempt=exempt) if budget else []
                 try:
                     issued = issuer.issue(request)
                 except CertdError:
                     self._count("issuer_requests", cfg.issuer, "failure")
+                    if budget is not None:
+                        budget.release(reservation)
                     raise
                 self._count("issuer_requests", cfg.issuer, "success")
                 if issued.private_key is not None:
@@ -378,10 +389,10 @@ class Pipeline:
         ari_window = None
         ari_id = None
         if isinstance(issuer, RenewalInfo) and chain:
-            ari_id = issuer.cert_id(leaf)
             window = issuer.renewal_window(leaf, chain[0])
-            if window is not None:
+            if window is not None:  # the CA speaks ARI: renewals will carry `replaces`
                 ari_window = (window.start, window.end)
+                ari_id = issuer.cert_id(leaf)
         renew_at = pick_renew_at(
             leaf.not_valid_before_utc, leaf.not_valid_after_utc, renew_before=cfg.renew_before,
             renew_fraction=cfg.renew_fraction, ari_window=ari_window, rng=self._rng,

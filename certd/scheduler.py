@@ -28,7 +28,7 @@ from typing import Any, Literal
 from certd.clock import Clock
 from certd.metrics import Metrics
 from certd.pipeline import Pipeline, Result
-from certd.policy import Reason, hard_deadline
+from certd.policy import Reason, Verdict, hard_deadline
 
 __all__ = ["Job", "Jobs", "Scheduler"]
 
@@ -163,20 +163,25 @@ class Scheduler:
         pipeline = self._pipeline()
         now = self._clock.now()
         started: list[str] = []
-        for name, verdict in pipeline.verdicts().items():
-            if verdict.due and not self.jobs.is_open(name, "renew"):
+        verdicts = pipeline.verdicts()
+        # Earliest renewal time first: when the budget is short, certificates closest to expiry get it.
+        due = sorted(((n, v) for n, v in verdicts.items() if v.due),
+                     key=lambda item: item[1].at or datetime.min.replace(tzinfo=now.tzinfo))
+        for name, _verdict in due:
+            if not self.jobs.is_open(name, "renew"):
                 self.submit(name, force=False, wait_for_lease=False)
                 started.append(name)
-        self.recompute_wakeup()
+        self.recompute_wakeup(None if started else verdicts)
         self.last_scan = now
         if self._metrics is not None:
             self.refresh_metrics(list(pipeline.config.certificates))
         return started
 
-    def recompute_wakeup(self) -> datetime | None:
+    def recompute_wakeup(self, verdicts: dict[str, Verdict] | None = None) -> datetime | None:
         """The earliest future ``renew_at`` or backoff end, from the inventory as it is now."""
         now = self._clock.now()
-        times = [v.at for v in self._pipeline().verdicts().values() if not v.due and v.at is not None and v.at > now]
+        verdicts = verdicts if verdicts is not None else self._pipeline().verdicts()
+        times = [v.at for v in verdicts.values() if not v.due and v.at is not None and v.at > now]
         self._next_wakeup = min(times, default=None)
         if self.on_wakeup_changed is not None:
             self.on_wakeup_changed(self._next_wakeup)

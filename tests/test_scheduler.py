@@ -26,6 +26,7 @@ from tests.conftest import FakeClock, WriteConfig
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 LIFETIMES = [("7d", 0.1), ("30d", 0.3), ("90d", 0.6)]
+BUDGET = 1200  # certificates per registered domain (all names are under example.test) per 7 days
 
 
 class _FlakyCA(LocalCA):
@@ -44,7 +45,8 @@ class _FlakyCA(LocalCA):
 
 
 def _config_body(n: int, rng: random.Random) -> tuple[str, dict[str, timedelta]]:
-    body = '[issuers.local]\ntype = "local-ca"\ndir = "{tmp}/ca"\n'
+    body = ('[issuers.local]\ntype = "local-ca"\ndir = "{tmp}/ca"\n'
+            f"rate_limits = {{ certificates_per_domain = {BUDGET}, new_orders = 5000 }}\n")
     lifetimes: dict[str, timedelta] = {}
     for i in range(n):
         lifetime = rng.choices([lt for lt, _ in LIFETIMES], weights=[w for _, w in LIFETIMES])[0]
@@ -111,6 +113,13 @@ def test_fleet_over_180_days(write_config: WriteConfig, tmp_path: Path) -> None:
             assert after, f"{name} never retried after the outage"
         row_errors = [r.name for r in app.inventory.certificates() if r.last_error]
         assert row_errors == []
+        # The budget was never exceeded in any 7-day window.
+        issued_at = sorted(v.created_at for name in lifetimes for v in app.inventory.versions(name))
+        lo = 0
+        for hi, at in enumerate(issued_at):
+            while issued_at[lo] <= at - timedelta(days=7):
+                lo += 1
+            assert hi - lo + 1 <= BUDGET
     finally:
         app.close()
 

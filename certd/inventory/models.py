@@ -31,6 +31,7 @@ __all__ = [
     "Base",
     "Certificate",
     "Event",
+    "IssuanceLog",
     "Lease",
     "UTCDateTime",
     "Version",
@@ -165,3 +166,18 @@ class Account(Base):
     uri: Mapped[str | None] = mapped_column(String(512), nullable=True)
     key_enc: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class IssuanceLog(Base):
+    """One order placed or certificate received, for certd's rate-limit budget."""
+
+    __tablename__ = "issuance_log"
+    __table_args__ = (Index("ix_issuance_log_issuer_kind_at", "issuer", "kind", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    issuer: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # "order" or "certificate"
+    domain: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    names_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    certificate: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
