@@ -407,16 +407,20 @@ def bundle_cmd(state: _State, name: str, out_file: Path | None) -> None:
 
 
 @cli.command("run")
+@click.option("--agent", is_flag=True,
+              help="Only install (publish + deploy) the newest versions on this host; never issue.")
 @pass_state
-def run_cmd(state: _State) -> None:
+def run_cmd(state: _State, agent: bool) -> None:
     """The daemon: renews on schedule and serves the HTTP API until SIGTERM.
 
-    SIGHUP reloads the config (an invalid one is logged and ignored).
+    SIGHUP reloads the config (an invalid one is logged and ignored). With
+    --agent (or [daemon] role = "agent") it issues nothing and installs what
+    the issuing replicas recorded in the shared inventory.
     """
     from certd.daemon import Daemon
 
     with _errors():
-        daemon = Daemon(state.config_path, state.config)
+        daemon = Daemon(state.config_path, state.config, agent=agent)
     sys.exit(daemon.run())
 
 

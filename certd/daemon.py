@@ -34,7 +34,7 @@ from sqlalchemy import text
 from certd.api import ApiState, create_api
 from certd.app import App
 from certd.config import Config, load_config
-from certd.errors import CertdError
+from certd.errors import CertdError, ConfigError
 from certd.metrics import Metrics
 from certd.pipeline import Pipeline
 from certd.scheduler import Scheduler
@@ -63,15 +63,19 @@ def sd_notify(message: str) -> bool:
 class Daemon:
     """One ``certd run`` process."""
 
-    def __init__(self, config_path: Path, config: Config) -> None:
+    def __init__(self, config_path: Path, config: Config, *, agent: bool = False) -> None:
         self.config_path = config_path
+        self.agent = agent or config.daemon.role == "agent"
+        if self.agent and config.database.key_file is None:
+            raise ConfigError(f"{config_path}: database.key_file: the agent role installs keys from the inventory, "
+                              "so every replica needs the same key_file")
         self.metrics = Metrics()
         self.app = App.open(config, metrics=self.metrics)
         self.config_error: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self.scheduler = Scheduler(lambda: self.pipeline, self.app.clock, workers=config.daemon.workers,
-                                   metrics=self.metrics)
+                                   metrics=self.metrics, agent=self.agent)
         self._aps = BackgroundScheduler(timezone=UTC)
         self.scheduler.on_wakeup_changed = self._place_wakeup
         self._server: uvicorn.Server | None = None
@@ -107,6 +111,7 @@ class Daemon:
             "database": database,
             "config_error": self.config_error,
             "last_scan": last.isoformat() if last else None,
+            "role": "agent" if self.agent else "all",
         }
 
     # -- scheduling ------------------------------------------------------------------

@@ -19,9 +19,11 @@ Guarantees:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import random
+import socket
 import threading
 import time
 import uuid
@@ -29,6 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from cryptography import x509
@@ -433,7 +436,7 @@ class Pipeline:
             raise exc
 
     def _deploy_and_verify(
-        self, name: str, cfg: CertificateConfig, lease: LeaseInfo, version_id: int,
+        self, name: str, cfg: CertificateConfig, lease: LeaseInfo | None, version_id: int,
         leaf: x509.Certificate, chain: tuple[x509.Certificate, ...], files: dict[str, bytes], rid: str,
         roots: tuple[x509.Certificate, ...],
     ) -> str:
@@ -454,7 +457,8 @@ class Pipeline:
                     self._count("deploys", name, target_name, "success")
                     self._event(name, "deploy.done", f"{target_name}: {message}", rid, step="deploy")
                 state = VersionState.DEPLOYED
-                self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
+                if lease is not None:  # an agent installs for its host only; version states are cluster-wide
+                    self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
         if cfg.verify:
             with _step("verify"):
                 if self.prober is None:
@@ -470,7 +474,8 @@ class Pipeline:
                     self._count("probes", name, "success")
                     self._event(name, "verify.done", f"{ep.endpoint}: {message}", rid, step="verify")
                 state = VersionState.SERVED
-                self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
+                if lease is not None:  # an agent installs for its host only; version states are cluster-wide
+                    self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
         return state.value
 
     def _rollback(
@@ -552,6 +557,51 @@ class Pipeline:
         finally:
             self.leases.release(got, self.clock.now())
 
+    # -- install (agent role) ------------------------------------------------------
+    def needs_install(self, name: str) -> bool:
+        """True when this host's files do not hold the inventory's current version."""
+        cfg = self._cert_config(name)
+        version = self.inventory.current_version(name)
+        if version is None or version.state in (VersionState.REVOKED.value, VersionState.FAILED.value):
+            return False
+        return _local_serial(cfg) != version.serial
+
+    def install(self, name: str) -> Result:
+        """Agent role: publish the current version from the inventory on this host, then deploy + verify.
+
+        Issuing stays cluster-wide (other replicas hold the leases); this only
+        touches this host's files, under a host-local lock, so it takes no lease.
+        """
+        rid = uuid.uuid4().hex[:16]
+        cfg = self._cert_config(name)
+        version = self.inventory.current_version(name)
+        if version is None:
+            return Result(name, "skipped", renewal_id=rid, reason="NothingIssued")
+        if _local_serial(cfg) == version.serial:
+            return Result(name, "skipped", serial=version.serial, state=version.state, renewal_id=rid,
+                          reason="UpToDate")
+        if version.key_enc is None:
+            err = "the inventory holds no key for this version: set [database] key_file on the issuing replicas"
+            return Result(name, "failed", serial=version.serial, failed_step="publish", error=err, renewal_id=rid)
+        try:
+            with _step("publish"):
+                key = load_key_pem(self.keybox.open(version.key_enc, f"version:{name}:{version.serial}"))
+                leaf = load_pem_certs(version.cert_pem.encode())[0]
+                chain = tuple(load_pem_certs(version.chain_pem.encode())) if version.chain_pem else ()
+                files = _files(key, leaf, chain)
+                with _host_lock(cfg.output_dir):
+                    generation = self.publisher(cfg).publish(version.serial, files)
+                self._event(name, "agent.published", f"{socket.gethostname()}: serial {version.serial} in "
+                            f"{generation.name}", rid, step="publish")
+            roots = tuple(self.issuer(cfg.issuer).roots() or ())
+            state = self._deploy_and_verify(name, cfg, None, version.id, leaf, chain, files, rid, roots)
+        except _StepError as exc:
+            self._event(name, "agent.failed", f"{socket.gethostname()}: {exc.error}", rid, step=exc.step,
+                        level="error")
+            return Result(name, "failed", serial=version.serial, failed_step=exc.step, error=str(exc.error),
+                          renewal_id=rid, reason=exc.error.reason)
+        return Result(name, "deployed", serial=version.serial, state=state, renewal_id=rid)
+
     # -- import ------------------------------------------------------------------
     def import_certificate(self, name: str, cert_pem: bytes, key_pem_data: bytes, chain_pem: bytes | None) -> Result:
         """Adopt an existing certificate: check it like an issued one, publish it, record it."""
@@ -624,6 +674,28 @@ def _files(key: PrivateKey, leaf: x509.Certificate, chain: tuple[x509.Certificat
         "fullchain.pem": leaf_pem + chain_bytes,
         "combined.pem": key_bytes + leaf_pem + chain_bytes,
     }
+
+
+def _local_serial(cfg: CertificateConfig) -> str | None:
+    gen = current_generation(cfg.output_dir)
+    if gen is None:
+        return None
+    try:
+        return serial_hex(load_pem_certs(gen.read("cert.pem"))[0])
+    except (OSError, ValueError):
+        return None
+
+
+@contextmanager
+def _host_lock(output_dir: Path) -> Iterator[None]:
+    """One installer per output_dir on this host (agents of one host share the files, not the lease)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with open(output_dir / ".certd.lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _load_bundle(path: Any) -> tuple[x509.Certificate, ...]:

@@ -33,7 +33,7 @@ from certd.policy import Reason, Verdict, hard_deadline
 __all__ = ["Job", "Jobs", "Scheduler"]
 
 log = logging.getLogger("certd.scheduler")
-JobKind = Literal["renew", "deploy"]
+JobKind = Literal["renew", "deploy", "install"]
 JobState = Literal["queued", "running", "succeeded", "failed"]
 _KEEP_FINISHED = 1000
 
@@ -115,12 +115,14 @@ class Scheduler:
         workers: int,
         metrics: Metrics | None = None,
         inline: bool = False,
+        agent: bool = False,
     ) -> None:
         self._pipeline = pipeline
         self._clock = clock
         self._metrics = metrics
         self.jobs = Jobs()
         self._inline = inline
+        self.agent = agent
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="renew")
         self._next_wakeup: datetime | None = None
         self.last_scan: datetime | None = None
@@ -145,6 +147,8 @@ class Scheduler:
         try:
             if job.kind == "deploy":
                 result = pipeline.deploy(job.name)
+            elif job.kind == "install":
+                result = pipeline.install(job.name)
             else:
                 wait = timedelta(minutes=5) if wait_for_lease else timedelta(0)
                 result = pipeline.renew(job.name, force=job.force, wait=wait)
@@ -154,7 +158,7 @@ class Scheduler:
         self.jobs.finish(job, result)
         if self._metrics is not None:
             self.refresh_metrics([job.name])
-        if not self._inline:
+        if not self._inline and not self.agent:
             self.recompute_wakeup()
 
     # -- scanning ------------------------------------------------------------------
@@ -163,6 +167,8 @@ class Scheduler:
         pipeline = self._pipeline()
         now = self._clock.now()
         started: list[str] = []
+        if self.agent:
+            return self._scan_installs(pipeline, now)
         verdicts = pipeline.verdicts()
         # Earliest renewal time first: when the budget is short, certificates closest to expiry get it.
         due = sorted(((n, v) for n, v in verdicts.items() if v.due),
@@ -175,6 +181,17 @@ class Scheduler:
         self.last_scan = now
         if self._metrics is not None:
             self.refresh_metrics(list(pipeline.config.certificates))
+        return started
+
+    def _scan_installs(self, pipeline: Pipeline, now: datetime) -> list[str]:
+        """Agent role: install what another replica issued; never renew."""
+        started = []
+        for name in pipeline.config.certificates:
+            if not self.jobs.is_open(name, "install") and pipeline.needs_install(name):
+                self.submit(name, kind="install")
+                started.append(name)
+        self._next_wakeup = None
+        self.last_scan = now
         return started
 
     def recompute_wakeup(self, verdicts: dict[str, Verdict] | None = None) -> datetime | None:

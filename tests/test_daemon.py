@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -53,11 +55,11 @@ argv = ["sleep", "{hook_sleep}"]
 
 
 class Daemon:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(config), "run"], cwd=REPO,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.log = log
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -168,3 +170,21 @@ def test_sighup_with_a_broken_config_keeps_running(daemon: Daemon, tmp_path: Pat
         time.sleep(0.1)
     assert daemon.get("/healthz").json()["config_error"] is None
     assert daemon.stop() == 0
+
+
+def test_systemd_notify_ready_and_watchdog(write_config: WriteConfig, sqlite_url: str, tmp_path: Path) -> None:
+    (tmp_path / "api.token").write_text(TOKEN)
+    port = free_port()
+    config = write_config(_config(port), db_url=sqlite_url)
+    sock_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(sock_path))
+        sock.settimeout(20)
+        env = dict(os.environ, NOTIFY_SOCKET=str(sock_path), WATCHDOG_USEC="1000000")
+        d = Daemon(config, port, tmp_path / "daemon.log", env=env)
+        try:
+            messages = {sock.recv(4096).decode() for _ in range(3)}
+        finally:
+            assert d.stop() == 0
+    assert any("READY=1" in m for m in messages)
+    assert "WATCHDOG=1" in messages
