@@ -53,7 +53,7 @@ _STATE_STYLE = {
 
 # Off a terminal, tables are for logs and grep: wide enough not to truncate.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _die(message: str, code: int) -> NoReturn:
