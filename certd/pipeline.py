@@ -254,6 +254,24 @@ class Pipeline:
                                  next_attempt_at=row.next_attempt_at if row else None)
         return out
 
+    def _refresh_bundle_file(self, name: str, cfg: CertificateConfig, rid: str) -> None:
+        """Keep the issuer's ``bundle_file`` (what load balancers pin) current; a failure only warns."""
+        path = self.config.issuers[cfg.issuer].bundle_file
+        if path is None:
+            return
+        try:
+            pem = certs_pem(self.trust_bundle(name))
+            if path.exists() and path.read_bytes() == pem:
+                return
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(pem)
+            tmp.replace(path)
+            self._event(name, "bundle.written", f"issuer {cfg.issuer}: trust bundle written to {path}", rid)
+        except (CertdError, OSError) as exc:
+            self._event(name, "bundle.failed", f"issuer {cfg.issuer}: cannot write {path}: {exc}", rid,
+                        level="warning")
+
     # -- leases ------------------------------------------------------------------
     def _acquire(self, name: str, rid: str, wait: timedelta) -> LeaseInfo | Result:
         """Our lease, or the outcome of a renewal that finished while this request was waiting.
@@ -371,6 +389,7 @@ class Pipeline:
         except _StepError as exc:
             return self._fail(name, rid, exc, version_id, old, beat)
         self.inventory.record_outcome(name, self.clock.now(), error=None)
+        self._refresh_bundle_file(name, cfg, rid)
         serial = serial_hex(issued.leaf)
         self._event(name, "renewal.succeeded", f"serial {serial} {state}", rid, step="record")
         return Result(name, "renewed", serial=serial, state=state, renewal_id=rid, reason=str(verdict.reason))

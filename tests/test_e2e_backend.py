@@ -1,0 +1,134 @@
+"""The end-to-end encrypted path: Vault (stand-in) issues a backend certificate, real nginx serves it,
+real HAProxy re-encrypts to it verifying against ``certd bundle`` with SNI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from certd.certs import load_pem_certs, serial_hex
+from tests.servers.tlsutil import issue_server_cert, make_ca, write_server_files
+
+REPO = Path(__file__).resolve().parent.parent
+NAME = "backend-1.internal.test"
+
+
+def certd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "certd", "-c", str(config), *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
+
+
+def _config(vault: Any, tmp: Path, db: str, nginx: Any | None) -> str:
+    deploy = ""
+    if nginx is not None:
+        deploy = (f'deploy = ["nginx"]\nverify = [{{ endpoint = "127.0.0.1:{nginx.port}", sni = "{NAME}" }}]\n'
+                  f'rollback = true\n\n[deploy.nginx]\ntype = "signal"\npid_file = "{nginx.pid_file}"\n')
+    return f"""
+[database]
+url = "{db}"
+
+[issuers.internal]
+type = "vault"
+url = "{vault.url}"
+ca_bundle = "{vault.ca_bundle_path}"
+roots = "{tmp}/vault-root.pem"
+bundle_file = "{tmp}/pinned/backend-ca.pem"
+mount = "pki"
+role = "backend"
+auth = "approle"
+role_id_file = "{tmp}/role_id"
+secret_id_file = "{tmp}/secret_id"
+
+[certificates.backend-1]
+issuer = "internal"
+names = ["{NAME}"]
+lifetime = "1h"
+output_dir = "{tmp}/out/backend-1"
+{deploy}"""
+
+
+def test_vault_backend_behind_haproxy(vault_standin: Any, nginx_factory: Any, haproxy_factory: Any,
+                                      sqlite_url: str, tmp_path: Path) -> None:
+    vault = vault_standin
+    vault.add_role("backend", allowed_domains=["internal.test"], allow_subdomains=True, key_type="any",
+                   max_ttl=86400)
+    vault.add_approle("role-1", "secret-1", token_ttl=3600)
+    (tmp_path / "role_id").write_text("role-1\n")
+    (tmp_path / "secret_id").write_text("secret-1\n")
+    (tmp_path / "vault-root.pem").write_text(vault.root_pem())
+    bootstrap = tmp_path / "bootstrap.toml"
+    bootstrap.write_text(_config(vault, tmp_path, sqlite_url, None))
+
+    first = certd(bootstrap, "renew", "backend-1", "--json")
+    assert first.returncode == 0, first.stderr
+    out = tmp_path / "out/backend-1"
+    nginx = nginx_factory(out / "fullchain.pem", out / "privkey.pem")
+    full = tmp_path / "certd.toml"
+    full.write_text(_config(vault, tmp_path, sqlite_url, nginx))
+
+    bundle = tmp_path / "lb-pins.pem"
+    assert certd(full, "bundle", "backend-1", "--out", str(bundle)).returncode == 0
+    pinned = load_pem_certs(bundle.read_bytes())
+    assert any(c.subject == c.issuer for c in pinned)  # the pinned root, no system store
+    assert len(pinned) == 2
+    assert (tmp_path / "pinned/backend-ca.pem").read_bytes() == bundle.read_bytes()  # issuer bundle_file
+
+    edge_ca = make_ca("edge test CA")
+    (tmp_path / "edge").mkdir()
+    edge = write_server_files(tmp_path / "edge", issue_server_cert(edge_ca), edge_ca)
+    lb = haproxy_factory(edge["combined"], backend_server=f"127.0.0.1:{nginx.port}", backend_ca_file=bundle,
+                         backend_sni=NAME)
+    through = requests.get(f"https://127.0.0.1:{lb.port}/", verify=str(edge["ca"]), timeout=10)
+    assert through.status_code == 200 and through.text == "ok\n"
+
+    wrong = haproxy_factory(edge["combined"], backend_server=f"127.0.0.1:{nginx.port}", backend_ca_file=bundle,
+                            backend_sni="other.internal.test")
+    refused = requests.get(f"https://127.0.0.1:{wrong.port}/", verify=str(edge["ca"]), timeout=10)
+    assert refused.status_code == 503  # HAProxy refused the backend: its certificate is not for that name
+
+    # Rotation through the full pipeline: SIGHUP to nginx, verify proves the new serial is served.
+    renewed = json.loads(certd(full, "renew", "backend-1", "--force", "--json").stdout)["results"][0]
+    assert (renewed["outcome"], renewed["state"]) == ("renewed", "served"), renewed
+    served = load_pem_certs((out / "cert.pem").read_bytes())[0]
+    assert serial_hex(served) == renewed["serial"]
+    assert requests.get(f"https://127.0.0.1:{lb.port}/", verify=str(edge["ca"]), timeout=10).status_code == 200
+
+    # Revocation at Vault by serial, without a replacement.
+    revoked = certd(full, "revoke", "backend-1", "--no-replace", "--json")
+    assert revoked.returncode == 0, revoked.stderr
+    assert any(s.replace(":", "").lower().lstrip("0") == renewed["serial"].lstrip("0")
+               for s in vault.revoked_serials)
+
+
+@pytest.mark.parametrize("field", ["sealed", "wrong-secret"])
+def test_vault_failures_leave_the_old_certificate(vault_standin: Any, sqlite_url: str, tmp_path: Path,
+                                                  field: str) -> None:
+    vault = vault_standin
+    vault.add_role("backend", allowed_domains=["internal.test"], allow_subdomains=True, key_type="any")
+    vault.add_approle("role-1", "secret-1")
+    (tmp_path / "role_id").write_text("role-1")
+    (tmp_path / "secret_id").write_text("secret-1")
+    (tmp_path / "vault-root.pem").write_text(vault.root_pem())
+    cfg = tmp_path / "certd.toml"
+    cfg.write_text(_config(vault, tmp_path, sqlite_url, None))
+    assert certd(cfg, "renew", "backend-1").returncode == 0
+    before = (tmp_path / "out/backend-1/combined.pem").read_bytes()
+    if field == "sealed":
+        vault.seal()
+    else:
+        (tmp_path / "secret_id").write_text("not-the-secret")  # each `certd renew` process logs in afresh
+    proc = certd(cfg, "renew", "backend-1", "--force", "--json")
+    assert proc.returncode == 1
+    result = json.loads(proc.stdout)["results"][0]
+    assert result["failed_step"] == "issue"
+    assert "not-the-secret" not in proc.stdout + proc.stderr
+    assert (tmp_path / "out/backend-1/combined.pem").read_bytes() == before
+    if field == "sealed":
+        vault.unseal()
+        assert certd(cfg, "renew", "backend-1", "--force").returncode == 0
