@@ -245,11 +245,7 @@ class Pipeline:
         now = self.clock.now()
         out: dict[str, Verdict] = {}
         for name, cfg in self.config.certificates.items():
-            row, facts = rows.get(name, (None, None))
-            current = None if facts is None else Current(
-                issuer=facts.issuer, names=facts.names, key_type=facts.key_type, not_before=facts.not_before,
-                not_after=facts.not_after, renew_at=facts.renew_at, revoked=facts.state == VersionState.REVOKED.value,
-            )
+            row, current = rows.get(name, (None, None))
             out[name] = evaluate(self.wanted(name, cfg), current, now,
                                  next_attempt_at=row.next_attempt_at if row else None)
         return out
@@ -315,16 +311,22 @@ class Pipeline:
         )
 
     # -- renew -------------------------------------------------------------------
-    def renew(self, name: str, *, force: bool = False, wait: timedelta = timedelta(minutes=5)) -> Result:
-        """Renew one certificate now if due (or forced); see the module docstring."""
+    def _begin(self, name: str, step: str, wait: timedelta) -> tuple[CertificateConfig, str, LeaseInfo] | Result:
+        """Config, renewal id and lease for one operation, or the Result that ends it early."""
         rid = uuid.uuid4().hex[:16]
         try:
             cfg = self._cert_config(name)
         except CertdError as exc:
-            return Result(name, "failed", failed_step="plan", error=str(exc), reason=exc.reason)
+            return Result(name, "failed", failed_step=step, error=str(exc), reason=exc.reason)
         got = self._acquire(name, rid, wait)
-        if isinstance(got, Result):
-            return got
+        return got if isinstance(got, Result) else (cfg, rid, got)
+
+    def renew(self, name: str, *, force: bool = False, wait: timedelta = timedelta(minutes=5)) -> Result:
+        """Renew one certificate now if due (or forced); see the module docstring."""
+        begun = self._begin(name, "plan", wait)
+        if isinstance(begun, Result):
+            return begun
+        cfg, rid, got = begun
         started = time.monotonic()
         with _Heartbeat(self.leases, got, self.clock) as beat:
             try:
@@ -549,14 +551,10 @@ class Pipeline:
     # -- deploy (re-run for the current version) -----------------------------------
     def deploy(self, name: str, *, wait: timedelta = timedelta(minutes=5)) -> Result:
         """Re-run deploy + verify for the current version."""
-        rid = uuid.uuid4().hex[:16]
-        try:
-            cfg = self._cert_config(name)
-        except CertdError as exc:
-            return Result(name, "failed", failed_step="deploy", error=str(exc), reason=exc.reason)
-        got = self._acquire(name, rid, wait)
-        if isinstance(got, Result):
-            return got
+        begun = self._begin(name, "deploy", wait)
+        if isinstance(begun, Result):
+            return begun
+        cfg, rid, got = begun
         try:
             version = self.inventory.current_version(name)
             gen = current_generation(cfg.output_dir)

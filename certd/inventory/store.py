@@ -23,8 +23,9 @@ from certd.errors import InventoryError
 from certd.inventory.keybox import KeyBox
 from certd.inventory.leases import LeaseInfo, assert_held
 from certd.inventory.models import Account, Certificate, Event, Version, VersionState
+from certd.policy import Current
 
-__all__ = ["Inventory", "PlanFacts", "SyncReport", "config_hash"]
+__all__ = ["Inventory", "SyncReport", "config_hash"]
 
 def config_hash(cert: CertificateConfig) -> str:
     """A stable digest of the settings that decide what gets issued."""
@@ -33,19 +34,6 @@ def config_hash(cert: CertificateConfig) -> str:
         sort_keys=True,
     )
     return hashlib.sha256(material.encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class PlanFacts:
-    """The columns of a current version that renewal policy reads."""
-
-    issuer: str
-    names: tuple[str, ...]
-    key_type: str
-    not_before: datetime
-    not_after: datetime
-    renew_at: datetime
-    state: str
 
 
 @dataclass(frozen=True)
@@ -147,18 +135,20 @@ class Inventory:
             s.expunge_all()
             return rows
 
-    def plan_rows(self) -> dict[str, tuple[Certificate | None, PlanFacts | None]]:
-        """What policy needs for every certificate, in one narrow query (scans run this often)."""
+    def plan_rows(self) -> dict[str, tuple[Certificate, Current | None]]:
+        """What renewal policy reads for every certificate, in one narrow query (scans run this often)."""
         q = select(
             Certificate.name, Certificate.next_attempt_at, Version.issuer, Version.names, Version.key_type,
             Version.not_before, Version.not_after, Version.renew_at, Version.state,
         ).outerjoin(Version, Certificate.current_version_id == Version.id)
-        out: dict[str, tuple[Certificate | None, PlanFacts | None]] = {}
+        out: dict[str, tuple[Certificate, Current | None]] = {}
         with self.sessions() as s:
             for name, next_at, issuer, names, key_type, nb, na, renew_at, state in s.execute(q):
-                facts = None if issuer is None else PlanFacts(issuer, tuple(json.loads(names)), key_type, nb, na,
-                                                                renew_at or na, state)
-                out[name] = (Certificate(name=name, next_attempt_at=next_at), facts)
+                current = None if issuer is None else Current(
+                    issuer=issuer, names=tuple(json.loads(names)), key_type=key_type, not_before=nb, not_after=na,
+                    renew_at=renew_at or na, revoked=state == VersionState.REVOKED.value,
+                )
+                out[name] = (Certificate(name=name, next_attempt_at=next_at), current)
         return out
 
     def version(self, version_id: int) -> Version | None:
