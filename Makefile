@@ -21,7 +21,7 @@ demo: venv
 	scripts/demo.sh
 
 lint: venv
-	$(BIN)/ruff check certd migrations tests bench
+	$(BIN)/ruff check .
 
 typecheck: venv
 	$(BIN)/mypy --strict certd
