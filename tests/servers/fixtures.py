@@ -76,7 +76,7 @@ def pebble() -> Iterator[PebbleServer]:
 
 @pytest.fixture
 def pebble_factory() -> Iterator[Callable[..., PebbleServer]]:
-    """pebble_factory(nonce_reject=5, dns_server=None, extra_env=None) for tests that need their own knobs."""
+    """pebble_factory(nonce_reject=5, dns_server=None, extra_env=None, certificate_validity=None) for own knobs."""
     require("pebble", "pebble-challtestsrv", package="pebble")
     yield from _factory(PebbleServer)
 

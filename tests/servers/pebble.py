@@ -26,8 +26,13 @@ class PebbleServer:
         dns_server: str | None = None,
         workdir: Path | None = None,
         extra_env: Mapping[str, str] | None = None,
+        certificate_validity: int | None = None,
     ) -> None:
-        """extra_env is for knobs like PEBBLE_AUTHZREUSE=0 (Pebble reuses valid authzs 50% of the time)."""
+        """extra_env is for knobs like PEBBLE_AUTHZREUSE=0 (Pebble reuses valid authzs 50% of the time).
+
+        certificate_validity (seconds) sets Pebble's certificateValidityPeriod, for short-lived certificates.
+        """
+        self.certificate_validity = certificate_validity
         if extra_env and "PEBBLE_VA_ALWAYS_VALID" in extra_env:
             raise ValueError("PEBBLE_VA_ALWAYS_VALID would skip the validation these tests exist to exercise")
         self.extra_env = dict(extra_env or {})
@@ -92,6 +97,8 @@ class PebbleServer:
                 "externalAccountBindingRequired": False,
             }
         }
+        if self.certificate_validity is not None:
+            config["pebble"]["certificateValidityPeriod"] = self.certificate_validity
         conf = self.workdir / "pebble.json"
         conf.write_text(json.dumps(config, indent=2))
         env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
