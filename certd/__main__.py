@@ -1,5 +1,5 @@
 """``python -m certd`` is the same as the ``certd`` command."""
 
-from certd.cli import main
+from certd.entry import main
 
 main()

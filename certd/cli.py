@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,6 +28,7 @@ from certd.app import App
 from certd.certs import certs_pem, load_pem_certs
 from certd.config import Config, check_files, default_config_path, load_config
 from certd.durations import parse_duration
+from certd.entry import INVOKED_AT
 from certd.errors import CertdError, ConfigError, InventoryError
 from certd.issuers.base import RevocationReason
 from certd.logs import setup_logging
@@ -259,7 +260,8 @@ def renew_cmd(state: _State, names: tuple[str, ...], all_: bool, force: bool, wa
     wait_for = _duration_option(wait)
     app = state.app()
     bulk = len(chosen) > 1 and err.is_terminal and not as_json
-    results = _run_many(chosen, lambda n: app.pipeline.renew(n, force=force, wait=wait_for),
+    invoked = datetime.fromtimestamp(INVOKED_AT, UTC)
+    results = _run_many(chosen, lambda n: app.pipeline.renew(n, force=force, wait=wait_for, requested_at=invoked),
                         app.config.daemon.workers, "renewing", bulk)
     _print_results(results, as_json)
 

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -269,14 +269,16 @@ class Pipeline:
                         level="warning")
 
     # -- leases ------------------------------------------------------------------
-    def _acquire(self, name: str, rid: str, wait: timedelta) -> LeaseInfo | Result:
+    def _acquire(
+        self, name: str, rid: str, wait: timedelta, requested_at: datetime | None = None
+    ) -> LeaseInfo | Result:
         """Our lease, or the outcome of a renewal that finished while this request was waiting.
 
         A renewal of ``name`` that finished after this request began answers it:
         twenty simultaneous ``renew --force`` calls make one order, however the
         threads or processes happen to be scheduled.
         """
-        started = self.clock.now()
+        started = min(requested_at, self.clock.now()) if requested_at else self.clock.now()
         deadline = time.monotonic() + wait.total_seconds()
         delay = 0.02
         while True:
@@ -311,19 +313,32 @@ class Pipeline:
         )
 
     # -- renew -------------------------------------------------------------------
-    def _begin(self, name: str, step: str, wait: timedelta) -> tuple[CertificateConfig, str, LeaseInfo] | Result:
+    def _begin(
+        self, name: str, step: str, wait: timedelta, requested_at: datetime | None = None
+    ) -> tuple[CertificateConfig, str, LeaseInfo] | Result:
         """Config, renewal id and lease for one operation, or the Result that ends it early."""
         rid = uuid.uuid4().hex[:16]
         try:
             cfg = self._cert_config(name)
         except CertdError as exc:
             return Result(name, "failed", failed_step=step, error=str(exc), reason=exc.reason)
-        got = self._acquire(name, rid, wait)
+        got = self._acquire(name, rid, wait, requested_at)
         return got if isinstance(got, Result) else (cfg, rid, got)
 
-    def renew(self, name: str, *, force: bool = False, wait: timedelta = timedelta(minutes=5)) -> Result:
-        """Renew one certificate now if due (or forced); see the module docstring."""
-        begun = self._begin(name, "plan", wait)
+    def renew(
+        self,
+        name: str,
+        *,
+        force: bool = False,
+        wait: timedelta = timedelta(minutes=5),
+        requested_at: datetime | None = None,
+    ) -> Result:
+        """Renew one certificate now if due (or forced); see the module docstring.
+
+        ``requested_at`` is when the caller asked (default: now); a renewal of
+        ``name`` that finished after it answers this request.
+        """
+        begun = self._begin(name, "plan", wait, requested_at)
         if isinstance(begun, Result):
             return begun
         cfg, rid, got = begun
