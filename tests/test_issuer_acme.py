@@ -1,0 +1,248 @@
+"""The ACME issuer against real Pebble: real HTTP-01 (standalone and webroot) and real DNS-01 through BIND.
+
+Pebble runs with its default 5% nonce rejection unless a test says otherwise; nothing here skips validation.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import http.server
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import dns.message
+import dns.query
+import pytest
+from cryptography import x509
+
+from certd.app import App
+from certd.certs import load_pem_certs, serial_hex
+from certd.config import load_config
+from certd.issuers.base import RevocationReason
+from tests.conftest import WriteConfig
+from tests.servers.bind import BindServer
+from tests.servers.pebble import PebbleServer
+from tests.servers.ports import free_port
+
+# Pebble reuses a valid authorization half of the time; these tests want every order validated for real.
+NO_REUSE = {"PEBBLE_AUTHZREUSE": "0"}
+
+
+def acme_config(
+    pebble: PebbleServer,
+    tmp: Path,
+    certs: dict[str, list[str]],
+    *,
+    issuer_extra: str = "",
+    cert_extra: str = "",
+    http01: str | None = None,
+    workers: int = 4,
+) -> str:
+    """A config with one ACME issuer on ``pebble`` and a certificate per entry of ``certs``."""
+    roots = tmp / "pebble-roots.pem"
+    if not roots.exists():
+        roots.write_bytes(pebble.roots_pem())
+    challenge = http01 if http01 is not None else f'http01_listen = "127.0.0.1:{pebble.http01_port}"'
+    body = [
+        f'[database]\nurl = "sqlite:///{tmp}/certd.db"\n',
+        f"[daemon]\nworkers = {workers}\n",
+        "[issuers.pebble]",
+        'type = "acme"',
+        f'directory = "{pebble.directory_url}"',
+        f'ca_bundle = "{pebble.ca_bundle}"',
+        f'roots = "{roots}"',
+        'email = "ops@example.test"',
+        challenge,
+        issuer_extra,
+        "",
+    ]
+    for name, names in certs.items():
+        quoted = ", ".join(f'"{n}"' for n in names)
+        body += [f"[certificates.{name}]", 'issuer = "pebble"', f"names = [{quoted}]",
+                 f'output_dir = "{tmp}/out/{name}"', cert_extra, ""]
+    return "\n".join(body)
+
+
+@pytest.fixture
+def open_app() -> Iterator[Callable[[Path], App]]:
+    apps: list[App] = []
+
+    def opener(path: Path) -> App:
+        app = App.open(load_config(path))
+        apps.append(app)
+        return app
+
+    yield opener
+    for app in apps:
+        app.close()
+
+
+def served_leaf(app: App, name: str) -> x509.Certificate:
+    out = app.config.certificates[name].output_dir
+    return load_pem_certs((out / "cert.pem").read_bytes())[0]
+
+
+def test_issue_renew_and_revoke_with_standalone_http01(
+    pebble: PebbleServer, tmp_path: Path, write_config: WriteConfig, open_app: Callable[[Path], App]
+) -> None:
+    app = open_app(write_config(acme_config(pebble, tmp_path, {"edge": ["edge.example.test", "www.example.test"]})))
+    first = app.pipeline.renew("edge")
+    assert (first.outcome, first.state) == ("renewed", "published"), first.error
+    leaf = served_leaf(app, "edge")
+    assert serial_hex(leaf) == first.serial
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert sorted(sans) == ["edge.example.test", "www.example.test"]
+    # the account was stored once and is reused by the renewal
+    assert app.inventory.load_account("pebble", pebble.directory_url) is not None
+    second = app.pipeline.renew("edge", force=True)
+    assert second.outcome == "renewed" and second.serial != first.serial, second.error
+    revoked = app.pipeline.revoke("edge", RevocationReason.SUPERSEDED)
+    assert revoked.outcome == "revoked", revoked.error
+    assert [v.state for v in app.inventory.versions("edge")][0] == "revoked"
+
+
+def test_many_orders_share_one_responder(
+    pebble: PebbleServer, tmp_path: Path, write_config: WriteConfig, open_app: Callable[[Path], App]
+) -> None:
+    certs = {f"c{i}": [f"c{i}.many.example.test"] for i in range(12)}
+    app = open_app(write_config(acme_config(pebble, tmp_path, certs, workers=6)))
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda n: app.pipeline.renew(n, force=True), certs))
+    assert [r.outcome for r in results] == ["renewed"] * len(certs), [r.error for r in results if r.error]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+        pass
+
+
+@pytest.fixture
+def webroot_server(pebble: PebbleServer, tmp_path: Path) -> Iterator[Path]:
+    """A plain static web server on Pebble's HTTP-01 port, serving the directory certd writes tokens into."""
+    root = tmp_path / "webroot"
+    root.mkdir()
+    handler = functools.partial(_QuietHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", pebble.http01_port), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root
+    server.shutdown()
+    server.server_close()
+
+
+def test_webroot_http01(
+    pebble: PebbleServer, tmp_path: Path, webroot_server: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    http01 = f'http01_webroot = "{webroot_server}"'
+    app = open_app(write_config(acme_config(pebble, tmp_path, {"web": ["web.example.test"]}, http01=http01)))
+    result = app.pipeline.renew("web")
+    assert result.outcome == "renewed", result.error
+    challenge_dir = webroot_server / ".well-known" / "acme-challenge"
+    assert list(challenge_dir.iterdir()) == []  # tokens removed after the order
+
+
+def test_dns01_wildcard_through_bind(
+    pebble_dns01: PebbleServer, bind: BindServer, tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    dns = (f'challenge = "dns-01"\ndns_server = "{bind.address}"\ntsig_key_name = "{bind.tsig_key_name}"\n'
+           f'tsig_secret_file = "{bind.tsig_secret_file}"\ndns_propagation_timeout = "30s"')
+    zone = bind.zone
+    names = [f"*.wild.{zone}", f"wild.{zone}"]
+    app = open_app(write_config(acme_config(pebble_dns01, tmp_path, {"wild": names}, issuer_extra=dns, http01="")))
+    result = app.pipeline.renew("wild")
+    assert result.outcome == "renewed", result.error
+    sans = served_leaf(app, "wild").extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(sans.get_values_for_type(x509.DNSName)) == sorted(names)
+    assert _txt(bind, f"_acme-challenge.wild.{zone}") == []  # cleaned up
+
+
+def _txt(bind: BindServer, name: str) -> list[str]:
+    query = dns.message.make_query(name, "TXT")
+    answer = dns.query.tcp(query, bind.host, port=bind.port, timeout=5)
+    return [r.to_text() for rrset in answer.answer for r in rrset]
+
+
+def test_fault_half_the_nonces_rejected(
+    pebble_factory: Callable[..., PebbleServer], tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    pebble = pebble_factory(nonce_reject=50, extra_env=NO_REUSE)
+    certs = {f"n{i}": [f"n{i}.nonce.example.test"] for i in range(8)}
+    app = open_app(write_config(acme_config(pebble, tmp_path, certs)))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda n: app.pipeline.renew(n, force=True), certs))
+    assert [r.outcome for r in results] == ["renewed"] * len(certs), [r.error for r in results if r.error]
+
+
+# -- bad input: a clear error naming certificate, step and problem; the old certificate stays ------------------
+
+def _renew_fails(app: App, name: str) -> str:
+    result = app.pipeline.renew(name, force=True)
+    assert result.outcome == "failed", result
+    assert result.error is not None
+    return result.error
+
+
+def test_failed_validation_keeps_the_old_certificate(
+    pebble_factory: Callable[..., PebbleServer], tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    pebble = pebble_factory(extra_env=NO_REUSE)  # a reused authorization would skip the failing validation
+    path = write_config(acme_config(pebble, tmp_path, {"edge": ["keep.example.test"]}))
+    app = open_app(path)
+    assert app.pipeline.renew("edge").outcome == "renewed"
+    before = (tmp_path / "out/edge/combined.pem").read_bytes()
+    # webroot mode with no web server on the port: Pebble's validation cannot connect
+    (tmp_path / "nowhere").mkdir()
+    path.write_text(path.read_text().replace(f'http01_listen = "127.0.0.1:{pebble.http01_port}"',
+                                             f'http01_webroot = "{tmp_path}/nowhere"'))
+    app2 = open_app(path)
+    error = _renew_fails(app2, "edge")
+    assert "ACME pebble: edge" in error and "validation of keep.example.test failed" in error
+    assert "connection" in error
+    assert (tmp_path / "out/edge/combined.pem").read_bytes() == before
+
+
+def test_unreachable_directory(tmp_path: Path, write_config: WriteConfig, open_app: Callable[[Path], App],
+                               pebble: PebbleServer) -> None:
+    body = acme_config(pebble, tmp_path, {"edge": ["x.example.test"]}).replace(
+        pebble.directory_url, f"https://127.0.0.1:{free_port()}/dir")
+    app = open_app(write_config(body))
+    error = _renew_fails(app, "edge")
+    assert "ACME pebble: edge: order: cannot reach" in error
+
+
+def test_directory_that_is_not_acme(
+    pebble: PebbleServer, tmp_path: Path, write_config: WriteConfig, open_app: Callable[[Path], App]
+) -> None:
+    body = acme_config(pebble, tmp_path, {"edge": ["x.example.test"]}).replace(
+        pebble.directory_url, pebble.mgmt_url + "/roots/0")
+    app = open_app(write_config(body))
+    error = _renew_fails(app, "edge")
+    assert "is not an ACME directory" in error
+
+
+def test_tls_that_does_not_verify_against_ca_bundle(
+    pebble: PebbleServer, tmp_path: Path, write_config: WriteConfig, open_app: Callable[[Path], App]
+) -> None:
+    other = tmp_path / "other-ca.pem"
+    other.write_bytes(pebble.roots_pem())  # a real CA, but not the one that signed Pebble's listener
+    body = acme_config(pebble, tmp_path, {"edge": ["x.example.test"]}).replace(
+        f'ca_bundle = "{pebble.ca_bundle}"', f'ca_bundle = "{other}"')
+    app = open_app(write_config(body))
+    error = _renew_fails(app, "edge")
+    assert "does not verify against" in error and str(other) in error
+
+
+def test_unknown_profile_is_named(
+    pebble: PebbleServer, tmp_path: Path, write_config: WriteConfig, open_app: Callable[[Path], App]
+) -> None:
+    body = acme_config(pebble, tmp_path, {"edge": ["x.example.test"]}, issuer_extra='profile = "no-such-profile"')
+    app = open_app(write_config(body))
+    error = _renew_fails(app, "edge")
+    assert "no profile 'no-such-profile'" in error
