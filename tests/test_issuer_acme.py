@@ -101,7 +101,7 @@ def test_issue_renew_and_revoke_with_standalone_http01(
     assert second.outcome == "renewed" and second.serial != first.serial, second.error
     revoked = app.pipeline.revoke("edge", RevocationReason.SUPERSEDED)
     assert revoked.outcome == "revoked", revoked.error
-    assert [v.state for v in app.inventory.versions("edge")][0] == "revoked"
+    assert app.inventory.versions("edge")[0].state == "revoked"
 
 
 def test_many_orders_share_one_responder(
@@ -115,7 +115,7 @@ def test_many_orders_share_one_responder(
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class names it so
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
