@@ -246,3 +246,64 @@ def test_unknown_profile_is_named(
     app = open_app(write_config(body))
     error = _renew_fails(app, "edge")
     assert "no profile 'no-such-profile'" in error
+
+
+EAB_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"  # base64url, as CAs hand them out
+
+
+@pytest.mark.parametrize("good", [True, False], ids=["accepted", "rejected"])
+def test_external_account_binding(
+    good: bool, pebble_factory: Callable[..., PebbleServer], tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    pebble = pebble_factory(eab_keys={"kid-1": EAB_KEY})
+    hmac_file = tmp_path / "eab.key"
+    wrong = "A" * len(EAB_KEY)
+    hmac_file.write_text((EAB_KEY if good else wrong) + "\n")
+    extra = f'eab_kid = "kid-1"\neab_hmac_key_file = "{hmac_file}"'
+    app = open_app(write_config(acme_config(pebble, tmp_path, {"edge": ["eab.example.test"]}, issuer_extra=extra)))
+    result = app.pipeline.renew("edge")
+    if good:
+        assert result.outcome == "renewed", result.error
+        return
+    assert result.outcome == "failed" and result.error is not None
+    assert "ACME pebble: edge: order:" in result.error and "unauthorized" in result.error
+    assert EAB_KEY not in result.error and wrong not in result.error
+    assert app.inventory.load_account("pebble", pebble.directory_url) is None  # nothing half-registered kept
+
+
+def test_eab_required_but_not_configured(
+    pebble_factory: Callable[..., PebbleServer], tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    pebble = pebble_factory(eab_keys={"kid-1": EAB_KEY})
+    app = open_app(write_config(acme_config(pebble, tmp_path, {"edge": ["eab.example.test"]})))
+    error = _renew_fails(app, "edge")
+    assert "requires External Account Binding" in error
+
+
+def test_name_the_ca_refuses(
+    pebble_factory: Callable[..., PebbleServer], tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    pebble = pebble_factory(blocked_domains=["blocked.example.test"])
+    app = open_app(write_config(acme_config(pebble, tmp_path, {"edge": ["www.blocked.example.test"]})))
+    result = app.pipeline.renew("edge")
+    assert result.outcome == "failed" and result.error is not None
+    assert result.reason == "rejectedIdentifier" and "ACME pebble: edge: order: rejectedIdentifier" in result.error
+    assert not (tmp_path / "out/edge").exists() or not (tmp_path / "out/edge/cert.pem").exists()
+
+
+def test_tsig_key_the_server_refuses(
+    pebble_dns01: PebbleServer, bind: BindServer, tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    wrong = tmp_path / "wrong.secret"
+    wrong.write_text("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0MTI=\n")
+    dns = (f'challenge = "dns-01"\ndns_server = "{bind.address}"\ntsig_key_name = "{bind.tsig_key_name}"\n'
+           f'tsig_secret_file = "{wrong}"\ndns_propagation_timeout = "10s"')
+    names = [f"refused.{bind.zone}"]
+    app = open_app(write_config(acme_config(pebble_dns01, tmp_path, {"r": names}, issuer_extra=dns, http01="")))
+    error = _renew_fails(app, "r")
+    assert "ACME pebble: r: order:" in error and "TSIG" in error
+    assert "c2VjcmV0" not in error and bind.tsig_secret not in error

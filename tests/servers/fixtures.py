@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from tests.servers.ari import AriFront
 from tests.servers.bind import BindServer
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.nginx import NginxServer
@@ -132,3 +133,14 @@ def postgres_url(postgres_admin_url: str) -> Iterator[str]:
     url = fresh_database(postgres_admin_url)
     yield url
     drop_database(postgres_admin_url, url)
+
+
+@pytest.fixture
+def ari_front(pebble: PebbleServer) -> Iterator[AriFront]:
+    """The session Pebble behind an RFC 9773 renewalInfo front: give clients ``ari_front.directory_url``.
+
+    Function scope so each test starts with empty ``asked``/``replaces_seen`` records and its own windows.
+    """
+    front = AriFront(pebble)
+    yield front
+    front.stop()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
@@ -27,11 +27,17 @@ class PebbleServer:
         workdir: Path | None = None,
         extra_env: Mapping[str, str] | None = None,
         certificate_validity: int | None = None,
+        eab_keys: Mapping[str, str] | None = None,
+        blocked_domains: Sequence[str] = (),
     ) -> None:
         """extra_env is for knobs like PEBBLE_AUTHZREUSE=0 (Pebble reuses valid authzs 50% of the time).
 
         certificate_validity (seconds) sets Pebble's certificateValidityPeriod, for short-lived certificates.
+        eab_keys ({kid: base64url HMAC key}) makes External Account Binding required with those keys;
+        blocked_domains are refused with rejectedIdentifier (Pebble's domainBlocklist).
         """
+        self.eab_keys = dict(eab_keys or {})
+        self.blocked_domains = list(blocked_domains)
         self.certificate_validity = certificate_validity
         if extra_env and "PEBBLE_VA_ALWAYS_VALID" in extra_env:
             raise ValueError("PEBBLE_VA_ALWAYS_VALID would skip the validation these tests exist to exercise")
@@ -94,7 +100,9 @@ class PebbleServer:
                 "httpPort": self.http01_port,
                 "tlsPort": self.tls_alpn01_port,
                 "ocspResponderURL": "",
-                "externalAccountBindingRequired": False,
+                "externalAccountBindingRequired": bool(self.eab_keys),
+                "externalAccountMACKeys": self.eab_keys,
+                "domainBlocklist": self.blocked_domains,
             }
         }
         if self.certificate_validity is not None:

@@ -1,0 +1,206 @@
+"""The ARI front (tests/servers/ari.py) against the real Pebble, driven by the plain `acme` library.
+
+certd's ARI tests trust this front to be a faithful ACME server with renewalInfo; if it mangled nonces, URLs or
+JWS payloads, certd's tests would fail (or pass) for the wrong reason. So it is checked here with a client that
+is not certd: a real order with real HTTP-01 through the front, the RFC 9773 answer for the issued certificate,
+and a second order carrying ``replaces``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import http.server
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import josepy
+import pytest
+import requests
+from acme import challenges, client, crypto_util, messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.servers.ari import AriFront, b64url_encode, cert_id, parse_cert_id, serial_der_bytes
+from tests.servers.pebble import PebbleServer
+
+T = TypeVar("T")
+ORDER_DEADLINE = dt.timedelta(seconds=30)
+
+
+class NewOrderWithReplaces(messages.NewOrder):
+    """`acme` has no `replaces` (RFC 9773 section 5) on newOrder; certd's own issuer must add it the same way."""
+
+    replaces: str | None = josepy.field("replaces", omitempty=True)
+
+
+def retry_bad_nonce(fn: Callable[[], T], attempts: int = 6) -> T:
+    """Pebble rejects 5% of nonces and `acme` retries only once; a double rejection is not what is tested here."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except messages.Error as exc:
+            if exc.code != "badNonce" or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def http01_tokens(pebble: PebbleServer) -> Iterator[dict[str, str]]:
+    """HTTP-01 answers on Pebble's validation port, bound only for this test: other tests share the port."""
+    tokens: dict[str, str] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = tokens.get(self.path, "").encode()
+            self.send_response(200 if body else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", pebble.http01_port), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield tokens
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def front_client(front: AriFront) -> tuple[client.ClientV2, josepy.JWKEC]:
+    key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    # Typed as bool, but handed to requests' `verify`, which takes a CA bundle path.
+    net = client.ClientNetwork(key, alg=josepy.ES256, verify_ssl=str(front.pebble.ca_bundle))  # type: ignore[arg-type]
+    acme = client.ClientV2(client.ClientV2.get_directory(front.directory_url, net), net)
+    reg = messages.NewRegistration.from_data(terms_of_service_agreed=True)
+    net.account = retry_bad_nonce(lambda: acme.new_account(reg))
+    return acme, key
+
+
+def new_order(acme: client.ClientV2, csr_pem: bytes, replaces: str | None) -> messages.OrderResource:
+    """ClientV2.new_order, with `replaces` in the signed payload (the library cannot send it)."""
+    csr = x509.load_pem_x509_csr(csr_pem)
+    names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names]
+    order = NewOrderWithReplaces(identifiers=identifiers, replaces=replaces)
+    response = acme._post(acme.directory["newOrder"], order)
+    body = messages.Order.from_json(response.json())
+    authzs = [acme._authzr_from_response(acme._post_as_get(url), uri=url) for url in body.authorizations]
+    return messages.OrderResource(
+        body=body, uri=response.headers.get("Location"), authorizations=authzs, csr_pem=csr_pem
+    )
+
+
+def issue(
+    acme: client.ClientV2, key: josepy.JWKEC, tokens: dict[str, str], name: str, replaces: str | None = None
+) -> str:
+    leaf_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    csr_pem = crypto_util.make_csr(leaf_key, [name])
+    order = retry_bad_nonce(lambda: new_order(acme, csr_pem, replaces))
+    for authz in order.authorizations:
+        if authz.body.status == messages.STATUS_VALID:
+            continue  # Pebble reuses valid authorizations half of the time
+        chall = next(c for c in authz.body.challenges if isinstance(c.chall, challenges.HTTP01))
+        response, validation = chall.response_and_validation(key)
+        tokens[chall.chall.path] = validation
+        retry_bad_nonce(functools.partial(acme.answer_challenge, chall, response))
+    deadline = dt.datetime.now() + ORDER_DEADLINE
+    done = retry_bad_nonce(lambda: acme.poll_and_finalize(order, deadline))
+    fullchain: str = done.fullchain_pem
+    return fullchain
+
+
+def leaf_cert_id(cert: x509.Certificate) -> str:
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    assert aki is not None, "Pebble's leaves carry an AKI keyIdentifier; ARI cannot work without it"
+    return f"{b64url_encode(aki)}.{b64url_encode(serial_der_bytes(cert.serial_number))}"
+
+
+def test_cert_id_encoding_follows_rfc9773() -> None:
+    # RFC 9773 section 4.1 example: keyIdentifier 69:88:5B:6B:87:46:40:41:E1:B3:7B:84:7B:A0:AE:2C:DE:01:C8:D4,
+    # serial 00:87:65:43:21 (a leading zero, since the top bit of 0x87 is set).
+    aki = bytes.fromhex("69885B6B87464041E1B37B847BA0AE2CDE01C8D4")
+    assert cert_id(aki, 0x87654321) == "aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE"
+    asked = parse_cert_id("aYhba4dGQEHhs3uEe6CuLN4ByNQ.AIdlQyE")
+    assert (asked.key_identifier, asked.serial) == (aki, 0x87654321)
+    for bad in ("", "nodot", "a.b.c", "aYhba4dGQEHhs3uEe6CuLN4ByNQ.h2VDIQ", "aYhb=.AIdlQyE", "x.AAAB"):
+        with pytest.raises(ValueError):
+            parse_cert_id(bad)
+
+
+def test_directory_through_front_adds_renewal_info_and_keeps_client_on_front(ari_front: AriFront) -> None:
+    verify = str(ari_front.pebble.ca_bundle)
+    resp = requests.get(ari_front.directory_url, verify=verify, timeout=10)
+    assert resp.status_code == 200
+    directory = resp.json()
+    assert directory["renewalInfo"] == f"{ari_front.base_url}/renewal-info"
+    urls = [v for k, v in directory.items() if k != "meta"]
+    assert all(u.startswith(ari_front.base_url + "/") for u in urls), urls
+    head = requests.head(directory["newNonce"], verify=verify, timeout=10)
+    assert head.headers.get("Replay-Nonce")
+    bad = requests.get(f"{directory['renewalInfo']}/not-a-cert-id", verify=verify, timeout=10)
+    assert bad.status_code == 400
+    assert bad.json()["type"] == "urn:ietf:params:acme:error:malformed"
+    assert ari_front.asked == []
+
+
+@pytest.mark.slow
+def test_renewal_info_and_replaces_through_front(ari_front: AriFront, http01_tokens: dict[str, str]) -> None:
+    ari_front.retry_after = 1234
+    acme, key = front_client(ari_front)
+    assert acme.directory["renewalInfo"] == ari_front.renewal_info_url
+    name = f"ari-{uuid.uuid4().hex[:10]}.example.test"
+
+    first_pem = issue(acme, key, http01_tokens, name)
+    first = x509.load_pem_x509_certificates(first_pem.encode())[0]
+    first_id = leaf_cert_id(first)
+    verify = str(ari_front.pebble.ca_bundle)
+
+    # Without a window set, a serial gets "soon, not now": one to two hours ahead.
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    resp = requests.get(f"{ari_front.renewal_info_url}/{first_id}", verify=verify, timeout=10)
+    assert resp.status_code == 200
+    assert resp.headers["Retry-After"] == "1234"
+    default = resp.json()["suggestedWindow"]
+    default_start = dt.datetime.fromisoformat(default["start"])
+    default_end = dt.datetime.fromisoformat(default["end"])
+    assert before + dt.timedelta(minutes=59) <= default_start <= before + dt.timedelta(minutes=61)
+    assert default_end - default_start == dt.timedelta(hours=1)
+    aki = first.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    assert [(a.cert_id, a.key_identifier, a.serial) for a in ari_front.asked] == [(first_id, aki, first.serial_number)]
+
+    # A window the test chose, for this serial only.
+    start = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    end = start + dt.timedelta(hours=7)
+    ari_front.set_window(first.serial_number, start, end, explanation_url="https://ari.example.test/why")
+    resp = requests.get(f"{ari_front.renewal_info_url}/{first_id}", verify=verify, timeout=10)
+    assert resp.status_code == 200
+    assert resp.headers["Retry-After"] == "1234"
+    assert resp.headers["Content-Type"] == "application/json"
+    assert resp.json() == {
+        "suggestedWindow": {"start": "2030-01-02T03:04:05Z", "end": "2030-01-02T10:04:05Z"},
+        "explanationURL": "https://ari.example.test/why",
+    }
+
+    # The `acme` library's own ARI lookup computes the same certID and lands inside the window.
+    renew_at, _next_check = acme.renewal_time(first_pem.encode())
+    assert renew_at is not None and start <= renew_at <= end
+    assert len(ari_front.asked) == 3 and ari_front.asked[-1].cert_id == first_id
+
+    # The renewal order says which certificate it replaces; Pebble 2.4 ignores the field and issues anyway.
+    assert ari_front.replaces_seen == []
+    second_pem = issue(acme, key, http01_tokens, name, replaces=first_id)
+    second = x509.load_pem_x509_certificates(second_pem.encode())[0]
+    assert second.serial_number != first.serial_number
+    assert ari_front.replaces_seen == [first_id]
+    assert [o.get("replaces") for o in ari_front.new_orders] == [None, first_id]

@@ -1,0 +1,335 @@
+"""The ``haproxy`` deploy target against a real HAProxy: rotation over the runtime API with no reload.
+
+Every test first renews once with a deploy-less config (HAProxy needs certd's combined.pem to exist before it
+starts), then starts HAProxy on that published combined.pem and reopens certd with the target configured, the
+way an operator adds a load balancer to a certificate that is already published.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from certd.app import App
+from certd.certs import load_pem_certs, serial_hex
+from certd.config import load_config
+from tests.conftest import WriteConfig
+from tests.servers.haproxy import HaproxyServer
+
+NAME = "lb.example.test"
+
+BASE = """
+[database]
+url = "sqlite:///{tmp}/certd.db"
+
+[issuers.local]
+type = "local-ca"
+dir = "{tmp}/local-ca"
+
+[certificates.edge]
+issuer = "local"
+names = ["lb.example.test", "www.example.test"]
+output_dir = "{tmp}/out/edge"
+"""
+
+
+class HandshakeLoop:
+    """A client doing full TLS handshakes back to back, verifying against the pinned root, in its own thread.
+
+    It records the serial of every certificate it was served and every failure, and stops by itself after
+    ``max_handshakes`` or ``max_seconds``, whichever comes first, so a hung server cannot hang the test.
+    """
+
+    def __init__(self, port: int, sni: str, root_pem: Path, *, max_handshakes: int = 3000,
+                 max_seconds: float = 90.0) -> None:
+        self.port = port
+        self.sni = sni
+        self.ctx = ssl.create_default_context(cafile=str(root_pem))
+        self.max_handshakes = max_handshakes
+        self.max_seconds = max_seconds
+        self.serials: list[str] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="handshake-loop", daemon=True)
+
+    def _one(self) -> str:
+        with (
+            socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw,
+            self.ctx.wrap_socket(raw, server_hostname=self.sni) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+            assert der is not None
+            return serial_hex(x509.load_der_x509_certificate(der))
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        while not self._stop.is_set() and len(self.serials) + len(self.failures) < self.max_handshakes:
+            if time.monotonic() > deadline:
+                break
+            try:
+                serial = self._one()
+            except (OSError, ssl.SSLError, AssertionError) as exc:
+                with self._lock:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with self._lock:
+                self.serials.append(serial)
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self.serials) + len(self.failures)
+
+    def seen(self, serial: str) -> bool:
+        with self._lock:
+            return serial in self.serials
+
+    def wait_for(self, done: Callable[[], bool], limit: float = 30.0) -> None:
+        """Wait (bounded) until ``done()`` or the loop ended on its own."""
+        deadline = time.monotonic() + limit
+        while not done() and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def __enter__(self) -> HandshakeLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=15)
+
+
+def served_serial(port: int, sni: str = NAME) -> str:
+    """What the endpoint serves right now (no verification: we want to see it even if it is wrong)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw, server_hostname=sni) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return serial_hex(x509.load_der_x509_certificate(der))
+
+
+def disk_serial(out: Path) -> str:
+    return serial_hex(load_pem_certs((out / "cert.pem").read_bytes())[0])
+
+
+def open_transactions(server: HaproxyServer) -> list[str]:
+    """Uncommitted `set ssl cert` transactions: `show ssl cert` lists them with a leading `*`."""
+    return [line for line in server.runtime("show ssl cert").splitlines() if line.startswith("*")]
+
+
+def with_target(body: str, target: str, *, verify: str = "", extra: str = "") -> str:
+    """BASE plus deploy/verify keys on the certificate and the [deploy.lb] table."""
+    return body.replace(
+        'output_dir = "{tmp}/out/edge"\n',
+        f'output_dir = "{{tmp}}/out/edge"\ndeploy = ["lb"]\n{verify}{extra}\n',
+    ) + target
+
+
+@pytest.fixture
+def bootstrapped(write_config: WriteConfig, tmp_path: Path) -> Iterator[str]:
+    """Renew once without deploy targets; yields the first serial (files are in {tmp}/out/edge)."""
+    app = App.open(load_config(write_config(BASE, name="bootstrap.toml")))
+    try:
+        first = app.pipeline.renew("edge")
+        assert first.outcome == "renewed", first
+        assert first.serial is not None
+        yield first.serial
+    finally:
+        app.close()
+
+
+def haproxy_target(socket_path: Path | str, cert: Path | str, timeout: str = "10s") -> str:
+    return f'\n[deploy.lb]\ntype = "haproxy"\nsocket = "{socket_path}"\ncert = "{cert}"\ntimeout = "{timeout}"\n'
+
+
+def verify_line(port: int, root: Path, sni: str = NAME) -> str:
+    return f'verify = [{{ endpoint = "127.0.0.1:{port}", sni = "{sni}", ca_bundle = "{root}" }}]\n'
+
+
+def open_app(write_config: WriteConfig, body: str) -> App:
+    return App.open(load_config(write_config(body, name="certd.toml")))
+
+
+def test_rotation_over_runtime_api_drops_no_handshake(
+    bootstrapped: str, haproxy_factory: Any, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    out = tmp_path / "out/edge"
+    root = tmp_path / "local-ca/root.pem"
+    server: HaproxyServer = haproxy_factory(out / "combined.pem")
+    pid = server.pid
+    body = with_target(BASE, haproxy_target(server.socket, out / "combined.pem"),
+                       verify=verify_line(server.port, root), extra='verify_timeout = "20s"\n')
+    app = open_app(write_config, body)
+    try:
+        with HandshakeLoop(server.port, NAME, root) as loop:
+            loop.wait_for(lambda: loop.count >= 100)
+            assert loop.seen(bootstrapped), loop.failures[:3]
+            result = app.pipeline.renew("edge", force=True)
+            assert (result.outcome, result.state) == ("renewed", "served"), result
+            assert result.serial is not None and result.serial != bootstrapped
+            before = loop.count
+            loop.wait_for(lambda: loop.count >= max(before + 100, 300))
+        assert loop.failures == []
+        assert loop.count >= 300
+        assert loop.seen(result.serial)
+        # Once the new serial appeared, the old one never came back: commit is a switch, not a blend.
+        first_new = loop.serials.index(result.serial)
+        assert bootstrapped not in loop.serials[first_new:]
+
+        assert server.pid == pid and server._proc.proc.poll() is None  # no restart, no reload
+        assert served_serial(server.port) == result.serial
+        assert disk_serial(out) == result.serial  # certd published the file too: a restart loads the same
+        shown = server.runtime(f"show ssl cert {out / 'combined.pem'}")
+        loaded = re.search(r"^Serial: ([0-9A-F]+)$", shown, re.MULTILINE)
+        assert loaded is not None and int(loaded.group(1), 16) == int(result.serial, 16)
+        assert open_transactions(server) == []
+
+        versions = {v.serial: v.state for v in app.inventory.versions("edge")}
+        assert versions[result.serial] == "served"
+        messages = [e.message for e in app.inventory.events("edge") if e.kind == "deploy.done"]
+        assert any(f"committed serial {result.serial}" in m and str(server.socket) in m for m in messages)
+    finally:
+        app.close()
+
+
+def test_missing_socket_fails_the_deploy_step_and_the_old_cert_stays(
+    bootstrapped: str, haproxy_factory: Any, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    out = tmp_path / "out/edge"
+    server: HaproxyServer = haproxy_factory(out / "combined.pem")
+    missing = tmp_path / "no-such-dir" / "admin.sock"
+    app = open_app(write_config, with_target(BASE, haproxy_target(missing, out / "combined.pem")))
+    try:
+        result = app.pipeline.renew("edge", force=True)
+        assert (result.outcome, result.state, result.failed_step) == ("failed", "failed", "deploy"), result
+        assert f"deploy lb: HAProxy runtime socket {missing} does not exist" in (result.error or "")
+        assert result.reason == "DeployFailed"
+        assert served_serial(server.port) == bootstrapped
+        versions = {v.serial: v for v in app.inventory.versions("edge")}
+        assert versions[result.serial or ""].failed_step == "deploy"
+    finally:
+        app.close()
+
+
+def test_unknown_cert_path_is_a_clear_error_and_leaves_no_transaction(
+    bootstrapped: str, haproxy_factory: Any, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    out = tmp_path / "out/edge"
+    server: HaproxyServer = haproxy_factory(out / "combined.pem")
+    # A real file with the right content, but not the name HAProxy loaded it by: HAProxy must refuse it.
+    stranger = tmp_path / "elsewhere.pem"
+    shutil.copyfile(out / "combined.pem", stranger)
+    app = open_app(write_config, with_target(BASE, haproxy_target(server.socket, stranger)))
+    try:
+        result = app.pipeline.renew("edge", force=True)
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        error = result.error or ""
+        assert f"HAProxy does not know a certificate named {stranger}" in error
+        assert "not referenced by the configuration" in error  # HAProxy's own words, quoted
+        assert "PRIVATE KEY" not in error and "BEGIN" not in error
+        assert open_transactions(server) == []
+        assert served_serial(server.port) == bootstrapped
+        events = " ".join(e.message for e in app.inventory.events("edge"))
+        assert "PRIVATE KEY" not in events
+    finally:
+        app.close()
+
+
+def test_failed_verify_with_rollback_pushes_the_previous_cert_back(
+    bootstrapped: str, haproxy_factory: Any, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """Two load balancers verify, certd deploys to one only: the other keeps the old certificate, verify fails,
+    and rollback must push the previous certificate back into the first HAProxy over the runtime API."""
+    out = tmp_path / "out/edge"
+    root = tmp_path / "local-ca/root.pem"
+    lb = haproxy_factory(out / "combined.pem")
+    frozen_copy = tmp_path / "frozen" / "combined.pem"
+    frozen_copy.parent.mkdir()
+    shutil.copyfile(out / "combined.pem", frozen_copy)
+    forgotten = haproxy_factory(frozen_copy)  # an LB nobody told certd about: never gets the new certificate
+    verify = (f'verify = [{{ endpoint = "127.0.0.1:{lb.port}", sni = "{NAME}", ca_bundle = "{root}" }}, '
+              f'{{ endpoint = "127.0.0.1:{forgotten.port}", sni = "{NAME}", ca_bundle = "{root}" }}]\n')
+    body = with_target(BASE, haproxy_target(lb.socket, out / "combined.pem"), verify=verify,
+                       extra='verify_timeout = "3s"\nrollback = true\n')
+    app = open_app(write_config, body)
+    try:
+        result = app.pipeline.renew("edge", force=True)
+        assert (result.outcome, result.failed_step) == ("failed", "verify"), result
+        assert f"serves serial {bootstrapped}, expected {result.serial}" in (result.error or "")
+        assert served_serial(lb.port) == bootstrapped  # pushed back over the runtime API
+        assert disk_serial(out) == bootstrapped  # and the previous generation is the published one again
+        assert open_transactions(lb) == []
+        states = {v.serial: v.state for v in app.inventory.versions("edge")}
+        assert states == {bootstrapped: "served", result.serial: "failed"}
+        kinds = [e.kind for e in app.inventory.events("edge")]
+        assert "rollback.done" in kinds and "rollback.failed" not in kinds
+        deploys = [e.message for e in app.inventory.events("edge") if e.kind == "deploy.done"]
+        assert any(f"committed serial {bootstrapped}" in m for m in deploys)
+        assert any(f"committed serial {result.serial}" in m for m in deploys)
+    finally:
+        app.close()
+
+
+def test_crt_list_reference_is_confirmed(bootstrapped: str, write_config: WriteConfig, tmp_path: Path) -> None:
+    """HAProxy loading the certificate through a crt-list: the target confirms the crt-list uses the path."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy not installed (scripts/install-system-deps.sh test installs haproxy)")
+    from tests.servers.ports import ServerProcess, free_port, make_workdir, tcp_open
+
+    out = tmp_path / "out/edge"
+    root = tmp_path / "local-ca/root.pem"
+    work = make_workdir("haproxy-crtlist")
+    crt_list = work / "certs.lst"
+    crt_list.write_text(f"{out / 'combined.pem'} [alpn h2,http/1.1] {NAME}\n")
+    port = free_port()
+    sock = work / "admin.sock"
+    (work / "haproxy.cfg").write_text(
+        f"global\n    stats socket {sock} mode 600 level admin\n"
+        "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
+        f"frontend fe\n    bind 127.0.0.1:{port} ssl crt-list {crt_list}\n"
+        "    http-request return status 200 content-type text/plain string ok\n"
+    )
+    proc = ServerProcess("haproxy", ["haproxy", "-db", "-f", str(work / "haproxy.cfg")], work / "haproxy.log",
+                         cwd=work)
+    app: App | None = None
+    try:
+        proc.wait_until(lambda: tcp_open(port) and sock.exists(), "crt-list HAProxy")
+        target = haproxy_target(sock, out / "combined.pem") + f'crt_list = "{crt_list}"\n'
+        app = open_app(write_config, with_target(BASE, target, verify=verify_line(port, root)))
+        result = app.pipeline.renew("edge", force=True)
+        assert (result.outcome, result.state) == ("renewed", "served"), result
+        deploys = [e.message for e in app.inventory.events("edge") if e.kind == "deploy.done"]
+        assert any(f"(used by crt-list {crt_list})" in m for m in deploys), deploys
+
+        # A crt-list that HAProxy has loaded but that does not name the path: refused before anything changes.
+        other = tmp_path / "other.pem"
+        shutil.copyfile(out / "combined.pem", other)
+        app.close()
+        target = haproxy_target(sock, other) + f'crt_list = "{crt_list}"\n'
+        app = open_app(write_config, with_target(BASE, target))
+        bad = app.pipeline.renew("edge", force=True)
+        assert (bad.outcome, bad.failed_step) == ("failed", "deploy"), bad
+        assert f"crt-list {crt_list} does not reference {other}" in (bad.error or "")
+        assert served_serial(port) == result.serial
+    finally:
+        if app is not None:
+            app.close()
+        proc.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
