@@ -37,7 +37,7 @@ from typing import Any, Literal
 from cryptography import x509
 
 from certd.budget import Budget
-from certd.certs import certs_pem, fingerprint, intermediates_only, load_pem_certs, serial_hex
+from certd.certs import certs_pem, fingerprint, intermediates_only, load_pem_certs, rfc3339, serial_hex
 from certd.clock import Clock
 from certd.config import CertificateConfig, Config
 from certd.deploy.base import DeployContext, DeployTarget, PublishedPaths
@@ -239,6 +239,44 @@ class Pipeline:
         unique = {fingerprint(c): c for c in certs}
         return list(unique.values())
 
+    def refresh_renewal_info(self) -> list[str]:
+        """Ask the CA again for the ARI window of every current version whose ``Retry-After`` has passed.
+
+        A CA moves a window earlier when it plans to revoke (RFC 9773 section 4.2), so the
+        renewal time follows the newest window; a time already inside the window is kept, so a
+        fleet's jitter is not redrawn on every poll. Returns the certificates whose time moved.
+        """
+        now = self.clock.now()
+        moved = []
+        for version in self.inventory.ari_due(now):
+            cfg = self.config.certificates.get(version.certificate)
+            if cfg is None or cfg.issuer != version.issuer:
+                continue
+            issuer = self.issuer(cfg.issuer)
+            chain = load_pem_certs(version.chain_pem.encode())
+            if not isinstance(issuer, RenewalInfo) or not chain:
+                continue
+            leaf = load_pem_certs(version.cert_pem.encode())[0]
+            window = issuer.renewal_window(leaf, chain[0])
+            if window is None:  # CA unreachable or no ARI now: ask again later, keep the time we have
+                self.inventory.set_renewal_info(version.id, now, renew_at=version.renew_at or version.not_after,
+                                                next_check=now + timedelta(hours=1))
+                continue
+            renew_at = version.renew_at
+            if renew_at is None or not window.start <= renew_at <= window.end:
+                renew_at = pick_renew_at(
+                    version.not_before, version.not_after, renew_before=cfg.renew_before,
+                    renew_fraction=cfg.renew_fraction, ari_window=(window.start, window.end), rng=self._rng,
+                )
+            next_check = window.retry_after or now + timedelta(hours=6)
+            self.inventory.set_renewal_info(version.id, now, renew_at=renew_at, next_check=next_check)
+            if renew_at != version.renew_at:
+                moved.append(version.certificate)
+                self._event(version.certificate, "ari.window", f"the CA suggests renewing between "
+                            f"{rfc3339(window.start)} and {rfc3339(window.end)}; renewal now at {rfc3339(renew_at)}",
+                            None)
+        return moved
+
     def verdicts(self) -> dict[str, Verdict]:
         """``verdict`` for every configured certificate, from two queries (for scans)."""
         rows = self.inventory.plan_rows()
@@ -427,11 +465,13 @@ class Pipeline:
     ) -> int:
         ari_window = None
         ari_id = None
+        ari_next = None
         if isinstance(issuer, RenewalInfo) and chain:
             window = issuer.renewal_window(leaf, chain[0])
             if window is not None:  # the CA speaks ARI: renewals will carry `replaces`
                 ari_window = (window.start, window.end)
                 ari_id = issuer.cert_id(leaf)
+                ari_next = window.retry_after
         renew_at = pick_renew_at(
             leaf.not_valid_before_utc, leaf.not_valid_after_utc, renew_before=cfg.renew_before,
             renew_fraction=cfg.renew_fraction, ari_window=ari_window, rng=self._rng,
@@ -442,8 +482,8 @@ class Pipeline:
             lease, self.clock.now(), renewal_id=rid, serial=serial, fingerprint=fingerprint(leaf),
             issuer=cfg.issuer, key_type=str(key_type_of(key) or cfg.key), names=json.dumps(cfg.names),
             not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc, renew_at=renew_at,
-            ari_cert_id=ari_id, state=VersionState.ISSUED.value, cert_pem=certs_pem([leaf]).decode(),
-            chain_pem=certs_pem(chain).decode(), key_enc=key_enc,
+            ari_cert_id=ari_id, ari_next_check_at=ari_next, state=VersionState.ISSUED.value,
+            cert_pem=certs_pem([leaf]).decode(), chain_pem=certs_pem(chain).decode(), key_enc=key_enc,
         )
 
     def _publish_and_deploy(

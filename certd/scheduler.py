@@ -169,6 +169,10 @@ class Scheduler:
         started: list[str] = []
         if self.agent:
             return self._scan_installs(pipeline, now)
+        try:
+            pipeline.refresh_renewal_info()
+        except Exception:  # ARI is advice: a failure must not stop the scan that renews by the lifetime rule
+            log.exception("refreshing ARI renewal windows failed")
         verdicts = pipeline.verdicts()
         # Earliest renewal time first: when the budget is short, certificates closest to expiry get it.
         due = sorted(((n, v) for n, v in verdicts.items() if v.due),

@@ -8,6 +8,9 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import http.server
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -307,3 +310,18 @@ def test_tsig_key_the_server_refuses(
     error = _renew_fails(app, "r")
     assert "ACME pebble: r: order:" in error and "TSIG" in error
     assert "c2VjcmV0" not in error and bind.tsig_secret not in error
+
+
+def test_renew_all_force_of_200_certificates_through_the_cli(
+    pebble: PebbleServer, tmp_path: Path, write_config: WriteConfig
+) -> None:
+    certs = {f"bulk{i}": [f"bulk{i}.fleet.example.test"] for i in range(200)}
+    extra = "[issuers.pebble.rate_limits]\ncertificates_per_domain = 1000\nnew_orders = 1000"
+    path = write_config(acme_config(pebble, tmp_path, certs, workers=16, issuer_extra=extra))
+    proc = subprocess.run([sys.executable, "-m", "certd", "-c", str(path), "renew", "--all", "--force", "--json"],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(proc.stdout)["results"]
+    assert len(results) == 200
+    assert {r["outcome"] for r in results} == {"renewed"}, [r for r in results if r["outcome"] != "renewed"][:3]
+    assert len({r["serial"] for r in results}) == 200

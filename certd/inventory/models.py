@@ -114,6 +114,7 @@ class Version(Base):
     not_after: Mapped[datetime] = mapped_column(UTCDateTime())
     renew_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     ari_cert_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    ari_next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     failed_step: Mapped[str | None] = mapped_column(String(16), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

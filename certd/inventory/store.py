@@ -250,6 +250,26 @@ class Inventory:
             assert_held(s, lease, now)
             s.execute(update(Version).where(Version.id == version_id).values(updated_at=now, **fields))
 
+    def ari_due(self, now: datetime) -> list[Version]:
+        """Current versions whose CA speaks ARI and whose ``Retry-After`` has passed (unexpired, unrevoked)."""
+        with self.sessions() as s:
+            q = (
+                select(Version)
+                .join(Certificate, Certificate.current_version_id == Version.id)
+                .where(Version.ari_cert_id.is_not(None), Version.not_after > now,
+                       Version.state != VersionState.REVOKED.value,
+                       (Version.ari_next_check_at.is_(None)) | (Version.ari_next_check_at <= now))
+            )
+            rows = list(s.execute(q).scalars())
+            s.expunge_all()
+            return rows
+
+    def set_renewal_info(self, version_id: int, now: datetime, *, renew_at: datetime, next_check: datetime) -> None:
+        """Record a fresh ARI answer. No lease: only scheduling fields change, never what is published."""
+        with self.sessions.begin() as s:
+            s.execute(update(Version).where(Version.id == version_id)
+                      .values(renew_at=renew_at, ari_next_check_at=next_check, updated_at=now))
+
     def make_current(
         self, lease: LeaseInfo, version_id: int, now: datetime, *, previous_state: str | None = None
     ) -> int | None:

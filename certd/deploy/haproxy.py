@@ -1,0 +1,264 @@
+"""``haproxy`` target: swap the certificate in a running HAProxy over its runtime API, without a reload.
+
+Why the runtime API and not a reload: a reload forks new workers and drains
+the old ones, while ``set ssl cert`` + ``commit ssl cert`` replaces the
+certificate in place; the next handshake gets the new one and the process
+(and its connections, stick tables and counters) stays as it was.
+
+The sequence, one command per connection (HAProxy's non-interactive mode
+answers one command and closes, so EOF ends each answer):
+
+1. ``set ssl cert <path> <<`` with the key + full chain as payload, ended by
+   an empty line; HAProxy opens a transaction for ``<path>``.
+2. ``commit ssl cert <path>``; HAProxy swaps the certificate everywhere it
+   uses ``<path>`` (every ``bind ... crt`` and every crt-list line).
+3. ``show ssl cert <path>`` must report the serial we sent, so a commit that
+   "succeeded" on some other object is caught here rather than at verify.
+
+If step 1 or 2 answers anything but success we send ``abort ssl cert
+<path>``: HAProxy allows one open transaction at a time, and leaving ours
+open would block every later rotation (by us or by an operator). For the
+same reason we never ``set`` while a transaction on another certificate is
+open (HAProxy 2.6 would put our payload into it), and rotations through one
+socket are serialised within this process.
+
+``cert`` is the name HAProxy knows the certificate by: exactly the path in
+its ``crt`` / crt-list line, which is normally certd's stable
+``combined.pem``. certd has already published the same bytes there, so a
+restart of HAProxy loads the same certificate we pushed over the socket.
+Nothing here ever echoes the payload: answers are quoted, PEM never is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import threading
+import time
+
+from certd.config import HaproxyDeployConfig
+from certd.deploy.base import DeployContext
+from certd.errors import DeployError
+
+__all__ = ["HaproxyTarget"]
+
+_MAX_ANSWER = 300
+_SERIAL = re.compile(r"^Serial:\s*([0-9A-Fa-f]+)\s*$", re.MULTILINE)
+# HAProxy's wording for "that path is not a certificate I loaded" differs by command and version.
+_UNKNOWN = ("not referenced", "not found", "unknown certificate", "can't display", "no such", "didn't find")
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _socket_lock(where: str) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(where, threading.Lock())
+
+
+def _escape(path: str) -> str:
+    """HAProxy splits CLI arguments on spaces; a backslash keeps a space inside one argument."""
+    return path.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def _quote(answer: str) -> str:
+    """A short, single-line form of HAProxy's answer that is safe to put in an event."""
+    text = " ".join(answer.split())
+    if "PRIVATE KEY" in text:  # never happens with HAProxy, but an answer must never carry key material
+        return "<answer withheld: it contained key material>"
+    if not text:
+        return "<empty answer>"
+    return text if len(text) <= _MAX_ANSWER else text[:_MAX_ANSWER] + "…"
+
+
+def _payload(pem: bytes) -> str:
+    """The PEM without blank lines: a blank line ends a ``<<`` payload early."""
+    lines = [line for line in pem.decode("ascii").splitlines() if line.strip()]
+    return "\n".join(lines) + "\n"
+
+
+def _is_unknown(answer: str) -> bool:
+    low = answer.lower()
+    return any(marker in low for marker in _UNKNOWN)
+
+
+class HaproxyTarget:
+    """Push the new key + chain into HAProxy through ``set/commit ssl cert`` and confirm the loaded serial."""
+
+    def __init__(self, name: str, config: HaproxyDeployConfig) -> None:
+        self.name = name
+        self._config = config
+        self._path = str(config.cert)
+        self._timeout = config.timeout.total_seconds()
+
+    # -- the socket ----------------------------------------------------------------
+    def _connect(self) -> socket.socket:
+        where = self._config.socket
+        sock: socket.socket
+        if where.startswith("unix@"):
+            where = where[len("unix@"):]
+        if where.startswith(("ipv4@", "ipv6@")):
+            where = where[5:]
+            host, _, port = where.rpartition(":")
+        elif "/" in where or not re.fullmatch(r".+:\d+", where):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self._timeout)
+            try:
+                sock.connect(where)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        else:
+            host, _, port = where.rpartition(":")
+        return socket.create_connection((host.strip("[]"), int(port)), timeout=self._timeout)
+
+    def _command(self, command: str) -> str:
+        """Send one command and read HAProxy's whole answer (it closes the connection after answering)."""
+        where = self._config.socket
+        try:
+            with self._connect() as sock:
+                sock.sendall(command.encode("ascii"))
+                chunks: list[bytes] = []
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+        except FileNotFoundError as exc:
+            raise DeployError(f"deploy {self.name}: HAProxy runtime socket {where} does not exist") from exc
+        except ConnectionRefusedError as exc:
+            raise DeployError(f"deploy {self.name}: HAProxy runtime socket {where} refused the connection "
+                              "(is HAProxy running with 'stats socket ... level admin'?)") from exc
+        except PermissionError as exc:
+            raise DeployError(f"deploy {self.name}: not allowed to open HAProxy runtime socket {where}") from exc
+        except TimeoutError as exc:
+            raise DeployError(
+                f"deploy {self.name}: HAProxy runtime socket {where} did not answer within {self._timeout:g}s"
+            ) from exc
+        except OSError as exc:
+            raise DeployError(f"deploy {self.name}: HAProxy runtime socket {where}: {exc.strerror or exc}") from exc
+        return b"".join(chunks).decode("utf-8", errors="replace")
+
+    # -- the steps -----------------------------------------------------------------
+    def _abort(self) -> None:
+        """Close our transaction if one is open; HAProxy answers harmlessly if there is none (or it is not ours)."""
+        with contextlib.suppress(DeployError):  # the original failure is what the operator needs to see
+            self._command(f"abort ssl cert {_escape(self._path)}\n")
+
+    def _unknown_path(self, answer: str) -> DeployError:
+        return DeployError(
+            f"deploy {self.name}: HAProxy does not know a certificate named {self._path} "
+            f"(cert must be the exact path in HAProxy's crt / crt-list line, usually certd's combined.pem): "
+            f"{_quote(answer)}",
+            retryable=False,
+        )
+
+    def _check_crt_list(self) -> str:
+        """Say how the certificate reaches the crt-list; refuse if the crt-list does not reference it.
+
+        ``set ssl cert`` updates every crt-list line that uses the path, so the only thing that can go
+        wrong is a crt-list that does not mention the path at all (then this target would rotate some
+        other listener, or nothing).
+        """
+        crt_list = str(self._config.crt_list)
+        answer = self._command(f"show ssl crt-list {_escape(crt_list)}\n")
+        entries = set()
+        for line in answer.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            first = line.split()[0]
+            entries.add(re.sub(r":\d+$", "", first))  # `-n` style "path:line" too
+        if self._path in entries:
+            return f" (used by crt-list {crt_list})"
+        if _is_unknown(answer):
+            # HAProxy does not know that crt-list by this name; the certificate itself must still be known.
+            shown = self._command(f"show ssl cert {_escape(self._path)}\n")
+            if _SERIAL.search(shown) is None:
+                raise self._unknown_path(shown)
+            return f" (crt-list {crt_list} not known to HAProxy by that name; certificate {self._path} is)"
+        raise DeployError(
+            f"deploy {self.name}: crt-list {crt_list} does not reference {self._path}; "
+            f"HAProxy lists: {_quote(' '.join(sorted(entries)))}",
+            retryable=False,
+        )
+
+    def _open_transaction(self) -> str | None:
+        """The certificate path of the runtime API's open transaction, if any (``show ssl cert`` marks it ``*``)."""
+        for line in self._command("show ssl cert\n").splitlines():
+            if line.startswith("*"):
+                return line[1:].strip()
+        return None
+
+    def _wait_for_no_foreign_transaction(self) -> None:
+        """Wait (up to ``timeout``) until no transaction on another certificate is open.
+
+        HAProxy has one transaction slot, and 2.6 answers ``set ssl cert <ours>`` while another path's
+        transaction is open by silently putting our payload into *that* transaction. So we never send
+        ``set`` while someone else (an operator, another tool) is mid-rotation, and we never touch their
+        transaction. An open transaction on our own path is a leftover of an interrupted rotation of this
+        very certificate: ``set`` replaces its payload with the current generation, which is what we want.
+        """
+        deadline = time.monotonic() + self._timeout
+        while True:
+            open_path = self._open_transaction()
+            if open_path is None or open_path == self._path:
+                return
+            if time.monotonic() >= deadline:
+                raise DeployError(
+                    f"deploy {self.name}: HAProxy has an open runtime-API transaction on {open_path} "
+                    f"(another rotation in progress?) for over {self._timeout:g}s; left it untouched"
+                )
+            time.sleep(0.1)
+
+    def deploy(self, ctx: DeployContext) -> str:
+        # One rotation per HAProxy at a time from this process: daemon workers renewing two certificates
+        # served by the same HAProxy would otherwise fight over its single transaction slot.
+        with _socket_lock(self._config.socket):
+            return self._deploy_locked(ctx)
+
+    def _deploy_locked(self, ctx: DeployContext) -> str:
+        path = _escape(self._path)
+        via = self._check_crt_list() if self._config.crt_list is not None else ""
+        self._wait_for_no_foreign_transaction()
+
+        answer = self._command(f"set ssl cert {path} <<\n{_payload(ctx.combined_pem)}\n")
+        low = answer.lower()
+        if "transaction created" not in low and "transaction updated" not in low:
+            self._abort()
+            if _is_unknown(answer):
+                raise self._unknown_path(answer)
+            raise DeployError(f"deploy {self.name}: HAProxy refused set ssl cert {self._path}: {_quote(answer)}")
+        if f"for certificate {self._path}!" not in answer:
+            # Someone opened a transaction between our check and our set, and HAProxy put our payload into
+            # it: that transaction is spoiled for its owner too, so abort it rather than let it be committed.
+            other = self._open_transaction()
+            if other is not None and other != self._path:
+                with contextlib.suppress(DeployError):
+                    self._command(f"abort ssl cert {_escape(other)}\n")
+            raise DeployError(
+                f"deploy {self.name}: HAProxy applied set ssl cert {self._path} to another certificate's "
+                f"transaction ({_quote(answer)}); aborted it, nothing was committed"
+            )
+
+        answer = self._command(f"commit ssl cert {path}\n")
+        if "success" not in answer.lower() or "error" in answer.lower():
+            self._abort()
+            raise DeployError(f"deploy {self.name}: HAProxy refused commit ssl cert {self._path}: {_quote(answer)}")
+
+        shown = self._command(f"show ssl cert {path}\n")
+        match = _SERIAL.search(shown)
+        if match is None:
+            raise DeployError(
+                f"deploy {self.name}: after commit, show ssl cert {self._path} shows no serial: {_quote(shown)}"
+            )
+        loaded = int(match.group(1), 16)
+        if loaded != int(ctx.serial, 16):
+            raise DeployError(
+                f"deploy {self.name}: after commit HAProxy has serial {loaded:x} loaded for {self._path}, "
+                f"expected {ctx.serial}"
+            )
+        return f"haproxy: committed serial {ctx.serial} to {self._path}{via} via {self._config.socket}"
+
+def build(name: str, config: HaproxyDeployConfig) -> HaproxyTarget:
+    return HaproxyTarget(name, config)
