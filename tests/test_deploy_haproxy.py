@@ -14,6 +14,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,14 @@ from cryptography import x509
 
 from certd.app import App
 from certd.certs import load_pem_certs, serial_hex
-from certd.config import load_config
+from certd.config import HaproxyDeployConfig, load_config
+from certd.deploy.base import DeployContext, PublishedPaths
+from certd.deploy.haproxy import HaproxyTarget
+from certd.errors import DeployError
 from tests.conftest import WriteConfig
 from tests.servers.haproxy import HaproxyServer
+from tests.servers.ports import ServerProcess, free_port, make_workdir, tcp_open
+from tests.servers.tlsutil import issue_server_cert, make_ca, write_server_files
 
 NAME = "lb.example.test"
 
@@ -287,11 +293,11 @@ def test_failed_verify_with_rollback_pushes_the_previous_cert_back(
 
 
 def test_crt_list_reference_is_confirmed(bootstrapped: str, write_config: WriteConfig, tmp_path: Path) -> None:
-    """HAProxy loading the certificate through a crt-list: the target confirms the crt-list uses the path."""
+    """HAProxy loading the certificate through a crt-list: the target confirms the crt-list uses the path.
+
+    This HAProxy also has a TCP stats socket ("host:port"), which the first rotation goes through."""
     if shutil.which("haproxy") is None:
         pytest.skip("haproxy not installed (scripts/install-system-deps.sh test installs haproxy)")
-    from tests.servers.ports import ServerProcess, free_port, make_workdir, tcp_open
-
     out = tmp_path / "out/edge"
     root = tmp_path / "local-ca/root.pem"
     work = make_workdir("haproxy-crtlist")
@@ -299,8 +305,10 @@ def test_crt_list_reference_is_confirmed(bootstrapped: str, write_config: WriteC
     crt_list.write_text(f"{out / 'combined.pem'} [alpn h2,http/1.1] {NAME}\n")
     port = free_port()
     sock = work / "admin.sock"
+    tcp_admin = free_port()
     (work / "haproxy.cfg").write_text(
         f"global\n    stats socket {sock} mode 600 level admin\n"
+        f"    stats socket ipv4@127.0.0.1:{tcp_admin} level admin\n"
         "defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n"
         f"frontend fe\n    bind 127.0.0.1:{port} ssl crt-list {crt_list}\n"
         "    http-request return status 200 content-type text/plain string ok\n"
@@ -309,13 +317,13 @@ def test_crt_list_reference_is_confirmed(bootstrapped: str, write_config: WriteC
                          cwd=work)
     app: App | None = None
     try:
-        proc.wait_until(lambda: tcp_open(port) and sock.exists(), "crt-list HAProxy")
-        target = haproxy_target(sock, out / "combined.pem") + f'crt_list = "{crt_list}"\n'
+        proc.wait_until(lambda: tcp_open(port) and sock.exists() and tcp_open(tcp_admin), "crt-list HAProxy")
+        target = haproxy_target(f"127.0.0.1:{tcp_admin}", out / "combined.pem") + f'crt_list = "{crt_list}"\n'
         app = open_app(write_config, with_target(BASE, target, verify=verify_line(port, root)))
         result = app.pipeline.renew("edge", force=True)
         assert (result.outcome, result.state) == ("renewed", "served"), result
         deploys = [e.message for e in app.inventory.events("edge") if e.kind == "deploy.done"]
-        assert any(f"(used by crt-list {crt_list})" in m for m in deploys), deploys
+        assert any(f"(used by crt-list {crt_list}) via 127.0.0.1:{tcp_admin}" in m for m in deploys), deploys
 
         # A crt-list that HAProxy has loaded but that does not name the path: refused before anything changes.
         other = tmp_path / "other.pem"
@@ -333,3 +341,54 @@ def test_crt_list_reference_is_confirmed(bootstrapped: str, write_config: WriteC
         proc.stop()
         shutil.rmtree(work, ignore_errors=True)
 
+
+
+def test_foreign_open_transaction_is_left_alone(
+    bootstrapped: str, haproxy_factory: Any, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """An operator is mid-rotation on another certificate: HAProxy 2.6 would put our payload into *their*
+    transaction, so certd must wait, give up after its timeout, and not touch it."""
+    out = tmp_path / "out/edge"
+    server: HaproxyServer = haproxy_factory(out / "combined.pem")
+    theirs = tmp_path / "operator.pem"
+    assert "New empty certificate store" in server.runtime(f"new ssl cert {theirs}")
+    payload = (out / "combined.pem").read_text()
+    assert "Transaction created" in server.runtime(f"set ssl cert {theirs} <<\n{payload}")
+    app = open_app(write_config, with_target(BASE, haproxy_target(server.socket, out / "combined.pem", "1s")))
+    try:
+        result = app.pipeline.renew("edge", force=True)
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert f"open runtime-API transaction on {theirs}" in (result.error or "")
+        assert open_transactions(server) == [f"*{theirs}"]  # still theirs, untouched
+        assert served_serial(server.port) == bootstrapped
+
+        assert "aborted" in server.runtime(f"abort ssl cert {theirs}").lower()
+        again = app.pipeline.renew("edge", force=True)
+        assert (again.outcome, again.state) == ("renewed", "deployed"), again
+        assert served_serial(server.port) == again.serial
+    finally:
+        app.close()
+
+
+def test_refused_commit_is_aborted_and_quoted_without_key_material(haproxy_factory: Any, tmp_path: Path) -> None:
+    """A key that does not match the certificate: HAProxy accepts the `set` but refuses the `commit`; the target
+    must abort (HAProxy has one transaction slot) and quote HAProxy, never the payload."""
+    ca = make_ca()
+    files = write_server_files(tmp_path, issue_server_cert(ca), ca)
+    server: HaproxyServer = haproxy_factory(files["combined"])
+    new, stranger = issue_server_cert(ca), issue_server_cert(ca)
+    ctx = DeployContext(
+        certificate="edge", serial=serial_hex(new.cert), names=("localhost",), leaf=new.cert, chain=(),
+        roots=(ca.cert,), key_pem=stranger.key_pem, fullchain_pem=new.cert_pem,
+        combined_pem=stranger.key_pem + new.cert_pem, paths=PublishedPaths.under(tmp_path),
+    )
+    config = HaproxyDeployConfig(type="haproxy", socket=str(server.socket), cert=files["combined"],
+                                 timeout=timedelta(seconds=5))
+    with pytest.raises(DeployError) as info:
+        HaproxyTarget("lb", config).deploy(ctx)
+    message = str(info.value)
+    assert message.startswith(f"deploy lb: HAProxy refused commit ssl cert {files['combined']}: ")
+    assert "inconsistencies between private key and certificate" in message
+    assert "PRIVATE KEY" not in message and "BEGIN" not in message
+    assert open_transactions(server) == []
+    assert served_serial(server.port, "localhost") == serial_hex(load_pem_certs(files["cert"].read_bytes())[0])

@@ -97,7 +97,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
     state: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             rec = state["r"]
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k: v for k, v in self.headers.items()}
@@ -111,7 +111,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature from http.server
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     httpd = ThreadingHTTPServer((HOST, 0), Handler)
@@ -329,6 +329,6 @@ def test_connection_refused_is_retried_then_fails(secret_file: Path, ctx: Deploy
 
 def test_missing_secret_file(receiver: Receiver, tmp_path: Path, ctx: DeployContext) -> None:
     hook, _ = target(receiver.url, tmp_path / "absent.secret", receiver.ca_pem)
-    with pytest.raises(DeployError, match="secret_file .* does not exist"):
+    with pytest.raises(DeployError, match=r"secret_file .* does not exist"):
         hook.deploy(ctx)
     assert receiver.received == []

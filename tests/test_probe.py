@@ -1,0 +1,110 @@
+"""``certd probe`` as an operator runs it, against a real HAProxy serving a certificate from certd's local CA."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certd.app import App
+from certd.certs import fingerprint, load_pem_certs, serial_hex
+from certd.config import load_config
+from tests.conftest import WriteConfig
+from tests.servers.tlsutil import make_ca, write_pem
+from tests.test_deploy_haproxy import BASE, NAME
+
+REPO = Path(__file__).resolve().parent.parent
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # certd/cli.py
+
+
+def certd_probe(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "certd", "probe", *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+
+
+@dataclass
+class Served:
+    endpoint: str
+    root: Path
+    out: Path
+    serial: str
+
+
+@pytest.fixture
+def served(haproxy_factory: Any, write_config: WriteConfig, tmp_path: Path) -> Iterator[Served]:
+    app = App.open(load_config(write_config(BASE)))
+    try:
+        result = app.pipeline.renew("edge")
+    finally:
+        app.close()
+    assert result.outcome == "renewed" and result.serial is not None, result
+    out = tmp_path / "out/edge"
+    server = haproxy_factory(out / "combined.pem")
+    yield Served(f"127.0.0.1:{server.port}", tmp_path / "local-ca/root.pem", out, result.serial)
+
+
+def test_probe_json_reports_the_served_chain_verified(served: Served) -> None:
+    proc = certd_probe(served.endpoint, "--sni", NAME, "--ca-bundle", str(served.root), "--json")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["verified"] is True and doc["error"] is None
+    assert doc["endpoint"] == served.endpoint and doc["sni"] == NAME
+    assert doc["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    leaf = load_pem_certs((served.out / "cert.pem").read_bytes())[0]
+    intermediates = load_pem_certs((served.out / "chain.pem").read_bytes())
+    chain = doc["chain"]
+    assert len(chain) == 1 + len(intermediates)  # leaf + intermediates as served; the root is not sent
+    assert chain[0]["serial"] == served.serial == serial_hex(leaf)
+    assert chain[0]["fingerprint"] == fingerprint(leaf)
+    assert chain[0]["sans"] == ["lb.example.test", "www.example.test"]
+    assert chain[0]["not_after"].endswith("Z")
+    assert chain[1]["subject"] == chain[0]["issuer"]
+    assert [c["serial"] for c in chain[1:]] == [serial_hex(c) for c in intermediates]
+
+
+def test_probe_with_a_wrong_bundle_is_not_verified_and_exits_nonzero(served: Served, tmp_path: Path) -> None:
+    wrong = write_pem(tmp_path / "wrong-root.pem", make_ca("not the issuer").cert_pem)
+    proc = certd_probe(served.endpoint, "--sni", NAME, "--ca-bundle", str(wrong), "--json")
+    assert proc.returncode == EXIT_FAILED, (proc.stdout, proc.stderr)
+    doc = json.loads(proc.stdout)  # still one JSON document: what was served is always reported
+    assert doc["verified"] is False and doc["error"]
+    assert doc["chain"][0]["serial"] == served.serial
+
+
+def test_probe_with_a_name_the_certificate_lacks_is_not_verified(served: Served) -> None:
+    proc = certd_probe(served.endpoint, "--sni", "other.example.test", "--ca-bundle", str(served.root), "--json")
+    assert proc.returncode == EXIT_FAILED, (proc.stdout, proc.stderr)
+    doc = json.loads(proc.stdout)
+    assert doc["verified"] is False
+    assert "no matching subjectAltName" in doc["error"]
+    assert doc["chain"][0]["serial"] == served.serial  # HAProxy serves its only certificate regardless of SNI
+
+
+def test_probe_human_output(served: Served) -> None:
+    proc = certd_probe(served.endpoint, "--sni", NAME, "--ca-bundle", str(served.root))
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "verified" in proc.stdout and "NOT verified" not in proc.stdout
+    assert served.serial[:16] in proc.stdout
+
+
+def test_probe_of_a_closed_port_fails_cleanly(tmp_path: Path) -> None:
+    from tests.servers.ports import free_port
+
+    endpoint = f"127.0.0.1:{free_port()}"
+    proc = certd_probe(endpoint, "--json")
+    assert proc.returncode == EXIT_FAILED
+    doc = json.loads(proc.stdout)
+    assert doc["verified"] is False and doc["chain"] == [] and "handshake failed" in doc["error"]
+
+
+def test_probe_with_an_unreadable_bundle_is_a_usage_error(served: Served, tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    proc = certd_probe(served.endpoint, "--ca-bundle", str(garbage), "--json")
+    assert proc.returncode == EXIT_USAGE
