@@ -16,13 +16,15 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import josepy
 import pytest
 import requests
 from acme import challenges, client, crypto_util, messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.json_util import field
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from tests.servers.ari import AriFront, b64url_encode, cert_id, parse_cert_id, serial_der_bytes
 from tests.servers.pebble import PebbleServer
@@ -34,7 +36,7 @@ ORDER_DEADLINE = dt.timedelta(seconds=30)
 class NewOrderWithReplaces(messages.NewOrder):
     """`acme` has no `replaces` (RFC 9773 section 5) on newOrder; certd's own issuer must add it the same way."""
 
-    replaces: str | None = josepy.field("replaces", omitempty=True)
+    replaces: str | None = field("replaces", omitempty=True)
 
 
 def retry_bad_nonce(fn: Callable[[], T], attempts: int = 6) -> T:
@@ -75,10 +77,10 @@ def http01_tokens(pebble: PebbleServer) -> Iterator[dict[str, str]]:
         thread.join(10)
 
 
-def front_client(front: AriFront) -> tuple[client.ClientV2, josepy.JWKEC]:
-    key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+def front_client(front: AriFront) -> tuple[client.ClientV2, JWKEC]:
+    key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
     # Typed as bool, but handed to requests' `verify`, which takes a CA bundle path.
-    net = client.ClientNetwork(key, alg=josepy.ES256, verify_ssl=str(front.pebble.ca_bundle))  # type: ignore[arg-type]
+    net = client.ClientNetwork(key, alg=ES256, verify_ssl=str(front.pebble.ca_bundle))  # type: ignore[arg-type]
     acme = client.ClientV2(client.ClientV2.get_directory(front.directory_url, net), net)
     reg = messages.NewRegistration.from_data(terms_of_service_agreed=True)
     net.account = retry_bad_nonce(lambda: acme.new_account(reg))
@@ -99,9 +101,7 @@ def new_order(acme: client.ClientV2, csr_pem: bytes, replaces: str | None) -> me
     )
 
 
-def issue(
-    acme: client.ClientV2, key: josepy.JWKEC, tokens: dict[str, str], name: str, replaces: str | None = None
-) -> str:
+def issue(acme: client.ClientV2, key: JWKEC, tokens: dict[str, str], name: str, replaces: str | None = None) -> str:
     leaf_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
