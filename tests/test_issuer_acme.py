@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,10 @@ from cryptography import x509
 from certd.app import App
 from certd.certs import load_pem_certs, serial_hex
 from certd.config import load_config
+from certd.issuers.acme import cert_id
 from certd.issuers.base import RevocationReason
 from tests.conftest import WriteConfig
+from tests.servers.ari import AriFront
 from tests.servers.bind import BindServer
 from tests.servers.pebble import PebbleServer
 from tests.servers.ports import free_port
@@ -325,3 +328,46 @@ def test_renew_all_force_of_200_certificates_through_the_cli(
     assert len(results) == 200
     assert {r["outcome"] for r in results} == {"renewed"}, [r for r in results if r["outcome"] != "renewed"][:3]
     assert len({r["serial"] for r in results}) == 200
+
+
+# -- ARI (RFC 9773) through a renewalInfo front for Pebble ----------------------------------------------------
+
+def test_ari_window_decides_and_the_renewal_carries_replaces(
+    pebble: PebbleServer, ari_front: AriFront, tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    ari_front.retry_after = 0  # ask again at the next scan
+    body = acme_config(pebble, tmp_path, {"edge": ["ari.example.test"]}).replace(
+        f'directory = "{pebble.directory_url}"', f'directory = "{ari_front.directory_url}"')
+    app = open_app(write_config(body))
+    first = app.pipeline.renew("edge")
+    assert first.outcome == "renewed", first.error
+    version = app.inventory.current_version("edge")
+    assert version is not None and version.renew_at is not None and version.ari_cert_id is not None
+    leaf = served_leaf(app, "edge")
+    assert version.ari_cert_id == cert_id(leaf)
+    # Pebble's certificates live five years: the lifetime rule alone would wait years; the default window is in
+    # the next two hours, so the renewal time is there (less at most ten minutes of jitter).
+    now = datetime.now(UTC)
+    assert now + timedelta(minutes=45) < version.renew_at < now + timedelta(hours=2, minutes=1)
+    assert app.pipeline.renew("edge").reason == "NotDue"
+
+    # The CA moves the window into the past (as it does before revoking): the next refresh moves the renewal.
+    ari_front.set_window(leaf.serial_number, now - timedelta(hours=1), now - timedelta(minutes=30))
+    assert app.pipeline.refresh_renewal_info() == ["edge"]
+    second = app.pipeline.renew("edge")
+    assert (second.outcome, second.reason) == ("renewed", "RenewalTimeReached"), second.error
+    assert ari_front.replaces_seen == [cert_id(leaf)]
+    kinds = [e.kind for e in app.inventory.events("edge")]
+    assert "ari.window" in kinds
+
+
+def test_without_ari_the_lifetime_rule_decides(
+    pebble: PebbleServer, tmp_path: Path, write_config: WriteConfig, open_app: Callable[[Path], App]
+) -> None:
+    app = open_app(write_config(acme_config(pebble, tmp_path, {"edge": ["noari.example.test"]})))
+    assert app.pipeline.renew("edge").outcome == "renewed"
+    version = app.inventory.current_version("edge")
+    assert version is not None and version.ari_cert_id is None and version.renew_at is not None
+    lifetime = version.not_after - version.not_before
+    assert version.renew_at >= version.not_before + lifetime * 2 / 3 - timedelta(minutes=10)
