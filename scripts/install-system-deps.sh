@@ -2,6 +2,7 @@
 # Install the Debian packages certd needs, only those missing. Idempotent.
 #   install-system-deps.sh python  -> python3-venv (for `make demo` on a fresh machine)
 #   install-system-deps.sh test    -> the real servers the tests run: pebble, haproxy, nginx, bind9, postgresql
+#   install-system-deps.sh bench   -> what bench/acme_throughput.py compares certd with: pebble, certbot, lego
 set -euo pipefail
 
 want=()
@@ -17,7 +18,12 @@ case "${1:-test}" in
     command -v tsig-keygen >/dev/null || [ -x /usr/sbin/tsig-keygen ] || want+=(bind9-utils)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || want+=(postgresql)
     ;;
-  *) echo "usage: $0 python|test" >&2; exit 2 ;;
+  bench)
+    command -v pebble >/dev/null || want+=(pebble)
+    command -v certbot >/dev/null || want+=(certbot)
+    command -v lego >/dev/null || want+=(lego)
+    ;;
+  *) echo "usage: $0 python|test|bench" >&2; exit 2 ;;
 esac
 
 [ ${#want[@]} -eq 0 ] && exit 0

@@ -71,7 +71,7 @@ T = TypeVar("T")
 
 _BAD_NONCE_RETRIES = 10  # Pebble at 50% rejection: 10 in a row is ~1 in 1000 requests; bounded, not endless
 _RETRY_IN_PLACE = 30.0  # seconds: a longer Retry-After goes back to the scheduler with the error
-_POLL_FIRST = 0.25
+_POLL_FIRST = 0.05  # Pebble and Boulder validate in milliseconds; doubling reaches the cap after 6 polls
 _POLL_MAX = 3.0
 _ORDER_TIMEOUT = timedelta(minutes=5)
 _ARI_DEFAULT_RETRY = timedelta(hours=6)  # RFC 9773 section 4.3.3 suggests polling about every six hours
