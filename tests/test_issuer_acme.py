@@ -357,7 +357,8 @@ def test_ari_window_decides_and_the_renewal_carries_replaces(
     assert app.pipeline.refresh_renewal_info() == ["edge"]
     second = app.pipeline.renew("edge")
     assert (second.outcome, second.reason) == ("renewed", "RenewalTimeReached"), second.error
-    assert ari_front.replaces_seen == [cert_id(leaf)]
+    # One renewal order; a badNonce retry (Pebble rejects 5% of nonces) re-sends the same body.
+    assert ari_front.replaces_seen and set(ari_front.replaces_seen) == {cert_id(leaf)}
     kinds = [e.kind for e in app.inventory.events("edge")]
     assert "ari.window" in kinds
 
