@@ -2,9 +2,13 @@
 
 SQLite is the embedded default for one host: WAL so readers never block the
 writer (with ``synchronous=NORMAL``: crash-consistent, see the pragma), a
-busy timeout so writers queue instead of failing, and every transaction
-started with ``BEGIN IMMEDIATE`` so a read-then-write cannot hit SQLite's
-lock-upgrade deadlock (SQLITE_BUSY without waiting). PostgreSQL is
+busy timeout so writers queue instead of failing, and every write
+transaction started with ``BEGIN IMMEDIATE`` so a read-then-write cannot hit
+SQLite's lock-upgrade deadlock (SQLITE_BUSY without waiting). Read-only
+sessions (``sessions()``, as opposed to ``sessions.begin()``) start with a
+plain deferred ``BEGIN``: in WAL they read a snapshot beside the writer
+instead of queueing for the write lock, which with dozens of renewal workers
+was where most of their time went. PostgreSQL is
 for several replicas; there Alembic upgrades take an advisory lock so two
 replicas starting together migrate once.
 """
@@ -12,6 +16,8 @@ replicas starting together migrate once.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from certd.errors import ConfigError, InventoryError
 
-__all__ = ["create_db_engine", "migrations_dir", "schema_is_current", "session_factory", "upgrade"]
+__all__ = ["Sessions", "create_db_engine", "migrations_dir", "schema_is_current", "session_factory", "upgrade"]
 
 
 def migrations_dir() -> Path:
@@ -77,7 +83,7 @@ def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30
 
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE")
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -85,8 +91,29 @@ def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30
     raise ConfigError(f"database.url: unsupported database {parsed.get_backend_name()!r} (sqlite or postgresql)")
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+_READ_ONLY = "certd_read_only"
+
+
+class Sessions(sessionmaker[Session]):
+    """``sessions()`` for reads (deferred ``BEGIN`` on SQLite), ``sessions.begin()`` for writes (``IMMEDIATE``).
+
+    Every caller already used exactly this split; binding the two to differently
+    configured engines makes it cost nothing at the call sites. A read session
+    must not write: on SQLite its deferred transaction could not upgrade its lock.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False)
+        self._write_bind = engine
+
+    @contextmanager
+    def begin(self) -> Iterator[Session]:
+        with self(bind=self._write_bind) as session, session.begin():
+            yield session
+
+
+def session_factory(engine: Engine) -> Sessions:
+    return Sessions(engine)
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
