@@ -1,0 +1,93 @@
+"""The ``signal`` and ``command`` targets through the pipeline: what they do, and each way they fail."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from certd.app import App
+from certd.config import load_config
+from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
+
+
+def _app(write_config: WriteConfig, target: str) -> App:
+    body = '[database]\nurl = "sqlite:///{tmp}/certd.db"\n' + LOCAL_CA_CONFIG.replace('output_dir = "{tmp}/out/edge"',
+                                   'output_dir = "{tmp}/out/edge"\ndeploy = ["t"]') + target
+    return App.open(load_config(write_config(body)))
+
+
+@pytest.fixture
+def hup_catcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """A real process that records every SIGHUP it gets (as nginx would re-read its files)."""
+    marker = tmp_path / "hups"
+    code = ("import signal, sys, time\n"
+            f"def hup(*_):\n    open({str(marker)!r}, 'a').write('hup\\n')\n"
+            "signal.signal(signal.SIGHUP, hup)\nprint('ready', flush=True)\n"
+            "while True: time.sleep(0.1)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+    yield proc, marker
+    proc.kill()
+    proc.wait()
+
+
+def test_signal_reaches_the_process(write_config: WriteConfig, tmp_path: Path,
+                                    hup_catcher: tuple[subprocess.Popen[bytes], Path]) -> None:
+    proc, marker = hup_catcher
+    (tmp_path / "app.pid").write_text(f"{proc.pid}\n")
+    app = _app(write_config, '\n[deploy.t]\ntype = "signal"\npid_file = "{tmp}/app.pid"\n')
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.state) == ("renewed", "deployed"), result.error
+        deadline = time.monotonic() + 5
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.read_text() == "hup\n"
+        assert any(f"sent SIGHUP to pid {proc.pid}" in e.message for e in app.inventory.events("edge"))
+    finally:
+        app.close()
+
+
+def test_missing_pid_file_and_dead_pid_fail_the_deploy_step(write_config: WriteConfig, tmp_path: Path) -> None:
+    app = _app(write_config, '\n[deploy.t]\ntype = "signal"\npid_file = "{tmp}/app.pid"\n')
+    try:
+        missing = app.pipeline.renew("edge")
+        assert (missing.outcome, missing.failed_step) == ("failed", "deploy")
+        assert f"deploy t: pid file {tmp_path}/app.pid does not exist" in (missing.error or "")
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (tmp_path / "app.pid").write_text(str(dead.pid))
+        gone = app.pipeline.renew("edge", force=True)
+        assert (gone.outcome, gone.failed_step) == ("failed", "deploy")
+        assert f"process {dead.pid}" in (gone.error or "") and "is not running" in (gone.error or "")
+    finally:
+        app.close()
+
+
+def test_command_gets_the_environment_and_its_output_is_recorded(write_config: WriteConfig, tmp_path: Path) -> None:
+    script = 'echo "$CERTD_NAME $CERTD_SERIAL $CERTD_OUTPUT_DIR" > {tmp}/seen; echo reloaded-ok'
+    app = _app(write_config, f'\n[deploy.t]\ntype = "command"\nargv = ["sh", "-c", \'{script}\']\n')
+    try:
+        result = app.pipeline.renew("edge")
+        assert result.outcome == "renewed", result.error
+        assert (tmp_path / "seen").read_text().split() == ["edge", str(result.serial), str(tmp_path / "out/edge")]
+        assert any("exited 0: reloaded-ok" in e.message for e in app.inventory.events("edge"))
+    finally:
+        app.close()
+
+
+def test_command_that_hangs_is_killed_at_its_timeout(write_config: WriteConfig, tmp_path: Path) -> None:
+    app = _app(write_config, '\n[deploy.t]\ntype = "command"\nargv = ["sleep", "30"]\ntimeout = "1s"\n')
+    try:
+        started = time.monotonic()
+        result = app.pipeline.renew("edge")
+        assert time.monotonic() - started < 25  # bounded by the timeout, not by the command
+        assert (result.outcome, result.failed_step) == ("failed", "deploy")
+        assert "deploy t: command sleep timed out after 1s" in (result.error or "")
+    finally:
+        app.close()
