@@ -297,6 +297,33 @@ def revoke_cmd(state: _State, name: str, reason: str, no_replace: bool, as_json:
     _print_results(results, as_json)
 
 
+@cli.group("account")
+def account_group() -> None:
+    """ACME accounts."""
+
+
+@account_group.command("rollover")
+@click.argument("issuer")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_state
+def account_rollover(state: _State, issuer: str, as_json: bool) -> None:
+    """Replace an ACME issuer's account key (RFC 8555 key change); the account and its certificates stay."""
+    config = state.config
+    if issuer not in config.issuers or config.issuers[issuer].type != "acme":
+        acme = [n for n, c in config.issuers.items() if c.type == "acme"]
+        _die(f"{config.path}: no ACME issuer named {issuer} (ACME issuers: {', '.join(acme) or 'none'})", EXIT_USAGE)
+    from certd.issuers.acme import AcmeIssuer
+
+    with _errors():
+        acme_issuer = state.app().pipeline.issuer(issuer)
+        assert isinstance(acme_issuer, AcmeIssuer)
+        uri = acme_issuer.rollover()
+    if as_json:
+        _emit_json({"issuer": issuer, "account": uri, "rolled_over": True})
+    else:
+        out.print(f"{issuer}: new account key in use for {uri}")
+
+
 @cli.command("import")
 @click.argument("name")
 @click.option("--cert", "cert_file", required=True, type=click.Path(path_type=Path, dir_okay=False))

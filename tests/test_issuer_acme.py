@@ -372,3 +372,29 @@ def test_without_ari_the_lifetime_rule_decides(
     assert version is not None and version.ari_cert_id is None and version.renew_at is not None
     lifetime = version.not_after - version.not_before
     assert version.renew_at >= version.not_before + lifetime * 2 / 3 - timedelta(minutes=10)
+
+
+def test_account_key_rollover(
+    pebble: PebbleServer, tmp_path: Path, write_config: WriteConfig, open_app: Callable[[Path], App]
+) -> None:
+    path = write_config(acme_config(pebble, tmp_path, {"edge": ["roll.example.test"]}))
+    app = open_app(path)
+    assert app.pipeline.renew("edge").outcome == "renewed"
+    before = app.inventory.load_account("pebble", pebble.directory_url)
+    proc = subprocess.run([sys.executable, "-m", "certd", "-c", str(path), "account", "rollover", "pebble", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    after = app.inventory.load_account("pebble", pebble.directory_url)
+    assert before is not None and after is not None
+    assert doc == {"issuer": "pebble", "account": before[1], "rolled_over": True}
+    assert after[1] == before[1] and after[0] != before[0] and b"PRIVATE KEY" not in proc.stdout.encode()
+    # A fresh process signs with the new key for the same account; the CA now refuses the old one.
+    again = open_app(path).pipeline.renew("edge", force=True)
+    assert again.outcome == "renewed", again.error
+    app.inventory.save_account("pebble", pebble.directory_url, before[0], before[1])
+    stale = open_app(path).pipeline.renew("edge", force=True)
+    assert stale.outcome == "failed" and "ACME pebble: edge: order:" in (stale.error or ""), stale.error
+    bad = subprocess.run([sys.executable, "-m", "certd", "-c", str(path), "account", "rollover", "nope"],
+                         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert bad.returncode == 2 and "no ACME issuer named nope" in bad.stderr

@@ -29,6 +29,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import math
 import random
@@ -45,6 +46,7 @@ import requests
 from acme import challenges as acme_challenges
 from acme import client as acme_client
 from acme import errors as acme_errors
+from acme import jws as acme_jws
 from acme import messages
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -220,6 +222,7 @@ class AcmeIssuer:
         self._directory: messages.Directory | None = None
         self._key: JWK | None = None
         self._account: messages.RegistrationResource | None = None
+        self._generation = 0  # bumped by a key rollover: every thread's client is rebuilt with the new key
         self._roots: list[x509.Certificate] | None = None
         if config.roots is not None:
             self._roots = load_pem_certs(Path(config.roots).read_bytes())
@@ -281,6 +284,32 @@ class AcmeIssuer:
         explanation = response.json().get("explanationURL")
         return RenewalWindow(start=start, end=end, retry_after=retry, explanation_url=explanation)
 
+    # -- account key rollover (RFC 8555 section 7.3.5) ----------------------------------
+    def rollover(self) -> str:
+        """Replace the account key with a new one at the CA, then in the inventory; returns the account URL.
+
+        The CA switches first: if storing the new key failed after that, the old key would be useless,
+        so the new key is stored in the same step and a failure there is reported loudly.
+        """
+        with self._converted(None, "key-rollover"):
+            client = self._client()
+            old_key = client.net.key
+            assert old_key is not None and self._account is not None
+            url = client.directory["keyChange"]
+            new_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            new_key = JWKEC.load(new_pem)
+            payload = json.dumps({"account": self._account.uri, "oldKey": old_key.public_key().to_partial_json()})
+            inner = acme_jws.JWS.sign(payload.encode(), key=new_key, alg=ES256, nonce=None, url=url)
+            client._post(url, inner)
+            with self._lock:
+                self._accounts.save_account(self.name, self._config.directory, new_pem, self._account.uri)
+                self._key = new_key
+                self._generation += 1
+            log.info("%s: account key rolled over for %s", self.name, self._account.uri)
+            return str(self._account.uri)
+
     # -- clients and account ---------------------------------------------------------
     def _network(self, key: JWK | None, account: messages.RegistrationResource | None) -> _Network:
         verify: bool | str = str(self._config.ca_bundle) if self._config.ca_bundle else True
@@ -321,12 +350,12 @@ class AcmeIssuer:
     def _client(self) -> acme_client.ClientV2:
         """This thread's client, made on first use with the shared directory and account."""
         client: acme_client.ClientV2 | None = getattr(self._local, "client", None)
-        if client is not None:
+        if client is not None and getattr(self._local, "generation", -1) == self._generation:
             return client
         directory = self._get_directory()
         key, account = self._ensure_account(directory)
         client = acme_client.ClientV2(directory, self._network(key, account))
-        self._local.client = client
+        self._local.client, self._local.generation = client, self._generation
         return client
 
     def _ensure_account(self, directory: messages.Directory) -> tuple[JWK, messages.RegistrationResource]:
