@@ -123,7 +123,7 @@ def probe(
     try:
         verify_chain(chain[0], tuple(chain[1:]), anchors or None, (sni or host,), now or datetime.now(UTC))
     except CheckFailed as exc:
-        return ProbeResult(endpoint, sni, version, False, str(exc), chain)
+        return ProbeResult(endpoint, sni, version, False, f"for {sni or host}: {exc}", chain)
     if not anchors:
         return ProbeResult(endpoint, sni, version, False, "no trust anchors to verify against", chain)
     return ProbeResult(endpoint, sni, version, True, None, chain)
