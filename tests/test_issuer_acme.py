@@ -398,3 +398,22 @@ def test_account_key_rollover(
     bad = subprocess.run([sys.executable, "-m", "certd", "-c", str(path), "account", "rollover", "nope"],
                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
     assert bad.returncode == 2 and "no ACME issuer named nope" in bad.stderr
+
+
+def test_preferred_chain_picks_the_alternate_root(
+    pebble_factory: Callable[..., PebbleServer], tmp_path: Path, write_config: WriteConfig,
+    open_app: Callable[[Path], App]
+) -> None:
+    pebble = pebble_factory(extra_env={"PEBBLE_ALTERNATE_ROOTS": "1"})
+    alternate = load_pem_certs(pebble._mgmt_get("/roots/1"))[0]
+    wanted = alternate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert isinstance(wanted, str)
+    (tmp_path / "pebble-roots.pem").write_bytes(pebble.roots_pem() + pebble._mgmt_get("/roots/1"))
+    extra = f'preferred_chain = "{wanted}"'
+    app = open_app(write_config(acme_config(pebble, tmp_path, {"edge": ["chain.example.test"]}, issuer_extra=extra)))
+    result = app.pipeline.renew("edge")
+    assert result.outcome == "renewed", result.error
+    chain = load_pem_certs((tmp_path / "out/edge/chain.pem").read_bytes())
+    assert chain and chain[-1].issuer == alternate.subject  # the chain ends at the preferred root, not the default
+    default_top = load_pem_certs(pebble.roots_pem())[0]
+    assert chain[-1].issuer != default_top.subject
