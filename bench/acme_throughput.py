@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import http.server
 import importlib.metadata
 import json
 import os
@@ -121,35 +120,6 @@ def dpkg_version(package: str) -> str:
     return " ".join(out.stdout.split()) or "?"
 
 
-class Http01Responder:
-    """One responder for all raw-client threads: only one socket can own Pebble's HTTP-01 port at a time."""
-
-    def __init__(self, port: int) -> None:
-        self.tokens: dict[str, str] = {}
-        tokens = self.tokens
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = tokens.get(self.path, "").encode()
-                self.send_response(200 if body else 404)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
-
-
 # --- raw `acme` ---------------------------------------------------------------------------------------------
 
 
@@ -223,6 +193,8 @@ def bench_raw(pebble: PebbleServer, count: int, threads: int, fast_poll: bool = 
     registrar = client.ClientV2(directory, net)
     reg = messages.NewRegistration.from_data(terms_of_service_agreed=True)
     regr = retry_bad_nonce(lambda: registrar.new_account(reg))
+
+    from tests.servers.http01 import Http01Responder  # the test tree is on sys.path once main() ran
 
     responder = Http01Responder(pebble.http01_port)
     names: queue.Queue[str] = queue.Queue()

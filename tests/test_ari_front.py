@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import http.server
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 import requests
@@ -27,6 +25,7 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from tests.servers.ari import AriFront, b64url_encode, cert_id, parse_cert_id, serial_der_bytes
+from tests.servers.http01 import Http01Responder
 from tests.servers.pebble import PebbleServer
 
 T = TypeVar("T")
@@ -53,28 +52,11 @@ def retry_bad_nonce(fn: Callable[[], T], attempts: int = 6) -> T:
 @pytest.fixture
 def http01_tokens(pebble: PebbleServer) -> Iterator[dict[str, str]]:
     """HTTP-01 answers on Pebble's validation port, bound only for this test: other tests share the port."""
-    tokens: dict[str, str] = {}
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body = tokens.get(self.path, "").encode()
-            self.send_response(200 if body else 404)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", pebble.http01_port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    responder = Http01Responder(pebble.http01_port)
     try:
-        yield tokens
+        yield responder.tokens
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+        responder.stop()
 
 
 def front_client(front: AriFront) -> tuple[client.ClientV2, JWKEC]:
