@@ -44,7 +44,6 @@ FAST_POLL_FIRST = 0.05
 FAST_POLL_MAX = 1.0
 DOMAIN = "bench.test"
 ORDER_DEADLINE = dt.timedelta(seconds=60)
-BAD_NONCE_ATTEMPTS = 8
 SUBPROCESS_TIMEOUT = 180.0
 T = TypeVar("T")
 
@@ -87,19 +86,6 @@ class ToolResult:
 # --- shared helpers -------------------------------------------------------------------------------------------
 
 
-def retry_bad_nonce(fn: Callable[[], T], attempts: int = BAD_NONCE_ATTEMPTS) -> T:
-    """`acme` retries a badNonce only once; under load and Pebble's deliberate rejections that is not enough."""
-    from acme import messages
-
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except messages.Error as exc:
-            if exc.code != "badNonce" or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
-
-
 def tail(text: str, lines: int = 6) -> str:
     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:] if line.strip())
 
@@ -129,6 +115,8 @@ def fast_poll_and_finalize(acme: Any, order: Any, deadline: dt.datetime) -> Any:
     Every request is retried on badNonce on its own, so a rejection never replays a finalize that went through.
     """
     from acme import errors, messages
+
+    from tests.servers.raw_acme import retry_bad_nonce
 
     def until(fetch: Callable[[], T], done: Callable[[T], bool]) -> T:
         pause = FAST_POLL_FIRST
@@ -174,6 +162,8 @@ def bench_raw(pebble: PebbleServer, count: int, threads: int, fast_poll: bool = 
     from josepy.jwa import ES256
     from josepy.jwk import JWKEC
 
+    from tests.servers.raw_acme import Http01Responder, retry_bad_nonce  # on sys.path once main() ran
+
     tool = "raw-fastpoll" if fast_poll else "raw"
     result = ToolResult(tool, count, threads, version=f"acme {importlib.metadata.version('acme')}")
     result.note = "one account registered before timing; own ClientNetwork per thread; " + (
@@ -194,7 +184,6 @@ def bench_raw(pebble: PebbleServer, count: int, threads: int, fast_poll: bool = 
     reg = messages.NewRegistration.from_data(terms_of_service_agreed=True)
     regr = retry_bad_nonce(lambda: registrar.new_account(reg))
 
-    from tests.servers.http01 import Http01Responder  # the test tree is on sys.path once main() ran
 
     responder = Http01Responder(pebble.http01_port)
     names: queue.Queue[str] = queue.Queue()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeVar
 
 import pytest
@@ -25,8 +25,8 @@ from josepy.jwa import ES256
 from josepy.jwk import JWKEC
 
 from tests.servers.ari import AriFront, b64url_encode, cert_id, parse_cert_id, serial_der_bytes
-from tests.servers.http01 import Http01Responder
 from tests.servers.pebble import PebbleServer
+from tests.servers.raw_acme import Http01Responder, retry_bad_nonce
 
 T = TypeVar("T")
 ORDER_DEADLINE = dt.timedelta(seconds=30)
@@ -36,17 +36,6 @@ class NewOrderWithReplaces(messages.NewOrder):
     """`acme` has no `replaces` (RFC 9773 section 5) on newOrder; certd's own issuer must add it the same way."""
 
     replaces: str | None = field("replaces", omitempty=True)
-
-
-def retry_bad_nonce(fn: Callable[[], T], attempts: int = 6) -> T:
-    """Pebble rejects 5% of nonces and `acme` retries only once; a double rejection is not what is tested here."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except messages.Error as exc:
-            if exc.code != "badNonce" or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 @pytest.fixture

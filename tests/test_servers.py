@@ -33,6 +33,7 @@ from tests.servers.bind import BindServer
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.nginx import NginxServer
 from tests.servers.pebble import PebbleServer
+from tests.servers.raw_acme import retry_bad_nonce
 
 T = TypeVar("T")
 
@@ -55,17 +56,6 @@ def certs(tmp_path: Path) -> tuple[tlsutil.CertKey, dict[str, Path]]:
 
 
 # --- Pebble -------------------------------------------------------------------------------------------------
-
-
-def retry_bad_nonce(fn: Callable[[], T], attempts: int = 6) -> T:
-    """Pebble rejects 5% of nonces and `acme` retries only once, so a double rejection must not fail a smoke test."""
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except messages.Error as exc:
-            if exc.code != "badNonce" or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
 
 
 def acme_client(pebble: PebbleServer) -> tuple[client.ClientV2, JWKEC]:

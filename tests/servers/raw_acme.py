@@ -1,13 +1,30 @@
-"""A bare HTTP-01 responder for raw ``acme`` clients (tests and the benchmark), independent of certd's own.
+"""Helpers for raw ``acme`` clients (smoke tests, the ARI front test, the benchmark), independent of certd.
 
-Raw-client code must not lean on certd's solver: the point of those clients is to be a baseline without certd.
+Raw-client code must not lean on certd's issuer or solvers: the point of those clients is to be a baseline
+without certd.
 """
 
 from __future__ import annotations
 
 import http.server
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from acme import messages
+
+T = TypeVar("T")
+
+
+def retry_bad_nonce(fn: Callable[[], T], attempts: int = 8) -> T:
+    """`acme` retries a badNonce only once; Pebble rejects 5% of nonces on purpose, so under load that fails."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except messages.Error as exc:
+            if exc.code != "badNonce" or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 class Http01Responder:
