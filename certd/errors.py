@@ -12,6 +12,7 @@ Messages must never contain secrets (keys, tokens, EAB or TSIG secrets).
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "PublishError",
     "RateLimited",
     "VerifyError",
+    "tls_reason",
 ]
 
 
@@ -128,3 +130,13 @@ class LeaseTimeout(CertdError):
 
     reason = "LeaseTimeout"
     retryable = True
+
+
+def tls_reason(exc: BaseException) -> str:
+    """The ssl module's reason, dug out of the long repr that requests and urllib3 wrap it in.
+
+    An operator needs "certificate verify failed: unable to get local issuer certificate",
+    not three layers of exception names.
+    """
+    found = re.search(r"certificate verify failed: [^(')\"]+", str(exc))
+    return found.group(0).strip() if found else "TLS handshake failed"

@@ -38,7 +38,7 @@ from certd.api import sign_body
 from certd.certs import fingerprint, rfc3339
 from certd.config import WebhookDeployConfig
 from certd.deploy.base import DeployContext
-from certd.errors import DeployError
+from certd.errors import DeployError, tls_reason
 
 __all__ = ["WebhookTarget", "event_body"]
 
@@ -167,7 +167,7 @@ class WebhookTarget:
                                else "the system trust store")
                     raise DeployError(
                         f"deploy {self.name}: TLS to {self._url} does not verify against {against}: "
-                        f"{_ssl_reason(exc)}"
+                        f"{tls_reason(exc)}"
                     ) from exc
                 except requests.exceptions.Timeout:
                     last = f"no answer within {self._config.timeout.total_seconds():g}s"
@@ -195,20 +195,6 @@ class WebhookTarget:
                 if attempt + 1 < attempts:
                     self._sleep(wait if wait is not None else self._backoff(attempt))
         raise DeployError(f"deploy {self.name}: POST {self._url} {last} (after {attempts} attempts)")
-
-
-def _ssl_reason(exc: BaseException) -> str:
-    """The innermost SSL reason (e.g. 'certificate verify failed: ...'), without urllib3's wrapping noise."""
-    text = str(exc)
-    marker = "SSLCertVerificationError("
-    if marker in text:
-        text = text.split(marker, 1)[1]
-    for cut in ("'))", '"))', ")))"):
-        text = text.split(cut, 1)[0]
-    text = text.strip("(\"' ")
-    if "certificate verify failed" in text:
-        text = "certificate verify failed" + text.split("certificate verify failed", 1)[1]
-    return text[:300]
 
 
 def build(name: str, config: WebhookDeployConfig) -> WebhookTarget:

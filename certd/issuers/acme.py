@@ -60,7 +60,7 @@ from certd import __version__
 from certd.certs import is_self_signed, load_pem_certs
 from certd.clock import Clock, SystemClock
 from certd.config import AcmeIssuerConfig
-from certd.errors import CertdError, IssuerError, IssuerUnavailable, RateLimited
+from certd.errors import CertdError, IssuerError, IssuerUnavailable, RateLimited, tls_reason
 from certd.issuers.base import AccountStore, Issued, IssueRequest, RenewalWindow, RevocationReason
 from certd.issuers.challenges.base import Challenge, ChallengeSolver
 from certd.keys import is_ip
@@ -570,7 +570,7 @@ class AcmeIssuer:
         except requests.exceptions.SSLError as exc:
             raise IssuerError(f"{where}: TLS to {self._config.directory} does not verify"
                               f"{' against ' + str(self._config.ca_bundle) if self._config.ca_bundle else ''}"
-                              f": {_tls_reason(exc)}", reason="TLSVerifyFailed") from exc
+                              f": {tls_reason(exc)}", reason="TLSVerifyFailed") from exc
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise IssuerUnavailable(f"{where}: cannot reach {self._config.directory}: {type(exc).__name__}") from exc
         except acme_errors.ClientError as exc:
@@ -598,14 +598,6 @@ class AcmeIssuer:
 def _status(net: Any) -> int:
     response = getattr(net, "last_response", None)
     return int(response.status_code) if response is not None else 0
-
-
-def _tls_reason(exc: BaseException) -> str:
-    text = str(exc)
-    marker = "certificate verify failed:"
-    if marker in text:
-        return text[text.index(marker):].split("(")[0].split("'")[0].split('"')[0].strip()
-    return "TLS handshake failed"
 
 
 def _validation(chall: acme_challenges.Challenge, key: JWK) -> str:

@@ -33,7 +33,6 @@ Why it is built this way:
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -53,7 +52,7 @@ from cryptography.hazmat.primitives import serialization
 from certd.certs import is_self_signed, load_pem_certs
 from certd.clock import Clock, SystemClock
 from certd.config import VaultIssuerConfig
-from certd.errors import CertdError, IssuerError, IssuerUnavailable
+from certd.errors import CertdError, IssuerError, IssuerUnavailable, tls_reason
 from certd.issuers.base import AccountStore, Issued, IssueRequest, RevocationReason
 from certd.keys import is_ip, load_key_pem
 
@@ -90,12 +89,6 @@ def _vault_serial(certificate: x509.Certificate) -> str:
     """Vault's serial format: minimal big-endian bytes as colon-separated lowercase hex."""
     n = certificate.serial_number
     return ":".join(f"{b:02x}" for b in n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big"))
-
-
-def _tls_reason(exc: BaseException) -> str:
-    """requests buries the ssl module's reason in a long repr; the operator needs only that reason."""
-    found = re.search(r"certificate verify failed: [^(')\"]+", str(exc))
-    return found.group(0).strip() if found else "TLS handshake failed"
 
 
 class VaultIssuer:
@@ -385,7 +378,7 @@ class VaultIssuer:
         except requests.exceptions.SSLError as exc:
             trust = f"ca_bundle {cfg.ca_bundle}" if cfg.ca_bundle is not None else "the system trust store"
             raise IssuerError(self._msg(action, f"Vault's TLS certificate at {cfg.url} did not verify against "
-                                                f"{trust} ({_tls_reason(exc)})"),
+                                                f"{trust} ({tls_reason(exc)})"),
                               reason="TLSVerifyFailed") from exc
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             if isinstance(exc, requests.exceptions.Timeout):
