@@ -10,6 +10,7 @@ logs go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -52,8 +53,15 @@ _STATE_STYLE = {
     "retired": "dim",
 }
 
+class _Console(Console):
+    """rich's console, with a closed stdout handled like the rest of the CLI."""
+
+    def on_broken_pipe(self) -> None:
+        _stdout_closed()
+
+
 # Off a terminal, tables are for logs and grep: wide enough not to truncate.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+out = _Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -109,7 +117,17 @@ class _State:
 pass_state = click.make_pass_decorator(_State)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Turns a closed stdout into a quiet exit before click reports it as a failure."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            _stdout_closed()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "-c", "--config", "config_path", type=click.Path(path_type=Path), default=None,
     help="Config file (default: $CERTD_CONFIG, then ./certd.toml).",
@@ -172,7 +190,7 @@ def list_cmd(state: _State, as_json: bool) -> None:
     for c in doc["certificates"]:
         table.add_row(
             c["name"], c["issuer"] or "-", ", ".join(c["names"]), _styled(c["status"]),
-            (c["serial"] or "-")[:16], c["not_after"] or "-", c["renew_at"] or "-",
+            c["serial"] or "-", c["not_after"] or "-", c["renew_at"] or "-",
             f"[red]{c['last_error']}[/]" if c["last_error"] else "",
         )
     out.print(table)
@@ -217,7 +235,7 @@ def _print_results(results: list[Result], as_json: bool) -> None:
         table = Table("name", "outcome", "serial", "state", "detail")
         for r in results:
             detail = f"[red]{r.failed_step}: {r.error}[/]" if r.error else (r.reason or "")
-            table.add_row(r.name, _styled(r.outcome), (r.serial or "-")[:16], _styled(r.state), detail)
+            table.add_row(r.name, _styled(r.outcome), r.serial or "-", _styled(r.state), detail)
         out.print(table)
     if not all(r.ok for r in results):
         sys.exit(EXIT_FAILED)
@@ -372,7 +390,7 @@ def history_cmd(state: _State, name: str, as_json: bool) -> None:
         return
     versions = Table("serial", "state", "not before", "not after", "created", "failed step / error", title="versions")
     for v in doc["versions"]:
-        versions.add_row(v["serial"][:16], _styled(v["state"]), v["not_before"], v["not_after"], v["created_at"],
+        versions.add_row(v["serial"], _styled(v["state"]), v["not_before"], v["not_after"], v["created_at"],
                          f"{v['failed_step']}: {v['error']}" if v["error"] else "")
     events = Table("at", "kind", "step", "message", "renewal", title="events")
     for e in doc["events"]:
@@ -410,7 +428,7 @@ def probe_cmd(endpoint: str, sni: str | None, ca_bundle: Path | None, timeout: s
         out.print(f"{endpoint} (SNI {doc['sni']}): {doc['tls_version'] or '-'}, {verdict}")
         table = Table("#", "subject", "issuer", "serial", "not after", "SANs")
         for i, c in enumerate(doc["chain"]):
-            table.add_row(str(i), c["subject"], c["issuer"], c["serial"][:16], c["not_after"], ", ".join(c["sans"]))
+            table.add_row(str(i), c["subject"], c["issuer"], c["serial"], c["not_after"], ", ".join(c["sans"]))
         out.print(table)
     if not result.verified:
         sys.exit(EXIT_FAILED)
@@ -453,6 +471,33 @@ def run_cmd(state: _State, agent: bool) -> None:
     sys.exit(daemon.run())
 
 
+_EXIT_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
+
+
+def _stdout_closed() -> NoReturn:
+    """The reader went away (``certd list | head``): stop quietly, as a Unix tool does.
+
+    SIGPIPE itself stays ignored (certd writes to sockets, where EPIPE must
+    stay an error, not kill the process); stdout is pointed at /dev/null so
+    the interpreter's final flush cannot complain either.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    os._exit(_EXIT_PIPE)
+
+
 def main() -> None:
     """Console entry point."""
-    cli(prog_name="certd")
+    try:
+        cli(prog_name="certd")
+    except SystemExit:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_closed()
+        raise
+    except BrokenPipeError:
+        _stdout_closed()

@@ -34,6 +34,7 @@ from sqlalchemy import text
 from certd.api import ApiState, create_api
 from certd.app import App
 from certd.config import Config, load_config
+from certd.durations import format_duration
 from certd.errors import CertdError, ConfigError
 from certd.metrics import Metrics
 from certd.pipeline import Pipeline
@@ -180,7 +181,8 @@ class Daemon:
             log.error("HTTP API did not start on %s", daemon_cfg.api_listen)
             self._aps.shutdown(wait=False)
             return 1
-        log.info("certd running: api on %s, scanning every %s", daemon_cfg.api_listen, daemon_cfg.check_interval)
+        log.info("certd running: api on %s, scanning every %s", daemon_cfg.api_listen,
+                 format_duration(daemon_cfg.check_interval))
         sd_notify("READY=1\nSTATUS=scanning")
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         while not self._stop.wait(watchdog / 2 if watchdog else 1.0):

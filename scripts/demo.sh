@@ -23,6 +23,7 @@ status=0
 timeout -s TERM "$secs" $CERTD_BIN --log-level info -c deploy/demo/certd.toml run || status=$?
 [ "$status" -eq 0 ] || [ "$status" -eq 124 ] || exit "$status"
 echo "==> certd history ticker (newest first)"
-$CERTD history ticker | head -12
+$CERTD history ticker > var/history-ticker.txt
+head -n 12 var/history-ticker.txt
 echo "==> certd list"
 $CERTD list

@@ -182,3 +182,19 @@ def test_kill_9_at_random_points_leaves_a_consistent_state(write_config: WriteCo
     assert proc.returncode == 0, proc.stderr
     assert _key_matches(out)
     assert not any(p.name.startswith("..tmp-") for p in out.iterdir())
+
+
+def test_closed_stdout_is_quiet(cfg: Path) -> None:
+    """``certd history NAME | head -1``: no traceback, no error text, the shell's SIGPIPE status (141)."""
+    for _ in range(6):
+        certd("renew", "edge", "--force", config=cfg, check=True)
+    for args in (("history", "edge"), ("list",), ("history", "edge", "--json")):
+        proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg), *args], cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.read(1)
+        proc.stdout.close()  # the reader goes away after one byte, before certd is done writing
+        stderr = proc.stderr.read().decode()
+        code = proc.wait(timeout=60)
+        assert "Traceback" not in stderr and "Error" not in stderr, stderr
+        assert code in (0, 141), (args, code, stderr)
