@@ -30,12 +30,17 @@ from publicsuffixlist import PublicSuffixList
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from certd.certs import rfc3339
 from certd.config import RateLimitsConfig
+from certd.durations import format_duration
 from certd.errors import RateLimited
 from certd.inventory.models import IssuanceLog
 from certd.keys import is_ip
 
-__all__ = ["Budget", "names_key", "registered_domain"]
+__all__ = ["BUDGET_REASON", "Budget", "names_key", "registered_domain"]
+
+# The reason of a refusal by certd's own budget, as opposed to the CA's ``rateLimited``.
+BUDGET_REASON = "BudgetExhausted"
 
 
 @lru_cache(maxsize=1)
@@ -81,8 +86,10 @@ class Budget:
         if count >= limit:
             retry = (oldest + window - now) if oldest else window
             raise RateLimited(
-                f"issuer {self.issuer}: certd's budget of {limit} {what} per {window} is spent; "
-                f"holding back until {(now + retry).isoformat(timespec='seconds')}",
+                f"issuer {self.issuer}: certd's budget of {limit} {what} per {format_duration(window)} is spent; "
+                f"holding back until {rfc3339(now + retry)} (inside the hard deadline, or with --force, "
+                "certd asks the CA anyway)",
+                reason=BUDGET_REASON,
                 retry_after=max(retry, timedelta(seconds=1)),
             )
 

@@ -59,6 +59,7 @@ __all__ = [
     "WebhookDeployConfig",
     "check_files",
     "default_config_path",
+    "default_rate_limits",
     "load_config",
 ]
 
@@ -133,10 +134,13 @@ class DaemonConfig(_Model):
 class RateLimitsConfig(_Model):
     """certd's own issuance budget per issuer, so a fleet never hits the CA's limits.
 
-    The defaults are Let's Encrypt's published limits: 50 certificates per
-    registered domain per 7 days, 5 duplicate certificates (same set of names)
-    per 7 days, 300 new orders per account per 3 hours. ARI renewals (orders
-    with ``replaces``) are exempt, as they are at Let's Encrypt.
+    The field defaults are Let's Encrypt's published production limits: 50
+    certificates per registered domain per 7 days, 5 duplicate certificates
+    (same set of names) per 7 days, 300 new orders per account per 3 hours.
+    ARI renewals (orders with ``replaces``) are exempt, as they are at Let's
+    Encrypt. Which issuers get a budget at all is decided by
+    ``default_rate_limits``: a budget is a guess at someone else's limits, so
+    certd only guesses where the CA has published them.
     """
 
     certificates_per_domain: int | None = Field(default=50, ge=1)
@@ -146,9 +150,33 @@ class RateLimitsConfig(_Model):
     orders_window: Duration = timedelta(hours=3)
 
 
+# Let's Encrypt's published limits (letsencrypt.org/docs/rate-limits, staging-environment).
+_LETSENCRYPT = {
+    "acme-v02.api.letsencrypt.org": RateLimitsConfig(),
+    "acme-staging-v02.api.letsencrypt.org": RateLimitsConfig(
+        certificates_per_domain=30000, duplicate_certificates=30000, new_orders=1500
+    ),
+}
+
+
+def default_rate_limits(directory: str) -> RateLimitsConfig | None:
+    """The budget an ACME directory gets when ``rate_limits`` is not set: Let's Encrypt's, or none."""
+    host = directory.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
+    return _LETSENCRYPT.get(host)
+
+
+def _rate_limits(value: Any) -> Any:
+    """``rate_limits = false`` switches a budget off (TOML has no null); ``true`` is not a budget."""
+    if value is False:
+        return None
+    if value is True:
+        raise ValueError("rate_limits is a table of limits, or false to switch the budget off")
+    return value
+
+
 class _IssuerBase(_Model):
     bundle_file: ConfigPath | None = None
-    rate_limits: RateLimitsConfig | None = None
+    rate_limits: Annotated[RateLimitsConfig | None, BeforeValidator(_rate_limits)] = None
 
 
 class AcmeIssuerConfig(_IssuerBase):
@@ -172,7 +200,13 @@ class AcmeIssuerConfig(_IssuerBase):
     eab_hmac_key_file: ConfigPath | None = None
     preferred_chain: str | None = None
     timeout: Duration = timedelta(seconds=30)
-    rate_limits: RateLimitsConfig | None = RateLimitsConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_budget(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "rate_limits" not in data and isinstance(data.get("directory"), str):
+            data = {**data, "rate_limits": default_rate_limits(data["directory"])}
+        return data
 
     @field_validator("directory")
     @classmethod
