@@ -1,0 +1,277 @@
+"""Hooks against hostile input and bad luck: stale pid files, kernel threads, hooks that fork, leak their
+environment, print bytes that are not UTF-8, or delete the files they were meant to reload.
+
+Everything runs real processes through the pipeline; nothing inside certd is mocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from certd.app import App
+from certd.config import load_config
+from certd.errors import ConfigError
+from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
+
+_PF_KTHREAD = 0x00200000
+
+
+def _app(write_config: WriteConfig, target: str) -> App:
+    body = '[database]\nurl = "sqlite:///{tmp}/certd.db"\n' + LOCAL_CA_CONFIG.replace(
+        'output_dir = "{tmp}/out/edge"', 'output_dir = "{tmp}/out/edge"\ndeploy = ["t"]') + target
+    return App.open(load_config(write_config(body)))
+
+
+def _signal_table(extra: str = "") -> str:
+    return f'\n[deploy.t]\ntype = "signal"\npid_file = "{{tmp}}/app.pid"\nsignal = "TERM"\n{extra}'
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """The process no longer exists (or is a zombie waiting for init to reap it)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            if Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0] == b"Z":
+                return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+# -- signal -----------------------------------------------------------------------------------------------
+
+
+def test_stale_pid_file_naming_a_newer_process_is_refused_and_the_process_survives(
+    write_config: WriteConfig, tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    pid_file = tmp_path / "app.pid"
+    pid_file.write_text(f"{sleeper.pid}\n")
+    written = time.time() - 30  # the file is older than the process: some earlier daemon wrote it
+    os.utime(pid_file, (written, written))
+    app = _app(write_config, _signal_table())
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        error = result.error or ""
+        assert f"deploy t: pid {sleeper.pid} from {pid_file} started " in error
+        assert "s after the file was written: stale pid file, not signalling" in error
+        time.sleep(0.2)
+        assert sleeper.poll() is None
+    finally:
+        app.close()
+
+
+def test_kernel_thread_is_refused(write_config: WriteConfig, tmp_path: Path) -> None:
+    try:
+        fields = Path("/proc/2/stat").read_bytes().rpartition(b")")[2].split()
+    except FileNotFoundError:
+        pytest.skip("no pid 2 in this pid namespace")
+    if not int(fields[6]) & _PF_KTHREAD:
+        pytest.skip("pid 2 is not a kernel thread here")
+    (tmp_path / "app.pid").write_text("2\n")
+    app = _app(write_config, _signal_table())
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert f"pid 2 from {tmp_path / 'app.pid'} is a kernel thread" in (result.error or "")
+        assert "not signalling" in (result.error or "")
+    finally:
+        app.close()
+
+
+def test_the_process_that_wrote_the_file_is_signalled(
+    write_config: WriteConfig, tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    (tmp_path / "app.pid").write_text(f"{sleeper.pid}\n")  # after it started, as a daemon does
+    app = _app(write_config, _signal_table('process_name = "sleep"\n'))
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.state) == ("renewed", "deployed"), result.error
+        assert sleeper.wait(timeout=5) == -15
+    finally:
+        app.close()
+
+
+def test_process_name_mismatch_is_refused(
+    write_config: WriteConfig, tmp_path: Path, sleeper: subprocess.Popen[bytes]
+) -> None:
+    (tmp_path / "app.pid").write_text(f"{sleeper.pid}\n")
+    app = _app(write_config, _signal_table('process_name = "nginx"\n'))
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert f"pid {sleeper.pid} from {tmp_path / 'app.pid'} is 'sleep'" in (result.error or "")
+        assert "where process_name is 'nginx', not signalling" in (result.error or "")
+        time.sleep(0.2)
+        assert sleeper.poll() is None
+    finally:
+        app.close()
+
+
+def test_pid_file_that_is_a_fifo_fails_without_hanging(write_config: WriteConfig, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "app.pid")
+    app = _app(write_config, _signal_table())
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert "is not a regular file" in (result.error or "")
+    finally:
+        app.close()
+
+
+# -- command ----------------------------------------------------------------------------------------------
+
+
+def _command_table(argv: str, extra: str = "") -> str:
+    return f'\n[deploy.t]\ntype = "command"\nargv = {argv}\n{extra}'
+
+
+def test_timeout_kills_the_whole_process_group(write_config: WriteConfig, tmp_path: Path) -> None:
+    script = "echo $$ > {tmp}/sh.pid; sleep 30 & echo $! > {tmp}/gc.pid; sleep 30"
+    app = _app(write_config, _command_table(f"[\"bash\", \"-c\", '{script}']", 'timeout = "1s"\n'))
+    try:
+        started = time.monotonic()
+        result = app.pipeline.renew("edge")
+        assert time.monotonic() - started < 15
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert "deploy t: command bash timed out after 1s" in (result.error or "")
+        for name in ("sh.pid", "gc.pid"):
+            pid = int((tmp_path / name).read_text())
+            assert _gone(pid), f"{name}: {pid} still running"
+    finally:
+        app.close()
+
+
+def test_hook_environment_is_built_and_its_output_redacted(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CERTD_TEST_SECRET_IN_PARENT", "hunter2")
+    monkeypatch.setenv("CERTD_TEST_PASSED", "passed-value-42")
+    script = "env > {tmp}/env.txt; env; env >&2; exit 1"
+    extra = 'env = { TOKEN = "s3cret" }\npass_env = ["CERTD_TEST_PASSED", "CERTD_TEST_UNSET"]\n'
+    app = _app(write_config, _command_table(f"[\"sh\", \"-c\", '{script}']", extra))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="certd.deploy.command"):
+            result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        error = result.error or ""
+        assert "deploy t: command sh exited 1" in error
+        assert "\n" not in error and len(error) < 400
+        for leaked in ("hunter2", "CERTD_TEST_SECRET_IN_PARENT", "s3cret", "passed-value-42"):
+            assert leaked not in error
+            assert all(leaked not in e.message for e in app.inventory.events("edge"))
+            assert leaked not in caplog.text
+        assert "TOKEN=***" in caplog.text  # the tail reached the debug log, redacted
+        seen = dict(line.split("=", 1) for line in (tmp_path / "env.txt").read_text().splitlines() if "=" in line)
+        assert seen["TOKEN"] == "s3cret" and seen["CERTD_TEST_PASSED"] == "passed-value-42"
+        assert seen["CERTD_NAME"] == "edge" and seen["PATH"]
+        assert "CERTD_TEST_SECRET_IN_PARENT" not in seen and "CERTD_TEST_UNSET" not in seen
+    finally:
+        app.close()
+
+
+def test_error_names_only_the_last_stderr_line_truncated(write_config: WriteConfig) -> None:
+    code = ('import sys; sys.stdout.write("noise\\n"); '
+            'sys.stderr.write("first\\n" + "x" * 3000 + "\\n\\n"); sys.exit(3)')
+    app = _app(write_config, _command_table(f"[{sys.executable!r}, \"-c\", '{code}']"))
+    try:
+        result = app.pipeline.renew("edge")
+        error = result.error or ""
+        assert f"command {sys.executable} exited 3: " + "x" * 200 + "…" in error, error
+        assert "first" not in error and "noise" not in error and "x" * 201 not in error
+    finally:
+        app.close()
+
+
+def test_non_utf8_output_on_success_is_a_success(write_config: WriteConfig) -> None:
+    code = 'import sys; sys.stdout.buffer.write(b"caf\\xe9 \\xff\\xfe reloaded\\n"); sys.stderr.buffer.write(b"\\x80")'
+    app = _app(write_config, _command_table(f"[{sys.executable!r}, \"-c\", '{code}']"))
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.state) == ("renewed", "deployed"), result.error
+        done = [e.message for e in app.inventory.events("edge") if e.kind == "deploy.done"]
+        assert any("exited 0: caf\ufffd \ufffd\ufffd reloaded" in m for m in done), done
+    finally:
+        app.close()
+
+
+def test_background_process_holding_the_pipes_does_not_hold_up_a_hook(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    script = "sleep 30 & echo $! > {tmp}/bg.pid; echo started"
+    app = _app(write_config, _command_table(f"[\"sh\", \"-c\", '{script}']", 'timeout = "20s"\n'))
+    try:
+        started = time.monotonic()
+        result = app.pipeline.renew("edge")
+        assert time.monotonic() - started < 10
+        assert (result.outcome, result.state) == ("renewed", "deployed"), result.error
+    finally:
+        app.close()
+        pid = int((tmp_path / "bg.pid").read_text())
+        os.kill(pid, 9)
+
+
+@pytest.mark.parametrize(
+    ("script", "file", "problem"),
+    [
+        ('rm "$CERTD_PRIVKEY"', "privkey.pem", "is missing"),
+        (': > "$CERTD_FULLCHAIN"', "fullchain.pem", "is empty"),
+        ('echo junk > "$CERTD_COMBINED"', "combined.pem", "no longer holds the published content"),
+    ],
+)
+def test_hook_that_damages_the_published_files_fails(
+    write_config: WriteConfig, tmp_path: Path, script: str, file: str, problem: str
+) -> None:
+    app = _app(write_config, _command_table(f"[\"sh\", \"-c\", '{script}']"))
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert f"deploy t: command sh exited 0 but {tmp_path / 'out/edge' / file} {problem}" in (result.error or "")
+    finally:
+        app.close()
+
+
+def test_secret_cut_in_half_by_the_output_bound_is_still_redacted(
+    write_config: WriteConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only the last 4 KiB of a stream are kept; the cut falls inside the secret, and its tail must not survive."""
+    code = 'import os, sys; sys.stdout.write("S" + os.environ["TOKEN"] + "B" * 4088 + "\\n")'
+    extra = 'env = { TOKEN = "s3cret-value-xyz" }\n'
+    app = _app(write_config, _command_table(f"[{sys.executable!r}, \"-c\", '{code}']", extra))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="certd.deploy.command"):
+            result = app.pipeline.renew("edge")
+        assert result.outcome == "renewed", result.error
+        done = [e.message for e in app.inventory.events("edge") if e.kind == "deploy.done"]
+        assert any("exited 0: …***BBB" in m for m in done), done
+        for kept in (*done, caplog.text):
+            assert "lue-xyz" not in kept and "s3cret" not in kept
+    finally:
+        app.close()
+
+
+def test_pass_env_names_are_validated(write_config: WriteConfig) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _app(write_config, _command_table('["true"]', 'pass_env = ["NOT A NAME"]\n'))
+    assert "pass_env" in str(raised.value)
