@@ -93,31 +93,26 @@ class Budget:
                 retry_after=max(retry, timedelta(seconds=1)),
             )
 
-    def reserve(self, certificate: str, names: Iterable[str], now: datetime, *, exempt: bool) -> list[int]:
+    def reserve(
+        self, certificate: str, names: Iterable[str], now: datetime, *, exempt: bool, enforce: bool = True
+    ) -> list[int]:
         """Refuse (``RateLimited``) or take one order and one certificate's worth of budget.
 
         The certificate units are taken now, not when the certificate arrives,
         so workers issuing at the same time cannot overspend; ``release`` gives
         them back when issuance fails (the order itself stays counted, as at the CA).
-        Returns the reservation to release, empty when exempt.
+        Returns the reservation to release, empty when exempt. With ``enforce``
+        false (the deadline or the operator overrides the budget) nothing is
+        refused, but the order is still counted, so the budget stays true.
         """
         if exempt:
             return []
         names = list(names)
-        lim = self.limits
         with self._sessions.begin() as s:
             self._lock(s)
-            self._refuse_if_full(s, now, "new orders", lim.orders_window, lim.new_orders, IssuanceLog.kind == "order")
             domains = sorted({registered_domain(n) for n in names})
-            for domain in domains:
-                self._refuse_if_full(
-                    s, now, f"certificates for {domain}", lim.window, lim.certificates_per_domain,
-                    IssuanceLog.kind == "certificate", IssuanceLog.domain == domain,
-                )
-            self._refuse_if_full(
-                s, now, "duplicate certificates for these names", lim.window, lim.duplicate_certificates,
-                IssuanceLog.kind == "names", IssuanceLog.names_key == names_key(names),
-            )
+            if enforce:
+                self._refuse_all(s, now, names, domains)
             s.add(IssuanceLog(issuer=self.issuer, kind="order", certificate=certificate, at=now))
             units = [IssuanceLog(issuer=self.issuer, kind="certificate", domain=d, certificate=certificate, at=now)
                      for d in domains]
@@ -126,6 +121,19 @@ class Budget:
             s.add_all(units)
             s.flush()
             return [u.id for u in units]
+
+    def _refuse_all(self, s: Session, now: datetime, names: list[str], domains: list[str]) -> None:
+        lim = self.limits
+        self._refuse_if_full(s, now, "new orders", lim.orders_window, lim.new_orders, IssuanceLog.kind == "order")
+        for domain in domains:
+            self._refuse_if_full(
+                s, now, f"certificates for {domain}", lim.window, lim.certificates_per_domain,
+                IssuanceLog.kind == "certificate", IssuanceLog.domain == domain,
+            )
+        self._refuse_if_full(
+            s, now, "duplicate certificates for these names", lim.window, lim.duplicate_certificates,
+            IssuanceLog.kind == "names", IssuanceLog.names_key == names_key(names),
+        )
 
     def release(self, reservation: list[int]) -> None:
         """Give back the certificate units of an order that produced no certificate."""

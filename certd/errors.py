@@ -27,6 +27,7 @@ __all__ = [
     "LeaseTimeout",
     "PublishError",
     "RateLimited",
+    "TargetAbsent",
     "VerifyError",
     "tls_reason",
 ]
@@ -109,6 +110,17 @@ class DeployError(CertdError):
 
     reason = "DeployFailed"
     retryable = True
+
+
+class TargetAbsent(DeployError):
+    """The server to deploy to is not running yet (no pid file, no socket): it reads the files when it starts.
+
+    Not a failure: on an estate's first start certd must publish before the
+    servers can start at all. The version stays ``published`` until a later
+    ``certd deploy`` (or the daemon's next scan) finds the server up.
+    """
+
+    reason = "TargetAbsent"
 
 
 class VerifyError(CertdError):

@@ -27,6 +27,7 @@ __all__ = [
     "jitter_bound",
     "lifetime_renew_at",
     "pick_renew_at",
+    "retry_at",
 ]
 
 _SHORT_LIFETIME = timedelta(days=10)
@@ -34,6 +35,9 @@ _DEFAULT_FRACTION = 2 / 3
 _SHORT_FRACTION = 1 / 2
 _BACKOFF_BASE = timedelta(minutes=1)
 _BACKOFF_CAP = timedelta(hours=6)
+# Retrying cannot fix a non-retryable failure (a check the CA's certificate fails, a bad owner):
+# wait at least this long, even near the deadline, so certd does not order from the CA in a loop.
+_HOPELESS_FLOOR = timedelta(hours=1)
 
 
 class Reason(StrEnum):
@@ -146,6 +150,34 @@ def backoff_until(
     at = now + delay
     if deadline is not None and at > deadline:
         at = now + _BACKOFF_BASE
+    return at
+
+
+def retry_at(
+    failures: int,
+    now: datetime,
+    *,
+    rng: random.Random,
+    deadline: datetime | None,
+    retryable: bool,
+    retry_after: timedelta | None,
+    own_budget: bool,
+) -> datetime:
+    """When a certificate whose last attempt failed may be tried again.
+
+    - the backoff of ``backoff_until`` (which shrinks to a minute past the hard deadline);
+    - a failure retrying cannot fix waits at least an hour, deadline or not;
+    - the other side's ``retry_after`` is honoured — except certd's *own* budget, which never
+      holds a certificate past its hard deadline (there certd asks the CA, whose answer decides).
+    """
+    at = backoff_until(failures, now, rng=rng, deadline=deadline)
+    if not retryable:
+        at = max(at, now + _HOPELESS_FLOOR)
+    if retry_after is not None:
+        wanted = now + retry_after
+        if own_budget and deadline is not None:
+            wanted = min(wanted, max(deadline, now + _BACKOFF_BASE))
+        at = max(at, wanted)
     return at
 
 

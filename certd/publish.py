@@ -32,9 +32,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography import x509
+
+from certd.certs import certs_pem, load_pem_certs, serial_hex
 from certd.errors import PublishError
 
-__all__ = ["FILES", "Generation", "Publisher", "current_generation", "list_generations"]
+__all__ = [
+    "FILES",
+    "Generation",
+    "Publisher",
+    "current_generation",
+    "file_set",
+    "list_generations",
+    "published_serial",
+    "write_file_atomic",
+]
 
 DATA_LINK = "..data"
 GEN_PREFIX = "..gen-"
@@ -203,3 +215,49 @@ class Publisher:
         cur = current_generation(self.output_dir)
         others = [g for g in list_generations(self.output_dir) if cur is None or g.name != cur.name]
         return others[-1] if others else None
+
+
+def file_set(key_pem: bytes, leaf: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> dict[str, bytes]:
+    """The five files of one generation, from the key, the leaf and the intermediates."""
+    leaf_pem = certs_pem([leaf])
+    chain_pem = certs_pem(chain)
+    return {
+        "privkey.pem": key_pem,
+        "cert.pem": leaf_pem,
+        "chain.pem": chain_pem,
+        "fullchain.pem": leaf_pem + chain_pem,
+        "combined.pem": key_pem + leaf_pem + chain_pem,
+    }
+
+
+def published_serial(output_dir: Path) -> str | None:
+    """The serial this host's files hold now, or ``None`` when nothing readable is published."""
+    gen = current_generation(output_dir)
+    if gen is None:
+        return None
+    try:
+        return serial_hex(load_pem_certs(gen.read("cert.pem"))[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def write_file_atomic(path: Path, data: bytes, mode: int = _PUBLIC_MODE) -> bool:
+    """Replace one file (a trust bundle) in one rename; ``False`` when it already held ``data``."""
+    try:
+        if path.exists() and path.read_bytes() == data:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return True
+    except OSError as exc:
+        raise PublishError(f"cannot write {path}: {exc.strerror or exc}") from exc

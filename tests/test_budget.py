@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 
 from certd.app import App
-from certd.budget import Budget, names_key, registered_domain
+from certd.budget import BUDGET_REASON, Budget, names_key, registered_domain
 from certd.config import RateLimitsConfig, load_config
 from certd.db import create_db_engine, session_factory, upgrade
 from certd.errors import RateLimited
+from certd.policy import Reason, hard_deadline
 from tests.conftest import LOCAL_CA_CONFIG, FakeClock, WriteConfig
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -109,21 +109,75 @@ def test_failed_issuance_gives_the_certificate_units_back(budget: Budget) -> Non
     _issue(budget, "f3", ["f3.fail.example"], T0)
 
 
-def test_pipeline_holds_back_and_backs_off(write_config: WriteConfig, sqlite_url: str, tmp_path: Path) -> None:
+def test_budget_holds_back_until_the_hard_deadline_only(write_config: WriteConfig, sqlite_url: str) -> None:
+    """The budget refuses a due renewal, backs off no later than the hard deadline, and is not asked inside it."""
     body = LOCAL_CA_CONFIG.replace('dir = "{tmp}/local-ca"', 'dir = "{tmp}/local-ca"\n'
-                                   "rate_limits = { certificates_per_domain = 2, duplicate_certificates = 10 }")
+                                   "rate_limits = { certificates_per_domain = 1, duplicate_certificates = 10 }")
     clock = FakeClock(datetime.now(UTC))
     app = App.open(load_config(write_config(body, db_url=sqlite_url)), clock=clock)
     try:
-        assert app.pipeline.renew("edge").outcome == "renewed"
-        clock.advance(timedelta(seconds=1))
-        assert app.pipeline.renew("edge", force=True).outcome == "renewed"
-        clock.advance(timedelta(seconds=1))
-        held = app.pipeline.renew("edge", force=True)
-        assert (held.outcome, held.failed_step, held.reason) == ("failed", "issue", "RateLimited")
-        row = app.inventory.certificate("edge")
-        assert row is not None and row.next_attempt_at is not None
-        assert row.next_attempt_at >= clock.now() + timedelta(days=6)
-        assert len(app.inventory.versions("edge")) == 2  # nothing was ordered
+        assert app.pipeline.renew("backend").outcome == "renewed"
+        version = app.inventory.current_version("backend")
+        assert version is not None
+        clock.advance(timedelta(hours=40))  # past the renewal time of a 72 h certificate, before its deadline
+        held = app.pipeline.renew("backend")
+        assert (held.outcome, held.failed_step, held.reason) == ("failed", "issue", BUDGET_REASON)
+        assert "per 7d" in (held.error or "")
+        row = app.inventory.certificate("backend")
+        deadline = hard_deadline(version.not_before, version.not_after)
+        assert row is not None and row.next_attempt_at is not None and row.last_reason == BUDGET_REASON
+        assert clock.now() < row.next_attempt_at <= deadline  # never held past the deadline
+        assert len(app.inventory.versions("backend")) == 1  # nothing was ordered
+        assert app.pipeline.verdict("backend").reason is Reason.BACKING_OFF
+
+        clock.advance(deadline - clock.now() + timedelta(minutes=5))  # inside the hard deadline
+        late = app.pipeline.renew("backend")
+        assert late.outcome == "renewed", late
+        kinds = [e.kind for e in app.inventory.events("backend")]
+        assert "budget.overridden" in kinds
+        row = app.inventory.certificate("backend")
+        assert row is not None and (row.failures, row.last_error, row.next_attempt_at) == (0, None, None)
     finally:
         app.close()
+
+
+def test_force_overrides_the_budget_and_is_logged(write_config: WriteConfig, sqlite_url: str) -> None:
+    body = LOCAL_CA_CONFIG.replace('dir = "{tmp}/local-ca"', 'dir = "{tmp}/local-ca"\n'
+                                   "rate_limits = { certificates_per_domain = 1, duplicate_certificates = 1 }")
+    app = App.open(load_config(write_config(body, db_url=sqlite_url)))
+    try:
+        assert app.pipeline.renew("edge").outcome == "renewed"
+        forced = app.pipeline.renew("edge", force=True)
+        assert forced.outcome == "renewed", forced
+        events = [e for e in app.inventory.events("edge") if e.kind == "budget.overridden"]
+        assert len(events) == 1 and "forced" in events[0].message
+        budget = app.pipeline.budget("local")
+        assert budget is not None and budget.used(datetime.now(UTC), "example.test") == 2  # still counted
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize(
+    ("directory", "per_domain"),
+    [
+        ("https://acme-v02.api.letsencrypt.org/directory", 50),
+        ("https://acme-staging-v02.api.letsencrypt.org/directory", 30000),
+        ("https://127.0.0.1:14000/dir", None),
+        ("https://acme.internal.example/directory", None),
+    ],
+)
+def test_budgets_default_by_ca(write_config: WriteConfig, directory: str, per_domain: int | None) -> None:
+    body = f'''
+[issuers.public]
+type = "acme"
+directory = "{directory}"
+
+[issuers.off]
+type = "acme"
+directory = "https://acme-v02.api.letsencrypt.org/directory"
+rate_limits = false
+'''
+    config = load_config(write_config(body))
+    limits = config.issuers["public"].rate_limits
+    assert (limits.certificates_per_domain if limits else None) == per_domain
+    assert config.issuers["off"].rate_limits is None

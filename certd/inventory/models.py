@@ -94,6 +94,7 @@ class Certificate(Base):
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class Version(Base):

@@ -296,18 +296,41 @@ class Inventory:
         *,
         error: str | None,
         next_attempt_at: datetime | None = None,
-    ) -> None:
-        """Failure counter and backoff for the scheduler; cleared by a success."""
+        reason: str | None = None,
+    ) -> int:
+        """Failure counter and backoff for the scheduler; cleared by a success. Returns ``failures``.
+
+        The counter is bumped in the same transaction that reads it, so two
+        failures recorded at once count twice.
+        """
         with self.sessions.begin() as s:
             cert = s.get(Certificate, name)
             if cert is None:
-                return
+                return 0
             if error is None:
-                cert.failures, cert.next_attempt_at, cert.last_error = 0, None, None
+                cert.failures, cert.next_attempt_at, cert.last_error, cert.last_reason = 0, None, None, None
             else:
                 cert.failures = (cert.failures or 0) + 1
                 cert.next_attempt_at = next_attempt_at
-                cert.last_error, cert.last_error_at = error, now
+                cert.last_error, cert.last_error_at, cert.last_reason = error, now, reason
+            return cert.failures
+
+    def set_backoff(self, name: str, next_attempt_at: datetime | None) -> None:
+        """Move the end of a backoff without counting a failure (the time depends on the count)."""
+        with self.sessions.begin() as s:
+            s.execute(update(Certificate).where(Certificate.name == name).values(next_attempt_at=next_attempt_at))
+
+    def clear_backoffs(self, *, keep_reasons: Iterable[str]) -> list[str]:
+        """End every backoff except those whose reason is in ``keep_reasons``; return the names."""
+        keep = list(keep_reasons)
+        with self.sessions.begin() as s:
+            q = select(Certificate.name).where(Certificate.next_attempt_at.is_not(None))
+            if keep:
+                q = q.where((Certificate.last_reason.is_(None)) | (Certificate.last_reason.not_in(keep)))
+            names = list(s.execute(q).scalars())
+            if names:
+                s.execute(update(Certificate).where(Certificate.name.in_(names)).values(next_attempt_at=None))
+            return names
 
     def set_state(self, name: str, version_id: int, state: VersionState, now: datetime) -> None:
         """Unfenced state change for operator commands that hold their own lease (e.g. revoke)."""

@@ -23,9 +23,11 @@ from certd.keys import KeyType, PrivateKey
 
 __all__ = [
     "AccountStore",
+    "CaChain",
     "IssueRequest",
     "Issued",
     "Issuer",
+    "KeyRollover",
     "RenewalInfo",
     "RenewalWindow",
     "RevocationReason",
@@ -130,3 +132,21 @@ class RenewalInfo(Protocol):
 
     def cert_id(self, certificate: x509.Certificate) -> str:
         ...
+
+
+@runtime_checkable
+class CaChain(Protocol):
+    """Optional: the issuer knows its own CA certificates (intermediates and root) without a leaf.
+
+    Vault and the local CA do; an ACME CA's chain is only known from an issued
+    certificate, so ``trust.trust_bundle`` falls back to the current version's chain.
+    """
+
+    def ca_chain(self) -> list[x509.Certificate]: ...
+
+
+@runtime_checkable
+class KeyRollover(Protocol):
+    """Optional: the issuer's account key can be replaced in place (ACME RFC 8555 section 7.3.5)."""
+
+    def rollover(self) -> str: ...

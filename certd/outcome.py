@@ -1,0 +1,106 @@
+"""What one operation on one certificate did, and the step it was in when it stopped.
+
+``Result`` is the public answer (one entry of ``renew --json``). ``Attempt``
+is the state of one operation while it runs, gathered once when it starts
+(the config, the current version, the lease) instead of being re-read from
+the inventory at every step. ``Attempt.step`` names the step the code is in,
+so a failure anywhere — inside a step or between two — is reported with the
+step it happened in, and gives tests one seam (``fault``) to inject a fault
+at every step boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from certd.config import CertificateConfig
+from certd.errors import CertdError
+from certd.inventory.models import Version
+
+if TYPE_CHECKING:
+    from certd.hold import Heartbeat
+
+__all__ = ["Attempt", "Fault", "Operation", "Outcome", "Result", "StepError"]
+
+log = logging.getLogger("certd.pipeline")
+Outcome = Literal["renewed", "deployed", "skipped", "failed", "imported", "revoked"]
+Operation = Literal["renew", "deploy", "install", "import", "revoke"]
+# Called with (operation, step) as each step begins; raising there is a fault in that step (tests only).
+Fault = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one call did; ``as_json`` is one entry of ``renew --json``."""
+
+    name: str
+    outcome: Outcome
+    serial: str | None = None
+    state: str | None = None
+    failed_step: str | None = None
+    error: str | None = None
+    renewal_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome != "failed"
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StepError(Exception):
+    """Carries the failing step name with the certd error that ended it."""
+
+    def __init__(self, step: str, error: CertdError) -> None:
+        super().__init__(str(error))
+        self.step = step
+        self.error = error
+
+
+def as_step_error(step: str, exc: BaseException) -> StepError:
+    """Any exception, as the failure of ``step``: certd's own errors keep their reason."""
+    if isinstance(exc, StepError):
+        return exc
+    if isinstance(exc, CertdError):
+        return StepError(step, exc)
+    log.error("unexpected error in step %s", step, exc_info=exc)
+    return StepError(step, CertdError(f"internal error in {step}: {type(exc).__name__}: {exc}"))
+
+
+@dataclass
+class Attempt:
+    """One operation on one certificate, from lease to record."""
+
+    op: Operation
+    name: str
+    cfg: CertificateConfig
+    rid: str
+    old: Version | None
+    beat: Heartbeat | None = None
+    fault: Fault | None = None
+    current_step: str = "plan"
+    version_id: int | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @contextmanager
+    def step(self, name: str, *, at: str | None = None) -> Iterator[None]:
+        """Run one step; whatever it raises becomes a ``StepError`` naming it.
+
+        ``at`` names a finer boundary inside a step (``issuer`` construction
+        inside ``issue``) for fault injection; users see the step.
+        """
+        self.current_step = name
+        try:
+            if self.fault is not None:
+                self.fault(self.op, at or name)
+            yield
+        except BaseException as exc:
+            if not isinstance(exc, Exception):
+                raise
+            raise as_step_error(name, exc) from exc

@@ -1,0 +1,101 @@
+"""Writing down what happened: events, logs, metrics, and the failure that feeds the backoff.
+
+One object records for every operation, so a failure anywhere ends the same
+way: the version (if one was issued) is marked ``failed`` with its step, the
+certificate's ``failures`` is bumped, ``last_error`` and ``last_reason`` are
+set, ``next_attempt_at`` is pushed out by ``policy.retry_at``, and an event
+names the certificate and the step. Nothing else in certd writes a failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from certd.budget import BUDGET_REASON
+from certd.clock import Clock
+from certd.errors import LeaseLost
+from certd.inventory.models import VersionState
+from certd.inventory.store import Inventory
+from certd.metrics import Metrics
+from certd.outcome import Attempt, Result, StepError
+from certd.policy import hard_deadline, retry_at
+
+__all__ = ["Recorder"]
+
+log = logging.getLogger("certd.pipeline")
+_FAILED_KIND = {
+    "renew": "renewal.failed",
+    "deploy": "deploy.failed",
+    "install": "agent.failed",
+    "import": "import.failed",
+    "revoke": "revoke.failed",
+}
+# A success of these operations clears only failures of the steps they re-ran.
+_CLEARS_STEPS = {"deploy": ("deploy", "verify"), "install": ("publish", "deploy", "verify"), "revoke": ("revoke",)}
+
+
+class Recorder:
+    """Events, metrics and outcomes for one inventory."""
+
+    def __init__(self, inventory: Inventory, clock: Clock, rng: random.Random, metrics: Metrics | None) -> None:
+        self.inventory = inventory
+        self.clock = clock
+        self.metrics = metrics
+        self._rng = rng
+
+    def event(self, name: str, kind: str, message: str, rid: str | None, *, step: str | None = None,
+              level: str = "info") -> None:
+        log.log(logging.INFO if level == "info" else logging.WARNING if level == "warning" else logging.ERROR,
+                "%s: %s: %s", name, kind, message, extra={"certificate": name, "renewal_id": rid, "event": kind})
+        self.inventory.event(name, kind, message, self.clock.now(), renewal_id=rid, step=step, level=level)
+
+    # -- metrics ---------------------------------------------------------------------
+    def issuer_request(self, issuer: str, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.issuer_requests.labels(issuer, "success" if ok else "failure").inc()
+
+    def deploy_result(self, name: str, target: str, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.deploys.labels(name, target, "success" if ok else "failure").inc()
+
+    def probe_result(self, name: str, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.probes.labels(name, "success" if ok else "failure").inc()
+
+    def renewal_result(self, name: str, issuer: str, ok: bool, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.renewals.labels(name, issuer, "success" if ok else "failure").inc()
+            self.metrics.renewal_duration.observe(seconds)
+
+    # -- outcomes --------------------------------------------------------------------
+    def failure(self, attempt: Attempt, exc: StepError) -> Result:
+        """Record a failed operation (see the module docstring) and return its Result."""
+        err, name, now = exc.error, attempt.name, self.clock.now()
+        if attempt.version_id is not None and attempt.beat is not None and not isinstance(err, LeaseLost):
+            try:
+                self.inventory.update_version(attempt.beat.lease, attempt.version_id, now,
+                                              state=VersionState.FAILED.value, failed_step=exc.step, error=str(err))
+            except Exception:
+                log.warning("%s: could not mark version failed (lease lost)", name)
+        failures = self.inventory.record_outcome(name, now, error=f"{exc.step}: {err}", reason=err.reason)
+        old = attempt.old
+        deadline = hard_deadline(old.not_before, old.not_after) if old else None
+        retry = retry_at(max(failures, 1), now, rng=self._rng, deadline=deadline, retryable=err.retryable,
+                         retry_after=err.retry_after, own_budget=err.reason == BUDGET_REASON)
+        self.inventory.set_backoff(name, retry)
+        self.event(name, _FAILED_KIND[attempt.op], f"{exc.step}: {err} (next attempt after {retry:%Y-%m-%dT%H:%M:%SZ})",
+                   attempt.rid, step=exc.step, level="error")
+        version = self.inventory.version(attempt.version_id) if attempt.version_id is not None else None
+        return Result(name, "failed", serial=version.serial if version else None,
+                      state=version.state if version else None, failed_step=exc.step, error=str(err),
+                      renewal_id=attempt.rid, reason=err.reason)
+
+    def success(self, attempt: Attempt) -> None:
+        """Clear the failure record: all of it after a renewal or import, the re-run steps' after a deploy."""
+        steps = _CLEARS_STEPS.get(attempt.op)
+        if steps is not None:
+            row = self.inventory.certificate(attempt.name)
+            if row is None or not row.last_error or not row.last_error.startswith(tuple(f"{s}:" for s in steps)):
+                return
+        self.inventory.record_outcome(attempt.name, self.clock.now(), error=None)
