@@ -309,6 +309,7 @@ class SignalDeployConfig(_Model):
     unit: str | None = None
     signal: str = "HUP"
     timeout: Duration = timedelta(seconds=10)
+    process_name: str | None = Field(default=None, min_length=1)  # pid_file only: /proc/<pid>/comm or argv[0]
 
     @model_validator(mode="after")
     def _one_target(self) -> SignalDeployConfig:
@@ -324,6 +325,7 @@ class CommandDeployConfig(_Model):
     argv: list[str] = Field(min_length=1)
     timeout: Duration = timedelta(seconds=60)
     env: dict[str, str] = Field(default_factory=dict)
+    pass_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(default_factory=list)
 
 
 class KubernetesSecretDeployConfig(_Model):
