@@ -35,7 +35,7 @@ from certd.api import ApiState, create_api
 from certd.app import App
 from certd.config import Config, load_config
 from certd.durations import format_duration
-from certd.errors import CertdError, ConfigError
+from certd.errors import CA_RATE_LIMIT_REASONS, CertdError, ConfigError
 from certd.metrics import Metrics
 from certd.pipeline import Pipeline
 from certd.scheduler import Scheduler
@@ -149,6 +149,12 @@ class Daemon:
             old, self.app = self.app, app
         self.config_error = None
         log.info("config reloaded: %d certificates", len(config.certificates))
+        # A reload is the operator saying "I changed something, try again": every held-back
+        # certificate is re-evaluated now, except those the CA itself rate-limited.
+        cleared = app.inventory.clear_backoffs(keep_reasons=CA_RATE_LIMIT_REASONS)
+        for name in cleared:
+            app.pipeline.recorder.event(name, "backoff.cleared", "config reloaded: backoff ended, re-evaluating now",
+                                        None)
         old.close()
         self._scan()
 

@@ -16,6 +16,7 @@ import re
 from datetime import timedelta
 
 __all__ = [
+    "CA_RATE_LIMIT_REASONS",
     "CertdError",
     "CheckFailed",
     "ConfigError",
@@ -142,6 +143,10 @@ class LeaseTimeout(CertdError):
 
     reason = "LeaseTimeout"
     retryable = True
+
+
+# Reasons of refusals by a CA's own rate limits (not certd's budget): a config reload keeps their backoff.
+CA_RATE_LIMIT_REASONS = ("rateLimited", "VaultRateLimited")
 
 
 def tls_reason(exc: BaseException) -> str:

@@ -6,14 +6,18 @@ and every deploy target sees the same ``DeployContext``. A holder of the
 lease writes version states (fenced); an agent (``lease=None``) installs for
 its own host only and leaves the cluster-wide states alone.
 
-A target that reports ``TargetAbsent`` (the server is not running yet) does
-not fail the rollout: the files are in place for when it starts, the
-version stays ``published``, and a later ``certd deploy`` (or the daemon's
-scan) completes it. That is what an estate's very first start looks like.
+On an estate's very first start (no version of the certificate was ever
+deployed), a target that reports ``TargetAbsent`` (the server is not
+running yet: no socket, no pid file) does not fail the rollout: the files
+are in place for when it starts, the version stays ``published``, and a
+later ``certd deploy`` (or the daemon's scan) completes it — unless a
+verify endpoint answers: then the server runs and the target is wrong. After
+a first deploy, a missing server is a failure like any other.
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -65,6 +69,29 @@ class Material:
 def default_sni(cfg: CertificateConfig) -> str:
     """The first non-wildcard name: what a client would ask for."""
     return next((n for n in cfg.names if not n.startswith("*.")), cfg.names[0])
+
+
+def _bootstrapping(attempt: Attempt) -> bool:
+    """No version of this certificate was ever deployed: servers may not be running yet.
+
+    Only then is a missing server (``TargetAbsent``) a pending deploy. Once a
+    version has been deployed, a missing socket or pid file is a failure: a
+    typo'd path must not let a running server keep the old certificate unseen.
+    """
+    old = attempt.old
+    return old is None or old.state == VersionState.PUBLISHED.value
+
+
+def _any_endpoint_up(cfg: CertificateConfig) -> bool:
+    """Does any verify endpoint accept a connection? Then the server runs and an absent target is a mistake."""
+    for ep in cfg.verify:
+        host, _, port = ep.endpoint.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _load_bundle(path: Path) -> tuple[x509.Certificate, ...]:
@@ -133,6 +160,9 @@ class Rollout:
                     try:
                         message = self.targets[target_name].deploy(ctx)
                     except TargetAbsent as exc:
+                        if not _bootstrapping(attempt) or _any_endpoint_up(cfg):
+                            self.recorder.deploy_result(name, target_name, False)
+                            raise
                         pending.append(target_name)
                         self.recorder.event(name, "deploy.pending", f"{target_name}: {exc}; the files are in "
                                             "place for when it starts (certd deploy completes this)",

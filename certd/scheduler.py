@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from certd.clock import Clock
+from certd.inventory.models import VersionState
 from certd.metrics import Metrics
 from certd.pipeline import Pipeline, Result
 from certd.policy import Reason, Verdict, hard_deadline
@@ -146,7 +147,7 @@ class Scheduler:
         pipeline = self._pipeline()
         try:
             if job.kind == "deploy":
-                result = pipeline.deploy(job.name)
+                result = pipeline.deploy(job.name, wait=timedelta(minutes=5) if wait_for_lease else timedelta(0))
             elif job.kind == "install":
                 result = pipeline.install(job.name)
             else:
@@ -181,10 +182,28 @@ class Scheduler:
             if not self.jobs.is_open(name, "renew"):
                 self.submit(name, force=False, wait_for_lease=False)
                 started.append(name)
+        started += self._complete_pending_deploys(pipeline, {n for n, _ in due})
         self.recompute_wakeup(None if started else verdicts)
         self.last_scan = now
         if self._metrics is not None:
             self.refresh_metrics(list(pipeline.config.certificates))
+        return started
+
+    def _complete_pending_deploys(self, pipeline: Pipeline, renewing: set[str]) -> list[str]:
+        """Deploy versions left ``published`` because a server was not running yet (first start, or down).
+
+        Only a current version still in ``published`` with deploy targets
+        qualifies; once the server is up, the deploy completes it.
+        """
+        started = []
+        versions = pipeline.inventory.current_versions()
+        for name, cfg in pipeline.config.certificates.items():
+            version = versions.get(name)
+            if (not cfg.deploy or version is None or version.state != VersionState.PUBLISHED.value
+                    or name in renewing or self.jobs.is_open(name, "deploy") or self.jobs.is_open(name, "renew")):
+                continue
+            self.submit(name, kind="deploy", wait_for_lease=False)
+            started.append(f"{name} (deploy)")
         return started
 
     def _scan_installs(self, pipeline: Pipeline, now: datetime) -> list[str]:

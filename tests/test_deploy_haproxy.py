@@ -220,12 +220,14 @@ def test_missing_socket_fails_the_deploy_step_and_the_old_cert_stays(
     out = tmp_path / "out/edge"
     server: HaproxyServer = haproxy_factory(out / "combined.pem")
     missing = tmp_path / "no-such-dir" / "admin.sock"
-    app = open_app(write_config, with_target(BASE, haproxy_target(missing, out / "combined.pem")))
-    try:
+    root = tmp_path / "local-ca" / "root.pem"
+    body = with_target(BASE, haproxy_target(missing, out / "combined.pem"), verify=verify_line(server.port, root))
+    app = open_app(write_config, body)
+    try:  # HAProxy answers on the verify endpoint, so the missing socket is a mistake, not a first start
         result = app.pipeline.renew("edge", force=True)
         assert (result.outcome, result.state, result.failed_step) == ("failed", "failed", "deploy"), result
         assert f"deploy lb: HAProxy runtime socket {missing} does not exist" in (result.error or "")
-        assert result.reason == "DeployFailed"
+        assert result.reason == "TargetAbsent"
         assert served_serial(server.port) == bootstrapped
         versions = {v.serial: v for v in app.inventory.versions("edge")}
         assert versions[result.serial or ""].failed_step == "deploy"
@@ -392,3 +394,28 @@ def test_refused_commit_is_aborted_and_quoted_without_key_material(haproxy_facto
     assert "PRIVATE KEY" not in message and "BEGIN" not in message
     assert open_transactions(server) == []
     assert served_serial(server.port, "localhost") == serial_hex(load_pem_certs(files["cert"].read_bytes())[0])
+
+
+def test_first_start_publishes_then_deploy_completes_once_haproxy_runs(
+    haproxy_factory: Any, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """An estate's first start: no HAProxy yet. The files are published, nothing is failed; deploy completes it."""
+    out = tmp_path / "out/edge"
+    sock = tmp_path / "run" / "admin.sock"
+    body = with_target(BASE, haproxy_target(sock, out / "combined.pem"))
+    app = open_app(write_config, body)
+    try:
+        first = app.pipeline.renew("edge")
+        assert (first.outcome, first.state, first.reason) == ("renewed", "published", "DeployPending"), first
+        row = app.inventory.certificate("edge")
+        assert row is not None and (row.failures, row.last_error, row.next_attempt_at) == (0, None, None)
+        assert [v.state for v in app.inventory.versions("edge")] == ["published"]
+        assert "deploy.pending" in [e.kind for e in app.inventory.events("edge")]
+
+        sock.parent.mkdir()
+        server: HaproxyServer = haproxy_factory(out / "combined.pem", workdir=sock.parent)
+        done = app.pipeline.deploy("edge")
+        assert (done.outcome, done.state) == ("deployed", "deployed"), done
+        assert served_serial(server.port) == first.serial
+    finally:
+        app.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -53,18 +54,33 @@ def test_signal_reaches_the_process(write_config: WriteConfig, tmp_path: Path,
         app.close()
 
 
-def test_missing_pid_file_and_dead_pid_fail_the_deploy_step(write_config: WriteConfig, tmp_path: Path) -> None:
+def test_missing_pid_file_is_pending_on_first_start_and_a_dead_pid_fails_later(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
     app = _app(write_config, '\n[deploy.t]\ntype = "signal"\npid_file = "{tmp}/app.pid"\n')
     try:
-        missing = app.pipeline.renew("edge")
-        assert (missing.outcome, missing.failed_step) == ("failed", "deploy")
-        assert f"deploy t: pid file {tmp_path}/app.pid does not exist" in (missing.error or "")
+        first = app.pipeline.renew("edge")  # nothing runs yet: published, deploy pending, not a failure
+        assert (first.outcome, first.state, first.reason) == ("renewed", "published", "DeployPending"), first
+        assert any(f"pid file {tmp_path}/app.pid does not exist" in e.message for e in app.inventory.events("edge")
+                   if e.kind == "deploy.pending")
+        server = subprocess.Popen(["sleep", "60"])
+        try:
+            (tmp_path / "app.pid").write_text(str(server.pid))
+            done = app.pipeline.deploy("edge")
+            assert (done.outcome, done.state) == ("deployed", "deployed"), done
+            assert server.wait(timeout=10) == -signal.SIGHUP
+        finally:
+            server.kill()
         dead = subprocess.Popen(["true"])
         dead.wait()
         (tmp_path / "app.pid").write_text(str(dead.pid))
-        gone = app.pipeline.renew("edge", force=True)
+        gone = app.pipeline.renew("edge", force=True)  # it was deployed before: now a server down is a failure
         assert (gone.outcome, gone.failed_step) == ("failed", "deploy")
         assert f"process {dead.pid}" in (gone.error or "") and "is not running" in (gone.error or "")
+        (tmp_path / "app.pid").unlink()
+        missing = app.pipeline.renew("edge", force=True)
+        assert (missing.outcome, missing.failed_step) == ("failed", "deploy")
+        assert f"deploy t: pid file {tmp_path}/app.pid does not exist" in (missing.error or "")
     finally:
         app.close()
 

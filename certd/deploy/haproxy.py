@@ -39,7 +39,7 @@ import time
 
 from certd.config import HaproxyDeployConfig
 from certd.deploy.base import DeployContext
-from certd.errors import DeployError
+from certd.errors import DeployError, TargetAbsent
 
 __all__ = ["HaproxyTarget"]
 
@@ -124,11 +124,12 @@ class HaproxyTarget:
                 chunks: list[bytes] = []
                 while chunk := sock.recv(65536):
                     chunks.append(chunk)
-        except FileNotFoundError as exc:
-            raise DeployError(f"deploy {self.name}: HAProxy runtime socket {where} does not exist") from exc
+        except FileNotFoundError as exc:  # not started yet: it loads the published file when it starts
+            raise TargetAbsent(f"deploy {self.name}: HAProxy runtime socket {where} does not exist "
+                               "(HAProxy not running yet?)") from exc
         except ConnectionRefusedError as exc:
-            raise DeployError(f"deploy {self.name}: HAProxy runtime socket {where} refused the connection "
-                              "(is HAProxy running with 'stats socket ... level admin'?)") from exc
+            raise TargetAbsent(f"deploy {self.name}: HAProxy runtime socket {where} refused the connection "
+                               "(is HAProxy running with 'stats socket ... level admin'?)") from exc
         except PermissionError as exc:
             raise DeployError(f"deploy {self.name}: not allowed to open HAProxy runtime socket {where}") from exc
         except TimeoutError as exc:

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from certd.config import SignalDeployConfig
 from certd.deploy.base import DeployContext
-from certd.errors import DeployError
+from certd.errors import DeployError, TargetAbsent
 
 __all__ = ["SignalTarget"]
 
@@ -141,7 +141,7 @@ class SignalTarget:
         try:
             fd = os.open(pid_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError as exc:
-            raise DeployError(f"deploy {self.name}: pid file {pid_file} does not exist") from exc
+            raise TargetAbsent(f"deploy {self.name}: pid file {pid_file} does not exist") from exc
         except OSError as exc:
             raise DeployError(f"deploy {self.name}: cannot read pid file {pid_file}: {exc.strerror}") from exc
         try:
@@ -158,7 +158,8 @@ class SignalTarget:
         return int(text), st.st_mtime
 
     def _not_running(self, pid: int) -> DeployError:
-        return DeployError(f"deploy {self.name}: process {pid} from {self._config.pid_file} is not running")
+        # A server that is down reads the published files when it starts: "absent", not refused.
+        return TargetAbsent(f"deploy {self.name}: process {pid} from {self._config.pid_file} is not running")
 
     def deploy(self, ctx: DeployContext) -> str:
         if self._config.unit:
