@@ -1,7 +1,10 @@
 """Duration strings (``90s``, ``5m``, ``12h``, ``30d``) used throughout the config.
 
 One parser and one formatter, so a value printed by certd can always be
-pasted back into the config.
+pasted back into the config. Durations are capped at ``MAX_DURATION`` (100
+years): longer than anything certd schedules, and short enough that adding it
+to or subtracting it from a certificate's dates never leaves ``datetime``'s
+range, so a typo such as ``99999999999d`` is a config error, not a traceback.
 """
 
 from __future__ import annotations
@@ -9,10 +12,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["MAX_DURATION", "format_duration", "parse_duration"]
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+MAX_DURATION = timedelta(days=36500)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -27,6 +31,9 @@ def parse_duration(text: str) -> timedelta:
         pos = m.end()
     if not s or pos != len(s):
         raise ValueError(f"invalid duration {text!r} (use e.g. 90s, 5m, 12h, 30d)")
+    # Checked on the float, before timedelta() would raise OverflowError for a huge one.
+    if total > MAX_DURATION.total_seconds():
+        raise ValueError(f"duration {text!r} is too long (at most {format_duration(MAX_DURATION)}, 100 years)")
     return timedelta(seconds=total)
 
 
