@@ -5,7 +5,9 @@ issuer and deploy tables are unions picked by ``type``, and an operator
 needs errors that name *their* key path (``issuers.public.directory``), not
 pydantic's internal union branches. So each table is validated on its own,
 with its path as prefix, and every problem is collected before we report, so
-one run shows all of them.
+one run shows all of them. What needs more than one table (a certificate
+and its issuer, its neighbours' directories) or this host (users, groups,
+files) is in ``config_rules.py``.
 
 Secrets are only ever read from ``*_file`` keys; an inline secret is rejected
 with a hint. Relative paths (and relative SQLite URLs) are resolved against
@@ -17,12 +19,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -36,7 +39,8 @@ from pydantic import (
     model_validator,
 )
 
-from certd.durations import parse_duration
+from certd.config_rules import check_files, cross_check
+from certd.durations import format_duration, parse_duration
 from certd.errors import ConfigError
 from certd.keys import KeyType
 
@@ -88,6 +92,12 @@ def _duration(value: Any) -> timedelta:
     return parse_duration(value)
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError(f"must be longer than 0s, got {format_duration(value)}")
+    return value
+
+
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base")
     value = value.expanduser()
@@ -104,6 +114,7 @@ def _host_port(value: str) -> str:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 HostPort = Annotated[str, AfterValidator(_host_port)]
 
@@ -123,12 +134,12 @@ class DatabaseConfig(_Model):
 class DaemonConfig(_Model):
     """``certd run``: how often to scan, how many workers, where the API listens."""
 
-    check_interval: Duration = timedelta(minutes=5)
+    check_interval: PositiveDuration = timedelta(minutes=5)
     workers: int = Field(16, ge=1, le=256)
     api_listen: HostPort = "127.0.0.1:8787"
     api_token_file: ConfigPath | None = None
     role: Literal["all", "agent"] = "all"
-    lease_ttl: Duration = timedelta(minutes=2)
+    lease_ttl: PositiveDuration = timedelta(minutes=2)
 
 
 class RateLimitsConfig(_Model):
@@ -276,11 +287,25 @@ class VaultIssuerConfig(_IssuerBase):
 class LocalCAIssuerConfig(_IssuerBase):
     """certd's own CA: created on first use in ``dir``; its root is the pinned root."""
 
+    # How long the intermediate (which signs every leaf) is valid from its creation. No leaf can
+    # outlive it: longer lifetimes are refused here, and by the CA once its intermediate has aged.
+    intermediate_lifetime: ClassVar[timedelta] = timedelta(days=1825)
+
     type: Literal["local-ca"]
     dir: ConfigPath
     key: KeyType = KeyType.ECDSA_P256
     default_lifetime: Duration = timedelta(days=90)
     common_name: str = "certd local CA"
+
+    @field_validator("default_lifetime")
+    @classmethod
+    def _signable(cls, v: timedelta) -> timedelta:
+        if v >= cls.intermediate_lifetime:
+            raise ValueError(
+                f"{format_duration(v)} is too long for this CA: its intermediate is valid for "
+                f"{format_duration(cls.intermediate_lifetime)} and no certificate can outlive it"
+            )
+        return v
 
 
 IssuerConfig = AcmeIssuerConfig | VaultIssuerConfig | LocalCAIssuerConfig
@@ -316,6 +341,15 @@ class SignalDeployConfig(_Model):
         if bool(self.pid_file) == bool(self.unit):
             raise ValueError("set exactly one of pid_file and unit")
         return self
+
+    @field_validator("signal")
+    @classmethod
+    def _known_signal(cls, v: str) -> str:
+        """``HUP`` or ``SIGHUP`` in any case, as the target accepts it; else every command would fail."""
+        name = v.upper() if v.upper().startswith("SIG") else "SIG" + v.upper()
+        if name not in signal.Signals.__members__:
+            raise ValueError(f"unknown signal {v!r} (e.g. HUP, USR1, TERM)")
+        return v
 
 
 class CommandDeployConfig(_Model):
@@ -389,8 +423,7 @@ def _mode(value: Any) -> int:
 
 def _valid_name(name: str) -> str:
     try:
-        ipaddress.ip_address(name)
-        return name
+        return str(ipaddress.ip_address(name))  # compressed and lowercase: 2001:DB8::0001 is 2001:db8::1
     except ValueError:
         pass
     labels = name.split(".")
@@ -429,8 +462,6 @@ class CertificateConfig(_Model):
             raise ValueError("set renew_before or renew_fraction, not both")
         if self.lifetime is not None and self.lifetime < timedelta(seconds=10):
             raise ValueError("lifetime must be at least 10s")
-        if self.lifetime is not None and self.renew_before is not None and self.renew_before >= self.lifetime:
-            raise ValueError("renew_before must be shorter than lifetime")
         return self
 
 
@@ -513,52 +544,9 @@ def _resolve_sqlite(url: str, base: Path) -> str:
     return url
 
 
-_ISSUER_KEY_TYPES: dict[str, set[KeyType]] = {
-    "acme": {KeyType.ECDSA_P256, KeyType.ECDSA_P384, KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096},
-    "vault": set(KeyType),
-    "local-ca": set(KeyType),
-}
-
-
-def _cross_check(
-    path: Path,
-    issuers: dict[str, IssuerConfig],
-    certs: dict[str, CertificateConfig],
-    deploys: dict[str, DeployConfig],
-    errors: list[str],
-) -> None:
-    seen_dirs: dict[Path, str] = {}
-    for name, cert in certs.items():
-        where = f"{path}: certificates.{name}"
-        issuer = issuers.get(cert.issuer)
-        if issuer is None:
-            known = ", ".join(sorted(issuers)) or "none configured"
-            errors.append(f"{where}.issuer: unknown issuer {cert.issuer!r} (known: {known})")
-        else:
-            if cert.key not in _ISSUER_KEY_TYPES[issuer.type]:
-                errors.append(f"{where}.key: issuer {cert.issuer!r} ({issuer.type}) cannot issue {cert.key}")
-            if isinstance(issuer, AcmeIssuerConfig):
-                if cert.lifetime is not None:
-                    errors.append(f"{where}.lifetime: ACME issuers choose the lifetime; remove it")
-                wild = [n for n in cert.names if n.startswith("*.")]
-                if wild and issuer.challenge != "dns-01":
-                    errors.append(f"{where}.names: wildcard {wild[0]} needs an issuer with dns-01")
-        for i, target in enumerate(cert.deploy):
-            if target not in deploys:
-                known = ", ".join(sorted(deploys)) or "none configured"
-                errors.append(f"{where}.deploy[{i}]: unknown deploy target {target!r} (known: {known})")
-        out = cert.output_dir.resolve()
-        if out in seen_dirs:
-            errors.append(f"{where}.output_dir: {out} is also used by certificates.{seen_dirs[out]}")
-        seen_dirs[out] = name
-        if out.exists() and not out.is_dir():
-            errors.append(f"{where}.output_dir: {out} exists and is not a directory")
-        else:
-            probe = out
-            while not probe.exists():
-                probe = probe.parent
-            if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-                errors.append(f"{where}.output_dir: {probe} is not writable")
+def _broken(raw: Any, valid: Mapping[str, Any]) -> set[str]:
+    """Named tables present in the file that failed their own validation (and were reported)."""
+    return set(raw) - set(valid) if isinstance(raw, dict) else set()
 
 
 def load_config(path: Path | str) -> Config:
@@ -592,47 +580,14 @@ def load_config(path: Path | str) -> Config:
         cert = _validate(path, f"certificates.{name}", CertificateConfig, table, errors, base)
         if cert is not None:
             certs[name] = cert
-    _cross_check(path, issuers, certs, deploys, errors)
+    errors += cross_check(
+        path, issuers, certs, deploys,
+        broken_issuers=_broken(raw.get("issuers"), issuers), broken_deploys=_broken(raw.get("deploy"), deploys),
+    )
     if errors:
-        raise ConfigError("\n".join(errors))
+        raise ConfigError("\n".join(dict.fromkeys(errors)))  # each problem once
     assert isinstance(database, DatabaseConfig) and isinstance(daemon, DaemonConfig)
     database = database.model_copy(update={"url": _resolve_sqlite(database.url, base)})
     return Config(
         path=path, database=database, daemon=daemon, issuers=issuers, certificates=certs, deploy=deploys
     )
-
-
-_FILE_KEYS = (
-    "key_file",
-    "api_token_file",
-    "ca_bundle",
-    "roots",
-    "tsig_secret_file",
-    "eab_hmac_key_file",
-    "token_file",
-    "role_id_file",
-    "secret_id_file",
-    "secret_file",
-    "kubeconfig",
-    "pid_file",
-)
-
-
-def check_files(config: Config) -> list[str]:
-    """Referenced files that do not exist (yet): warnings, or errors with ``--strict``."""
-    found: list[str] = []
-    sections: list[tuple[str, BaseModel]] = [("database", config.database), ("daemon", config.daemon)]
-    sections += [(f"issuers.{n}", v) for n, v in config.issuers.items()]
-    sections += [(f"deploy.{n}", v) for n, v in config.deploy.items()]
-    for where, model in sections:
-        for key in _FILE_KEYS:
-            value = getattr(model, key, None)
-            if isinstance(value, Path) and not value.exists():
-                found.append(f"{config.path}: {where}.{key}: {value} does not exist")
-    for name, cert in config.certificates.items():
-        for i, v in enumerate(cert.verify):
-            if v.ca_bundle is not None and not v.ca_bundle.exists():
-                found.append(
-                    f"{config.path}: certificates.{name}.verify[{i}].ca_bundle: {v.ca_bundle} does not exist"
-                )
-    return found

@@ -1,0 +1,231 @@
+"""Config rules that look past one table: at other tables, and at this host.
+
+``config.py`` validates each table on its own with pydantic. The rules here
+need more than one table (a certificate and its issuer, its deploy targets,
+its neighbours' directories) or need this host (its users, groups and file
+system), so they run once every table that could be validated was. They live
+in their own module because they grow with every contradiction an operator
+finds, and ``config.py`` is already the models and the loader.
+
+``cross_check`` exists so that a configuration that cannot work is refused
+by ``load_config`` — and so by ``certd check-config``, every CLI command and
+the daemon's reload — before any CA is contacted, instead of failing (or
+issuing and discarding a certificate) on every renewal. ``check_files``
+only reports referenced files that do not exist yet: warnings, since a
+config is often written before its secrets are in place.
+
+A table that failed its own validation has already been reported; references
+to it are not reported again as "unknown", so one mistake gives one error.
+This module knows the models only by their ``type`` tag, so ``config.py`` can
+import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from collections.abc import Mapping, Set
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from certd.durations import format_duration
+from certd.keys import KeyType
+
+if TYPE_CHECKING:
+    from certd.config import CertificateConfig, Config, DeployConfig, IssuerConfig
+
+__all__ = ["check_files", "cross_check"]
+
+_ISSUER_KEY_TYPES: dict[str, set[KeyType]] = {
+    "acme": {KeyType.ECDSA_P256, KeyType.ECDSA_P384, KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096},
+    "vault": set(KeyType),
+    "local-ca": set(KeyType),
+}
+
+
+def cross_check(
+    path: Path,
+    issuers: Mapping[str, IssuerConfig],
+    certs: Mapping[str, CertificateConfig],
+    deploys: Mapping[str, DeployConfig],
+    *,
+    broken_issuers: Set[str] = frozenset(),
+    broken_deploys: Set[str] = frozenset(),
+) -> list[str]:
+    """Every cross-table and host problem, as ``<file>: <key path>: <problem>`` lines.
+
+    ``broken_issuers`` and ``broken_deploys`` name tables that exist but
+    failed their own validation: certificates referring to them get no
+    second error.
+    """
+    errors: list[str] = []
+    for name, cert in certs.items():
+        where = f"{path}: certificates.{name}"
+        issuer = issuers.get(cert.issuer)
+        if issuer is not None:
+            errors += _issuer_rules(where, cert, issuer)
+        elif cert.issuer not in broken_issuers:
+            known = ", ".join(sorted(issuers)) or "none configured"
+            errors.append(f"{where}.issuer: unknown issuer {cert.issuer!r} (known: {known})")
+        errors += _lifetime_rules(where, cert, issuer)
+        for i, target in enumerate(cert.deploy):
+            if target not in deploys and target not in broken_deploys:
+                known = ", ".join(sorted(deploys)) or "none configured"
+                errors.append(f"{where}.deploy[{i}]: unknown deploy target {target!r} (known: {known})")
+        errors += _ownership_rules(where, cert)
+    errors += _directory_rules(path, issuers, certs)
+    return errors
+
+
+def _issuer_rules(where: str, cert: CertificateConfig, issuer: IssuerConfig) -> list[str]:
+    errors = []
+    if cert.key not in _ISSUER_KEY_TYPES[issuer.type]:
+        errors.append(f"{where}.key: issuer {cert.issuer!r} ({issuer.type}) cannot issue {cert.key}")
+    if issuer.type == "acme":
+        if cert.lifetime is not None:
+            errors.append(f"{where}.lifetime: ACME issuers choose the lifetime; remove it")
+        wild = [n for n in cert.names if n.startswith("*.")]
+        if wild and issuer.challenge != "dns-01":
+            errors.append(f"{where}.names: wildcard {wild[0]} needs an issuer with dns-01")
+    if issuer.type == "local-ca" and cert.lifetime is not None and cert.lifetime >= issuer.intermediate_lifetime:
+        errors.append(
+            f"{where}.lifetime: {format_duration(cert.lifetime)} is too long for issuer {cert.issuer!r}: its "
+            f"intermediate is valid for {format_duration(issuer.intermediate_lifetime)} from its creation "
+            "and no certificate can outlive it"
+        )
+    return errors
+
+
+def _lifetime_rules(where: str, cert: CertificateConfig, issuer: IssuerConfig | None) -> list[str]:
+    """``renew_before`` (or a short lifetime) must leave the validity the ``check`` step demands.
+
+    The check refuses a new certificate with less than ``renew_before +
+    floor`` left (``Pipeline.expectations``): otherwise it would be due
+    again the moment it is published. Only a lifetime known here can be
+    compared: the certificate's ``lifetime`` (local CA, Vault), else the local
+    CA's ``default_lifetime``. A Vault role's own ttl and an ACME CA's
+    lifetime are only known from the issued certificate, so for those the
+    check step decides at renewal time.
+    """
+    if issuer is not None and issuer.type == "acme":
+        return []  # the CA decides; a lifetime set here is reported by _issuer_rules
+    if cert.lifetime is not None:
+        lifetime, source = cert.lifetime, "set by lifetime"
+    elif issuer is not None and issuer.type == "local-ca":
+        lifetime, source = issuer.default_lifetime, f"set by issuers.{cert.issuer}.default_lifetime"
+    else:
+        return []
+    # Mirrors Pipeline.expectations: a tenth of a short lifetime the certificate sets, else one minute.
+    floor = min(timedelta(minutes=1), cert.lifetime / 10) if cert.lifetime else timedelta(minutes=1)
+    needed = (cert.renew_before or timedelta(0)) + floor
+    if lifetime > needed:
+        return []
+    if cert.renew_before is None:
+        return [
+            f"{where}.lifetime: {format_duration(lifetime)} ({source}) is not longer than the "
+            f"{format_duration(floor)} a new certificate must have left; set a longer lifetime"
+        ]
+    return [
+        f"{where}.renew_before: {format_duration(cert.renew_before)} does not fit in a lifetime of "
+        f"{format_duration(lifetime)} ({source}): a new certificate must be valid for renew_before + "
+        f"{format_duration(floor)}, so every renewal would issue one and discard it; "
+        f"use less than {format_duration(lifetime - floor)}"
+    ]
+
+
+def _ownership_rules(where: str, cert: CertificateConfig) -> list[str]:
+    """``owner`` and ``group`` are looked up by name, as ``publish`` does (no numeric ids)."""
+    errors = []
+    if cert.owner is not None:
+        try:
+            pwd.getpwnam(cert.owner)
+        except KeyError:
+            errors.append(f"{where}.owner: {cert.owner!r} is not a user on this host")
+    if cert.group is not None:
+        try:
+            grp.getgrnam(cert.group)
+        except KeyError:
+            errors.append(f"{where}.group: {cert.group!r} is not a group on this host")
+    return errors
+
+
+def _directory_rules(
+    path: Path, issuers: Mapping[str, IssuerConfig], certs: Mapping[str, CertificateConfig]
+) -> list[str]:
+    """Each certificate owns its ``output_dir`` alone: no sharing, no nesting, no CA directory."""
+    errors: list[str] = []
+    owners: dict[Path, str] = {}
+    for name, cert in certs.items():
+        out = cert.output_dir.resolve()
+        where = f"{path}: certificates.{name}.output_dir"
+        if out in owners:
+            errors.append(f"{where}: {out} is also used by certificates.{owners[out]}")
+        else:
+            owners[out] = name
+        if out.exists() and not out.is_dir():
+            errors.append(f"{where}: {out} exists and is not a directory")
+        else:
+            probe = out
+            while not probe.exists():
+                probe = probe.parent
+            if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+                errors.append(f"{where}: {probe} is not writable")
+    ca_dirs = {issuer.dir.resolve(): n for n, issuer in issuers.items() if issuer.type == "local-ca"}
+    for name, cert in certs.items():
+        out = cert.output_dir.resolve()
+        where = f"{path}: certificates.{name}.output_dir"
+        outer = next((p for p in out.parents if p in owners), None)
+        if outer is not None:
+            errors.append(f"{where}: {out} is inside {outer}, the output_dir of certificates.{owners[outer]}")
+        for ca_dir, issuer_name in ca_dirs.items():
+            if out == ca_dir or ca_dir in out.parents:
+                errors.append(f"{where}: {out} is inside {ca_dir}, the dir of issuers.{issuer_name}")
+            elif out in ca_dir.parents:
+                errors.append(f"{where}: {out} holds {ca_dir}, the dir of issuers.{issuer_name}")
+    return errors
+
+
+_FILE_KEYS = (
+    "key_file",
+    "api_token_file",
+    "ca_bundle",
+    "roots",
+    "tsig_secret_file",
+    "eab_hmac_key_file",
+    "token_file",
+    "role_id_file",
+    "secret_id_file",
+    "secret_file",
+    "kubeconfig",
+    "pid_file",
+)
+
+
+def check_files(config: Config) -> list[str]:
+    """Referenced files that do not exist (yet): warnings, or errors with ``--strict``.
+
+    One line per missing file, naming the first key that refers to it and
+    then the others, so a bundle shared by many certificates is one problem.
+    """
+    refs: list[tuple[str, Path]] = []
+    sections: list[tuple[str, object]] = [("database", config.database), ("daemon", config.daemon)]
+    sections += [(f"issuers.{n}", v) for n, v in config.issuers.items()]
+    sections += [(f"deploy.{n}", v) for n, v in config.deploy.items()]
+    for where, model in sections:
+        for key in _FILE_KEYS:
+            value = getattr(model, key, None)
+            if isinstance(value, Path):
+                refs.append((f"{where}.{key}", value))
+    for name, cert in config.certificates.items():
+        refs += [(f"certificates.{name}.verify[{i}].ca_bundle", v.ca_bundle)
+                 for i, v in enumerate(cert.verify) if v.ca_bundle is not None]
+    missing: dict[Path, list[str]] = {}
+    for key, value in refs:
+        if value in missing or not value.exists():
+            missing.setdefault(value, []).append(key)
+    return [
+        f"{config.path}: {keys[0]}: {value} does not exist" + (f" (also {', '.join(keys[1:])})" if keys[1:] else "")
+        for value, keys in missing.items()
+    ]
