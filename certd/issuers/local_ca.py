@@ -23,9 +23,10 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certd.certs import certs_pem, load_pem_certs, serial_hex
+from certd.certs import certs_pem, load_pem_certs, rfc3339, serial_hex
 from certd.clock import Clock, SystemClock
 from certd.config import LocalCAIssuerConfig
+from certd.durations import format_duration
 from certd.errors import IssuerError
 from certd.issuers.base import Issued, IssueRequest, RevocationReason
 from certd.keys import (
@@ -42,7 +43,6 @@ from certd.keys import (
 __all__ = ["LocalCA"]
 
 _ROOT_LIFETIME = timedelta(days=3650)
-_INTERMEDIATE_LIFETIME = timedelta(days=1825)
 _BACKDATE = timedelta(minutes=5)
 
 
@@ -144,7 +144,7 @@ class LocalCA:
             .public_key(inter_key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _INTERMEDIATE_LIFETIME)
+            .not_valid_after(now + self._config.intermediate_lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(_ca_usage(), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(inter_key.public_key()), critical=False)
@@ -164,7 +164,13 @@ class LocalCA:
         _, inter, inter_key = self._ensure()
         now = self._clock.now()
         lifetime = request.lifetime or self._config.default_lifetime
-        not_after = min(now + lifetime, inter.not_valid_after_utc)
+        not_after = now + lifetime
+        if not_after > inter.not_valid_after_utc:  # refused, not capped: the certificate would be shorter than asked
+            raise IssuerError(
+                f"issuer {self.name}: cannot sign for {format_duration(lifetime)}: its intermediate expires "
+                f"{rfc3339(inter.not_valid_after_utc)} and no certificate can outlive it",
+                reason="LifetimeTooLong", retryable=False,
+            )
         # Backdate for clock skew, but by little enough that a short lifetime stays what was asked.
         backdate = min(_BACKDATE, lifetime / 20)
         csr = request.csr
