@@ -60,6 +60,14 @@ def _spki(key: object) -> bytes:
     )
 
 
+def _name_key(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | str:
+    """IP names compare as addresses (``2001:DB8::0001`` is ``2001:db8::1``), DNS names without case."""
+    try:
+        return ipaddress.ip_address(name)
+    except ValueError:
+        return name.lower()
+
+
 def _verifier_subject(names: tuple[str, ...]) -> x509.verification.Subject:
     name = names[0]
     try:
@@ -119,8 +127,8 @@ def check_certificate(
     actual_type = key_type_of(key)
     if expect.key_type is not None and actual_type != expect.key_type:
         raise _fail(CheckReason.KEY_TYPE, f"key type is {actual_type or 'unknown'}, expected {expect.key_type}")
-    have = set(cert_names(leaf))
-    missing = [n for n in expect.names if n.lower() not in have]
+    have = {_name_key(n) for n in cert_names(leaf)}
+    missing = [n for n in expect.names if _name_key(n) not in have]
     if missing:
         raise _fail(CheckReason.NAMES, f"certificate does not cover {', '.join(missing)}")
     if leaf.not_valid_before_utc > now + _CLOCK_SKEW:

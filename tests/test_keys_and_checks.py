@@ -9,11 +9,12 @@ import pytest
 
 from certd.certs import cert_names
 from certd.config import LocalCAIssuerConfig
-from certd.errors import CheckFailed
+from certd.errors import CheckFailed, IssuerError
 from certd.issuers.base import IssueRequest
 from certd.issuers.local_ca import LocalCA
 from certd.keys import KeyType, build_csr, generate_key, key_type_of
 from certd.x509check import CheckReason, Expectations, check_certificate
+from tests.conftest import FakeClock
 
 NAMES = ("a.example.test", "192.0.2.7")
 
@@ -107,3 +108,23 @@ def test_key_type_as_asked(tmp_path: Path) -> None:
     with pytest.raises(CheckFailed) as info:
         check_certificate(issued.leaf, issued.chain, key, _expect(ca), datetime.now(UTC))
     assert info.value.reason == CheckReason.KEY_TYPE
+
+
+def test_ip_names_compare_as_addresses(tmp_path: Path) -> None:
+    ca = make_ca(tmp_path / "ca")
+    key, issued = issue(ca, names=("a.example.test", "2001:db8::1"))
+    assert cert_names(issued.leaf) == ["a.example.test", "2001:db8::1"]
+    expect = _expect(ca, names=("A.example.test", "2001:DB8::0001"))
+    assert check_certificate(issued.leaf, issued.chain, key, expect, datetime.now(UTC)) == []
+
+
+def test_local_ca_refuses_a_lifetime_past_its_intermediate(tmp_path: Path) -> None:
+    clock = FakeClock(datetime(2026, 1, 1, tzinfo=UTC))
+    ca = LocalCA("local", LocalCAIssuerConfig(type="local-ca", dir=tmp_path / "ca"), clock=clock)
+    ca.roots()  # created now: its intermediate is valid for 1825d
+    clock.advance(timedelta(days=1500))
+    _, issued = issue(ca, lifetime=timedelta(days=300))
+    assert issued.leaf.not_valid_after_utc == clock.now() + timedelta(days=300)
+    with pytest.raises(IssuerError, match=r"cannot sign for 400d: its intermediate expires 2030-12-31") as info:
+        issue(ca, lifetime=timedelta(days=400))
+    assert (info.value.reason, info.value.retryable) == ("LifetimeTooLong", False)
