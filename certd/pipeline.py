@@ -121,6 +121,7 @@ class Pipeline:
             issuer=version.issuer, names=tuple(json.loads(version.names)), key_type=version.key_type,
             not_before=version.not_before, not_after=version.not_after,
             renew_at=version.renew_at or version.not_after, revoked=version.state == VersionState.REVOKED.value,
+            failed=version.state == VersionState.FAILED.value,
         )
 
     @staticmethod

@@ -52,6 +52,7 @@ class Reason(StrEnum):
     RENEWAL_TIME = "RenewalTimeReached"
     FORCED = "Forced"
     BACKING_OFF = "BackingOff"
+    REDEPLOY = "RedeployPending"
     NOT_DUE = "NotDue"
 
 
@@ -85,6 +86,7 @@ class Current:
     not_after: datetime
     renew_at: datetime
     revoked: bool = False
+    failed: bool = False  # published, then deploy or verify failed and nothing rolled it back
 
 
 def lifetime_renew_at(
@@ -239,4 +241,9 @@ def evaluate(
                        Verdict(Reason.NOT_DUE, "not due yet", False, current.renew_at))
     if verdict.due and next_attempt_at is not None and next_attempt_at > now:
         return Verdict(Reason.BACKING_OFF, f"backing off after failures ({verdict.reason})", False, next_attempt_at)
+    if not verdict.due and current is not None and current.failed:
+        # Not a renewal (the certificate is good, the rollout was not): deploy + verify are retried.
+        at = max(next_attempt_at, now) if next_attempt_at is not None else now
+        return Verdict(Reason.REDEPLOY, "the current version failed to deploy or verify; deploy is retried", False,
+                       at)
     return verdict

@@ -182,28 +182,28 @@ class Scheduler:
             if not self.jobs.is_open(name, "renew"):
                 self.submit(name, force=False, wait_for_lease=False)
                 started.append(name)
-        started += self._complete_pending_deploys(pipeline, {n for n, _ in due})
+        started += self._complete_pending_deploys(pipeline, verdicts, now)
         self.recompute_wakeup(None if started else verdicts)
         self.last_scan = now
         if self._metrics is not None:
             self.refresh_metrics(list(pipeline.config.certificates))
         return started
 
-    def _complete_pending_deploys(self, pipeline: Pipeline, renewing: set[str]) -> list[str]:
-        """Deploy versions left ``published`` because a server was not running yet (first start, or down).
-
-        Only a current version still in ``published`` with deploy targets
-        qualifies; once the server is up, the deploy completes it.
+    def _complete_pending_deploys(self, pipeline: Pipeline, verdicts: dict[str, Verdict], now: datetime) -> list[str]:
+        """Deploy again what is published but not deployed: a server not running on first start, or a
+        rollout that failed (once its backoff has passed). A new order would not help either.
         """
         started = []
         versions = pipeline.inventory.current_versions()
         for name, cfg in pipeline.config.certificates.items():
-            version = versions.get(name)
-            if (not cfg.deploy or version is None or version.state != VersionState.PUBLISHED.value
-                    or name in renewing or self.jobs.is_open(name, "deploy") or self.jobs.is_open(name, "renew")):
+            version, verdict = versions.get(name), verdicts.get(name)
+            if not cfg.deploy or version is None or verdict is None or verdict.due:
                 continue
-            self.submit(name, kind="deploy", wait_for_lease=False)
-            started.append(f"{name} (deploy)")
+            pending = version.state == VersionState.PUBLISHED.value
+            retry = verdict.reason is Reason.REDEPLOY and (verdict.at is None or verdict.at <= now)
+            if (pending or retry) and not self.jobs.is_open(name, "deploy") and not self.jobs.is_open(name, "renew"):
+                self.submit(name, kind="deploy", wait_for_lease=False)
+                started.append(f"{name} (deploy)")
         return started
 
     def _scan_installs(self, pipeline: Pipeline, now: datetime) -> list[str]:

@@ -147,6 +147,7 @@ class Inventory:
                 current = None if issuer is None else Current(
                     issuer=issuer, names=tuple(json.loads(names)), key_type=key_type, not_before=nb, not_after=na,
                     renew_at=renew_at or na, revoked=state == VersionState.REVOKED.value,
+                    failed=state == VersionState.FAILED.value,
                 )
                 out[name] = (Certificate(name=name, next_attempt_at=next_at), current)
         return out
