@@ -585,7 +585,7 @@ def load_config(path: Path | str) -> Config:
         broken_issuers=_broken(raw.get("issuers"), issuers), broken_deploys=_broken(raw.get("deploy"), deploys),
     )
     if errors:
-        raise ConfigError("\n".join(dict.fromkeys(errors)))  # each problem once
+        raise ConfigError("\n".join(errors))
     assert isinstance(database, DatabaseConfig) and isinstance(daemon, DaemonConfig)
     database = database.model_copy(update={"url": _resolve_sqlite(database.url, base)})
     return Config(

@@ -156,9 +156,9 @@ def _directory_rules(
 ) -> list[str]:
     """Each certificate owns its ``output_dir`` alone: no sharing, no nesting, no CA directory."""
     errors: list[str] = []
+    outs = {name: cert.output_dir.resolve() for name, cert in certs.items()}
     owners: dict[Path, str] = {}
-    for name, cert in certs.items():
-        out = cert.output_dir.resolve()
+    for name, out in outs.items():
         where = f"{path}: certificates.{name}.output_dir"
         if out in owners:
             errors.append(f"{where}: {out} is also used by certificates.{owners[out]}")
@@ -173,8 +173,7 @@ def _directory_rules(
             if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
                 errors.append(f"{where}: {probe} is not writable")
     ca_dirs = {issuer.dir.resolve(): n for n, issuer in issuers.items() if issuer.type == "local-ca"}
-    for name, cert in certs.items():
-        out = cert.output_dir.resolve()
+    for name, out in outs.items():
         where = f"{path}: certificates.{name}.output_dir"
         outer = next((p for p in out.parents if p in owners), None)
         if outer is not None:
