@@ -140,19 +140,27 @@ def backoff_until(
     *,
     rng: random.Random,
     deadline: datetime | None = None,
+    lifetime: timedelta | None = None,
 ) -> datetime:
     """When to try again after ``failures`` consecutive failures (>= 1).
 
     1 minute doubling, capped at 6 hours, with up to 10 % random spread so a
     fleet that failed together does not retry together. Never scheduled past
-    ``deadline``: near expiry we retry at the minimum interval instead.
+    ``deadline``: near expiry we retry at the minimum interval instead. The
+    minimum interval is a fiftieth of the lifetime when that is shorter, so a
+    minutes-long certificate still gets several tries before it expires.
     """
-    delay = min(_BACKOFF_BASE * (1 << min(max(failures - 1, 0), 20)), _BACKOFF_CAP)
+    base = _base_interval(lifetime)
+    delay = min(base * (1 << min(max(failures - 1, 0), 20)), _BACKOFF_CAP)
     delay += delay * rng.uniform(0, 0.1)
     at = now + delay
     if deadline is not None and at > deadline:
-        at = now + _BACKOFF_BASE
+        at = now + base
     return at
+
+
+def _base_interval(lifetime: timedelta | None) -> timedelta:
+    return min(_BACKOFF_BASE, lifetime / 50) if lifetime is not None and lifetime > timedelta(0) else _BACKOFF_BASE
 
 
 def retry_at(
@@ -164,6 +172,7 @@ def retry_at(
     retryable: bool,
     retry_after: timedelta | None,
     own_budget: bool,
+    lifetime: timedelta | None = None,
 ) -> datetime:
     """When a certificate whose last attempt failed may be tried again.
 
@@ -172,13 +181,13 @@ def retry_at(
     - the other side's ``retry_after`` is honoured — except certd's *own* budget, which never
       holds a certificate past its hard deadline (there certd asks the CA, whose answer decides).
     """
-    at = backoff_until(failures, now, rng=rng, deadline=deadline)
+    at = backoff_until(failures, now, rng=rng, deadline=deadline, lifetime=lifetime)
     if not retryable:
         at = max(at, now + _HOPELESS_FLOOR)
     if retry_after is not None:
         wanted = now + retry_after
         if own_budget and deadline is not None:
-            wanted = min(wanted, max(deadline, now + _BACKOFF_BASE))
+            wanted = min(wanted, max(deadline, now + _base_interval(lifetime)))
         at = max(at, wanted)
     return at
 

@@ -82,7 +82,8 @@ class Recorder:
         old = attempt.old
         deadline = hard_deadline(old.not_before, old.not_after) if old else None
         retry = retry_at(max(failures, 1), now, rng=self._rng, deadline=deadline, retryable=err.retryable,
-                         retry_after=err.retry_after, own_budget=err.reason == BUDGET_REASON)
+                         retry_after=err.retry_after, own_budget=err.reason == BUDGET_REASON,
+                         lifetime=old.not_after - old.not_before if old else None)
         self.inventory.set_backoff(name, retry)
         self.event(name, _FAILED_KIND[attempt.op], f"{exc.step}: {err} (next attempt after {retry:%Y-%m-%dT%H:%M:%SZ})",
                    attempt.rid, step=exc.step, level="error")

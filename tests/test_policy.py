@@ -95,3 +95,12 @@ def test_backoff_doubles_and_caps(failures: int, low: int, high: int) -> None:
 def test_backoff_never_past_deadline() -> None:
     at = backoff_until(20, T0, rng=random.Random(3), deadline=T0 + timedelta(hours=1))
     assert at == T0 + timedelta(minutes=1)
+
+
+def test_backoff_of_a_short_lived_certificate_scales_with_its_lifetime() -> None:
+    lifetime = timedelta(seconds=150)
+    at = backoff_until(1, T0, rng=random.Random(3), lifetime=lifetime)
+    assert timedelta(seconds=3) <= at - T0 <= timedelta(seconds=3.3)
+    near = backoff_until(10, T0, rng=random.Random(3), deadline=T0 + timedelta(seconds=10), lifetime=lifetime)
+    assert near - T0 == timedelta(seconds=3)
+    assert backoff_until(1, T0, rng=random.Random(3), lifetime=timedelta(days=90)) - T0 >= timedelta(minutes=1)
