@@ -26,12 +26,12 @@ import grp
 import os
 import pwd
 from collections.abc import Mapping, Set
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certd.durations import format_duration
 from certd.keys import KeyType
+from certd.policy import min_remaining, remaining_floor
 
 if TYPE_CHECKING:
     from certd.config import CertificateConfig, Config, DeployConfig, IssuerConfig
@@ -117,9 +117,8 @@ def _lifetime_rules(where: str, cert: CertificateConfig, issuer: IssuerConfig | 
         lifetime, source = issuer.default_lifetime, f"set by issuers.{cert.issuer}.default_lifetime"
     else:
         return []
-    # Mirrors Pipeline.expectations: a tenth of a short lifetime the certificate sets, else one minute.
-    floor = min(timedelta(minutes=1), cert.lifetime / 10) if cert.lifetime else timedelta(minutes=1)
-    needed = (cert.renew_before or timedelta(0)) + floor
+    floor = remaining_floor(cert.lifetime)  # the check step's own rule (policy.min_remaining)
+    needed = min_remaining(cert.lifetime, cert.renew_before)
     if lifetime > needed:
         return []
     if cert.renew_before is None:

@@ -52,7 +52,7 @@ from certd.issuers.base import Issued, Issuer, IssueRequest, RenewalInfo, Revoca
 from certd.keys import PrivateKey, build_csr, generate_key, key_pem, key_type_of
 from certd.metrics import Metrics
 from certd.outcome import Attempt, Fault, Operation, Outcome, Result, as_step_error
-from certd.policy import Current, Verdict, Wanted, evaluate, hard_deadline, pick_renew_at
+from certd.policy import Current, Verdict, Wanted, evaluate, hard_deadline, min_remaining, pick_renew_at
 from certd.recorder import Recorder
 from certd.rollout import Material, Prober, Rollout
 from certd.trust import refresh_bundle_file, trust_bundle
@@ -268,9 +268,8 @@ class Pipeline:
     @staticmethod
     def expectations(cfg: CertificateConfig, roots: list[x509.Certificate] | None) -> Expectations:
         """What ``check`` demands: a new certificate must outlive its own renewal window (short ones: a tenth)."""
-        floor = min(timedelta(minutes=1), cfg.lifetime / 10) if cfg.lifetime else timedelta(minutes=1)
         return Expectations(names=tuple(cfg.names), key_type=cfg.key, roots=tuple(roots) if roots else None,
-                            min_remaining=cfg.renew_before + floor if cfg.renew_before else floor)
+                            min_remaining=min_remaining(cfg.lifetime, cfg.renew_before))
 
     def _add_version(self, attempt: Attempt, issuer: Issuer, leaf: x509.Certificate,
                      chain: tuple[x509.Certificate, ...], key: PrivateKey) -> int:

@@ -26,7 +26,9 @@ __all__ = [
     "hard_deadline",
     "jitter_bound",
     "lifetime_renew_at",
+    "min_remaining",
     "pick_renew_at",
+    "remaining_floor",
     "retry_at",
 ]
 
@@ -127,6 +129,20 @@ def pick_renew_at(
     chosen = min(candidates)
     bound = jitter_bound(not_after - not_before).total_seconds()
     return max(not_before, chosen - timedelta(seconds=rng.uniform(0, bound)))
+
+
+def remaining_floor(lifetime: timedelta | None) -> timedelta:
+    """What a new certificate must have left beyond ``renew_before``: a minute, a tenth of a short lifetime."""
+    return min(timedelta(minutes=1), lifetime / 10) if lifetime else timedelta(minutes=1)
+
+
+def min_remaining(lifetime: timedelta | None, renew_before: timedelta | None) -> timedelta:
+    """The validity the ``check`` step demands of a new certificate: it must outlive its own renewal window.
+
+    The config refuses a ``renew_before`` that no certificate of the known lifetime can meet, using
+    this same rule, so every renewal would not issue a certificate only to discard it.
+    """
+    return (renew_before or timedelta(0)) + remaining_floor(lifetime)
 
 
 def hard_deadline(not_before: datetime, not_after: datetime) -> datetime:
