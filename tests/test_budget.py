@@ -181,3 +181,28 @@ rate_limits = false
     limits = config.issuers["public"].rate_limits
     assert (limits.certificates_per_domain if limits else None) == per_domain
     assert config.issuers["off"].rate_limits is None
+
+
+def test_reload_ends_budget_backoffs_but_keeps_the_cas_own(write_config: WriteConfig, sqlite_url: str) -> None:
+    """SIGHUP re-evaluates every held-back certificate at once, except those the CA itself rate-limited."""
+    from certd.daemon import Daemon
+
+    path = write_config(LOCAL_CA_CONFIG, db_url=sqlite_url)
+    daemon = Daemon(path, load_config(path))
+    try:
+        inv = daemon.app.inventory
+        now = datetime.now(UTC)
+        later = now + timedelta(days=6)
+        inv.record_outcome("edge", now, error="issue: certd's budget ... is spent", reason=BUDGET_REASON)
+        inv.set_backoff("edge", later)
+        inv.record_outcome("backend", now, error="issue: rateLimited: too many", reason="rateLimited")
+        inv.set_backoff("backend", later)
+        daemon.reload()
+        edge, backend = inv.certificate("edge"), inv.certificate("backend")
+        assert edge is not None and backend is not None
+        assert edge.next_attempt_at is None or edge.next_attempt_at < later  # re-evaluated (and renewed) at once
+        assert backend.next_attempt_at == later
+        assert "backoff.cleared" in [e.kind for e in daemon.app.inventory.events("edge")]
+    finally:
+        daemon.scheduler.shutdown()
+        daemon.app.close()
