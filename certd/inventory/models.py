@@ -33,7 +33,9 @@ __all__ = [
     "Event",
     "IssuanceLog",
     "Lease",
+    "Meta",
     "UTCDateTime",
+    "UsedSignature",
     "Version",
     "VersionState",
 ]
@@ -183,3 +185,22 @@ class IssuanceLog(Base):
     names_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
     certificate: Mapped[str] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class UsedSignature(Base):
+    """A signed API request already accepted; remembered until its timestamp leaves the window."""
+
+    __tablename__ = "used_signatures"
+    __table_args__ = (Index("ix_used_signatures_expires_at", "expires_at"),)
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the signature header
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Meta(Base):
+    """Facts about the inventory itself (e.g. ``key_check``: proves which key_file sealed its keys)."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
