@@ -9,13 +9,27 @@ by another replica.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["Metrics"]
+from certd.status import Condition
 
-READY_CONDITIONS = ("ready", "renewing", "failing", "expiring")
+__all__ = ["READY_CONDITIONS", "Metrics"]
+
+# Every condition is exported for every certificate (0 or 1), so an alert on one never sees a gap.
+READY_CONDITIONS = tuple(Condition)
+_READY_HELP = (
+    "Independent flags (not one-hot; several can be 1), computed by certd/status.py: "
+    "ready=a published, unexpired, unrevoked version is current; "
+    "renewing=the policy wants a new certificate (due, or backing off after a failure); "
+    "failing=the last renewal attempt failed (also when critical or expired); "
+    "expiring=the current version is past its renewal time (also when expired); "
+    "critical=failing and past the hard deadline, the last tenth of the lifetime (also when expired); "
+    "expired=the current version is past notAfter; "
+    "revoked=the current version was revoked."
+)
 
 
 class Metrics:
@@ -33,7 +47,7 @@ class Metrics:
             ["name"], registry=r,
         )
         self.ready = Gauge(
-            "certd_certificate_ready_status", "1 for the certificate's current condition, 0 for the others.",
+            "certd_certificate_ready_status", _READY_HELP,
             ["name", "condition"], registry=r,
         )
         self.renewals = Counter(
@@ -58,14 +72,15 @@ class Metrics:
         *,
         not_after: datetime | None,
         renew_at: datetime | None,
-        condition: str,
+        conditions: Collection[Condition],
     ) -> None:
+        """Per-certificate gauges; ``conditions`` are the flags that hold (see ``certd/status.py``)."""
         if not_after is not None:
             self.expiration.labels(name).set(not_after.timestamp())
         if renew_at is not None:
             self.renewal_time.labels(name).set(renew_at.timestamp())
         for cond in READY_CONDITIONS:
-            self.ready.labels(name, cond).set(1 if cond == condition else 0)
+            self.ready.labels(name, cond.value).set(1 if cond in conditions else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,7 +29,8 @@ from certd.clock import Clock
 from certd.inventory.models import VersionState
 from certd.metrics import Metrics
 from certd.pipeline import Pipeline, Result
-from certd.policy import Reason, Verdict, hard_deadline
+from certd.policy import Reason, Verdict
+from certd.status import assess
 
 __all__ = ["Job", "Jobs", "Scheduler"]
 
@@ -232,7 +233,11 @@ class Scheduler:
         return self._next_wakeup
 
     def refresh_metrics(self, names: list[str]) -> None:
-        """Per-certificate gauges from the inventory (correct even for another replica's work)."""
+        """Per-certificate gauges from the inventory (correct even for another replica's work).
+
+        The conditions come from ``certd/status.py``, the same computation behind ``list``, ``check`` and
+        ``/readyz``, so a gauge can never contradict them; only ``renewing`` needs the policy's verdict.
+        """
         if self._metrics is None:
             return
         pipeline = self._pipeline()
@@ -243,22 +248,13 @@ class Scheduler:
         for name in names:
             if name not in verdicts:
                 continue
-            version, row, verdict = versions.get(name), rows.get(name), verdicts[name]
-            if version is not None and row is not None and row.last_error and now >= hard_deadline(
-                version.not_before, version.not_after
-            ):
-                condition = "expiring"
-            elif row is not None and row.last_error:
-                condition = "failing"
-            elif verdict.due or verdict.reason is Reason.BACKING_OFF:
-                condition = "renewing"
-            else:
-                condition = "ready"
+            version, verdict = versions.get(name), verdicts[name]
+            found = assess(rows.get(name), version, now, due=verdict.due or verdict.reason is Reason.BACKING_OFF)
             self._metrics.set_certificate(
                 name,
                 not_after=version.not_after if version else None,
                 renew_at=version.renew_at if version else None,
-                condition=condition,
+                conditions=found.conditions,
             )
 
     def shutdown(self, *, wait: bool = True) -> None:

@@ -8,36 +8,37 @@ the design's public interface; keys may be added, never renamed.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 from certd.certs import rfc3339
 from certd.inventory.models import Certificate, Version
 from certd.pipeline import Pipeline
+from certd.status import assess
 
 __all__ = ["certificate_doc", "history_doc", "list_doc", "plan_doc"]
 
 
-def _status(row: Certificate | None, version: Version | None) -> str:
-    if row is not None and row.retired_at is not None:
-        return "retired"
-    if version is None:
-        return "failing" if row is not None and row.last_error else "pending"
-    return version.state
-
-
-def certificate_doc(pipeline: Pipeline, name: str, row: Certificate | None, version: Version | None) -> dict[str, Any]:
-    """One entry of ``list``."""
+def certificate_doc(
+    pipeline: Pipeline, name: str, row: Certificate | None, version: Version | None, *,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """One entry of ``list``; ``status`` and ``severity`` come from ``certd/status.py``, as everywhere."""
     cfg = pipeline.config.certificates.get(name)
     names = list(cfg.names) if cfg else (json.loads(row.names) if row else [])
+    found = assess(row, version, now or pipeline.clock.now())
     return {
         "name": name,
         "issuer": cfg.issuer if cfg else (row.issuer if row else None),
         "names": names,
-        "status": _status(row, version),
+        "status": found.status.value,
+        "severity": found.severity.value,
+        "status_message": found.message,
         "serial": version.serial if version else None,
         "not_before": rfc3339(version.not_before) if version else None,
         "not_after": rfc3339(version.not_after) if version else None,
         "renew_at": rfc3339(version.renew_at) if version else None,
+        "hard_deadline": rfc3339(found.hard_deadline),
         "last_error": row.last_error if row else None,
         "failures": row.failures if row else 0,
         "next_attempt_at": rfc3339(row.next_attempt_at) if row else None,
@@ -50,7 +51,8 @@ def list_doc(pipeline: Pipeline) -> dict[str, Any]:
     rows = {r.name: r for r in inv.certificates()}
     versions = inv.current_versions()
     names = list(pipeline.config.certificates) + sorted(n for n in rows if n not in pipeline.config.certificates)
-    return {"certificates": [certificate_doc(pipeline, n, rows.get(n), versions.get(n)) for n in names]}
+    now = pipeline.clock.now()
+    return {"certificates": [certificate_doc(pipeline, n, rows.get(n), versions.get(n), now=now) for n in names]}
 
 
 def plan_doc(pipeline: Pipeline) -> dict[str, Any]:
