@@ -1,6 +1,6 @@
 """The HTTP API served by ``certd run``.
 
-Reads (list, show, jobs, health, metrics) need no credentials: the API binds
+Reads (list, show, jobs, health, readiness, metrics) need no credentials: the API binds
 to loopback by default and never exposes key material. Writes need the
 bearer token, or a body signed with it (``X-Certd-Timestamp`` +
 ``X-Certd-Signature: sha256=<hex HMAC-SHA256(token, timestamp + "." + body)>``,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,11 +26,14 @@ from fastapi.responses import JSONResponse
 
 from certd import __version__
 from certd.metrics import Metrics
+from certd.monitor import readyz_doc
 from certd.pipeline import Pipeline
 from certd.scheduler import Scheduler
 from certd.views import certificate_doc, list_doc
 
 __all__ = ["ApiState", "create_api", "sign_body"]
+
+log = logging.getLogger("certd.api")
 
 MAX_BODY = 64 * 1024
 SIGNATURE_WINDOW = 300
@@ -105,6 +109,17 @@ def create_api(state: ApiState) -> FastAPI:
     def healthz() -> JSONResponse:
         doc = state.health()
         return JSONResponse(doc, status_code=200 if doc.get("status") == "ok" else 503)
+
+    @app.get("/readyz", summary="The estate: 503 naming every expired or critical certificate, else 200")
+    def readyz() -> JSONResponse:
+        # The estate, not the process (that is /healthz): an unreadable inventory means "cannot say", so 503.
+        try:
+            doc = readyz_doc(state.pipeline())
+        except Exception:
+            log.exception("/readyz: cannot read the inventory")
+            return JSONResponse({"status": "unknown", "error": "cannot read the inventory", "certificates": []},
+                                status_code=503)
+        return JSONResponse(doc, status_code=200 if doc["status"] == "ok" else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     def metrics() -> Response:
