@@ -3,6 +3,9 @@
 Exit codes scripts can trust: 0 everything asked for succeeded (a renewal
 that was not due counts as success), 1 at least one operation failed,
 2 bad usage or configuration, 3 the inventory (database) is unusable.
+``certd check`` alone speaks the Nagios plugin convention instead: 0 ok,
+1 warning, 2 critical, 3 unknown (anything that stops it from judging,
+bad usage and an unusable config included).
 ``--json`` prints exactly one JSON document on stdout; tables go to stdout;
 logs go to stderr.
 """
@@ -21,6 +24,7 @@ from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,7 +37,9 @@ from certd.entry import INVOKED_AT
 from certd.errors import CertdError, ConfigError, InventoryError
 from certd.issuers.base import RevocationReason
 from certd.logs import setup_logging
+from certd.monitor import check_doc, check_summary, open_inventory
 from certd.pipeline import Result
+from certd.status import Severity
 from certd.views import history_doc, list_doc, plan_doc
 
 __all__ = ["main"]
@@ -47,7 +53,10 @@ _STATE_STYLE = {
     "imported": "green",
     "skipped": "dim",
     "pending": "yellow",
+    "expiring": "yellow",
     "failing": "red",
+    "critical": "bold red",
+    "expired": "bold red",
     "failed": "red",
     "revoked": "magenta",
     "retired": "dim",
@@ -191,7 +200,7 @@ def list_cmd(state: _State, as_json: bool) -> None:
         table.add_row(
             c["name"], c["issuer"] or "-", ", ".join(c["names"]), _styled(c["status"]),
             c["serial"] or "-", c["not_after"] or "-", c["renew_at"] or "-",
-            f"[red]{c['last_error']}[/]" if c["last_error"] else "",
+            f"[red]{escape(c['last_error'])}[/]" if c["last_error"] else "",
         )
     out.print(table)
 
@@ -451,6 +460,74 @@ def bundle_cmd(state: _State, name: str, out_file: Path | None) -> None:
     tmp.write_bytes(pem)
     tmp.replace(out_file)
     err.print(f"wrote {out_file}")
+
+
+EXIT_UNKNOWN = 3  # Nagios UNKNOWN; the same number as EXIT_INVENTORY, which is one cause of it
+
+
+class _PluginUsageError(click.UsageError):
+    exit_code = EXIT_UNKNOWN
+
+
+class _PluginCommand(click.Command):
+    """A monitoring plugin's usage errors are UNKNOWN (3): click's 2 would read as CRITICAL to Nagios."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _PluginUsageError(exc.format_message(), exc.ctx) from exc
+
+
+def _unknown(message: str, as_json: bool) -> NoReturn:
+    line = "; ".join(" ".join(part.split()) for part in message.splitlines() if part.strip())
+    if as_json:
+        _emit_json({"status": "unknown", "error": line, "certificates": [], "counts": {}})
+    else:
+        click.echo(f"CERTD UNKNOWN - {line}")
+    sys.exit(EXIT_UNKNOWN)
+
+
+@cli.command("check", cls=_PluginCommand)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--warn-within", metavar="DURATION", default=None,
+              help="Also warn when a certificate expires within DURATION (e.g. 14d), even if nothing failed.")
+@pass_state
+def check_cmd(state: _State, as_json: bool, warn_within: str | None) -> None:
+    """Monitoring for cron and Nagios: one summary line (or --json), exit status by the worst certificate.
+
+    \b
+    0 OK        every certificate fine (pending, published, deployed, served)
+    1 WARNING   expiring (past its renewal time), failing (time left), revoked
+    2 CRITICAL  expired, or failing inside the hard deadline (critical)
+    3 UNKNOWN   cannot judge: bad usage, config errors, no or unusable database
+
+    Reads the inventory as it is: renews nothing, contacts no CA, migrates and creates nothing. Statuses
+    are those of `certd list`; perfdata after "|" counts certificates by severity.
+    """
+    within = None
+    if warn_within is not None:
+        try:
+            within = parse_duration(warn_within)
+        except ValueError as exc:
+            _unknown(f"--warn-within: {exc}", as_json)
+    try:
+        app = open_inventory(load_config(state.config_path))
+    except CertdError as exc:
+        _unknown(str(exc), as_json)
+    try:
+        doc = check_doc(app.pipeline, warn_within=within)
+    except Exception as exc:  # a monitor must say UNKNOWN, never crash into exit 1 (WARNING to Nagios)
+        _unknown(f"cannot read the inventory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                 as_json)
+    finally:
+        app.close()
+    if as_json:
+        _emit_json(doc)
+    else:
+        click.echo(check_summary(doc))
+    sys.exit(Severity(doc["status"]).rank)
 
 
 @cli.command("run")
