@@ -193,13 +193,13 @@ def retry_at(
     """When a certificate whose last attempt failed may be tried again.
 
     - the backoff of ``backoff_until`` (which shrinks to a minute past the hard deadline);
-    - a failure retrying cannot fix waits at least an hour, deadline or not;
+    - a failure retrying cannot fix waits at least an hour (doubling to a day), deadline or not;
     - the other side's ``retry_after`` is honoured — except certd's *own* budget, which never
       holds a certificate past its hard deadline (there certd asks the CA, whose answer decides).
     """
     at = backoff_until(failures, now, rng=rng, deadline=deadline, lifetime=lifetime)
-    if not retryable:
-        at = max(at, now + _HOPELESS_FLOOR)
+    if not retryable:  # an hour, doubling to a day: an operator has to change something first
+        at = max(at, now + min(_HOPELESS_FLOOR * (1 << min(max(failures - 1, 0), 5)), timedelta(days=1)))
     if retry_after is not None:
         wanted = now + retry_after
         if own_budget and deadline is not None:

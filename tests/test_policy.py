@@ -16,6 +16,7 @@ from certd.policy import (
     jitter_bound,
     lifetime_renew_at,
     pick_renew_at,
+    retry_at,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -104,3 +105,10 @@ def test_backoff_of_a_short_lived_certificate_scales_with_its_lifetime() -> None
     near = backoff_until(10, T0, rng=random.Random(3), deadline=T0 + timedelta(seconds=10), lifetime=lifetime)
     assert near - T0 == timedelta(seconds=3)
     assert backoff_until(1, T0, rng=random.Random(3), lifetime=timedelta(days=90)) - T0 >= timedelta(minutes=1)
+
+
+def test_a_failure_retrying_cannot_fix_backs_off_from_an_hour_to_a_day() -> None:
+    gaps = [retry_at(n, T0, rng=random.Random(1), deadline=T0, retryable=False, retry_after=None,
+                     own_budget=False) - T0 for n in range(1, 10)]
+    assert gaps[0] >= timedelta(hours=1) and gaps[1] >= timedelta(hours=2)
+    assert max(gaps) <= timedelta(days=1) and gaps[-1] == timedelta(days=1)
