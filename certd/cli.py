@@ -339,12 +339,8 @@ def account_rollover(state: _State, issuer: str, as_json: bool) -> None:
     if issuer not in config.issuers or config.issuers[issuer].type != "acme":
         acme = [n for n, c in config.issuers.items() if c.type == "acme"]
         _die(f"{config.path}: no ACME issuer named {issuer} (ACME issuers: {', '.join(acme) or 'none'})", EXIT_USAGE)
-    from certd.issuers.acme import AcmeIssuer
-
     with _errors():
-        acme_issuer = state.app().pipeline.issuer(issuer)
-        assert isinstance(acme_issuer, AcmeIssuer)
-        uri = acme_issuer.rollover()
+        uri = state.app().pipeline.rollover(issuer)
     if as_json:
         _emit_json({"issuer": issuer, "account": uri, "rolled_over": True})
     else:
