@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,11 @@ from fastapi.testclient import TestClient
 from certd.api import ApiState, create_api, sign_body
 from certd.app import App
 from certd.config import load_config
+from certd.issuers.local_ca import LocalCA
 from certd.metrics import Metrics
 from certd.scheduler import Scheduler
 from certd.views import list_doc
-from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
+from tests.conftest import LOCAL_CA_CONFIG, FakeClock, WriteConfig
 
 TOKEN = "s3cret-token-for-tests"
 
@@ -105,7 +107,7 @@ def test_renew_job_result_and_reads(api: Any) -> None:
     assert 'certd_renewals_total{issuer="local",name="backend",result="success"} 1.0' in metrics
     assert 'certd_certificate_ready_status{condition="ready",name="backend"} 1.0' in metrics
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/certificates/{name}/renew", "/v1/jobs/{job_id}", "/healthz", "/metrics"} <= set(paths)
+    assert {"/v1/certificates/{name}/renew", "/v1/jobs/{job_id}", "/healthz", "/readyz", "/metrics"} <= set(paths)
     deploy = client.post("/v1/certificates/backend/deploy", headers={"Authorization": f"Bearer {TOKEN}"})
     assert _wait_job(client, deploy.json()["job"])["result"]["outcome"] == "deployed"
 
@@ -130,3 +132,87 @@ def test_twenty_concurrent_posts_make_one_job_and_one_version(api: Any) -> None:
     for job_id in jobs:
         _wait_job(client, job_id)
     assert len(app.inventory.versions("edge")) == 1
+
+
+READYZ_CONFIG = LOCAL_CA_CONFIG.replace(
+    'lifetime = "72h"\noutput_dir = "{tmp}/out/backend"',
+    'lifetime = "72h"\noutput_dir = "{tmp}/out/backend"\ndeploy = ["hook"]',
+) + """
+[deploy.hook]
+type = "command"
+argv = ["sh", "-c", "test -e {tmp}/hook-ok || { echo '[hook] backend pool refused the reload' >&2; exit 1; }"]
+"""
+
+
+def _flags(metrics: str, name: str) -> dict[str, float]:
+    prefix = "certd_certificate_ready_status{condition=\""
+    out = {}
+    for line in metrics.splitlines():
+        if line.startswith(prefix) and f'name="{name}"' in line:
+            out[line[len(prefix):].split('"')[0]] = float(line.split()[-1])
+    return out
+
+
+def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
+    write_config: WriteConfig, sqlite_url: str, tmp_path: Path
+) -> None:
+    """A renewal that keeps failing: failing (200), past the hard deadline (503, critical), past not_after (expired)."""
+    clock = FakeClock()
+    config = load_config(write_config(READYZ_CONFIG, db_url=sqlite_url))
+    metrics = Metrics()
+    app = App.open(config, clock=clock, metrics=metrics)
+    # The real local CA, on the same simulated clock as the rest of the pipeline (as in test_scheduler).
+    app.pipeline._issuers["local"] = LocalCA("local", config.issuers["local"], clock=clock)  # type: ignore[arg-type]
+    scheduler = Scheduler(lambda: app.pipeline, clock, workers=1, metrics=metrics, inline=True)
+    state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: TOKEN,
+                     health=lambda: {"status": "ok"})
+    names = list(config.certificates)
+    try:
+        with TestClient(create_api(state)) as client:
+            assert "/readyz" in client.get("/openapi.json").json()["paths"]
+            (tmp_path / "hook-ok").touch()
+            assert app.pipeline.renew("backend", force=True).outcome == "renewed"
+            scheduler.refresh_metrics(names)
+            ok = client.get("/readyz")
+            assert ok.status_code == 200 and ok.json()["status"] == "ok" and ok.json()["certificates"] == []
+            assert _flags(client.get("/metrics").text, "backend") == {
+                "ready": 1, "renewing": 0, "failing": 0, "expiring": 0, "critical": 0, "expired": 0, "revoked": 0}
+
+            (tmp_path / "hook-ok").unlink()
+            clock.advance(timedelta(minutes=1))  # a request at the same instant would be answered by the last renewal
+            failed = app.pipeline.renew("backend", force=True)
+            assert failed.outcome == "failed" and failed.failed_step == "deploy"
+            scheduler.refresh_metrics(names)
+            one = client.get("/v1/certificates/backend").json()
+            assert (one["status"], one["severity"]) == ("failing", "warning")
+            assert one["last_error"].endswith("[hook] backend pool refused the reload")  # as stored
+            assert client.get("/readyz").status_code == 200  # failing with time left is a warning, not unready
+            flags = _flags(client.get("/metrics").text, "backend")
+            assert (flags["failing"], flags["critical"], flags["expired"]) == (1, 0, 0)
+
+            deadline = datetime.fromisoformat(one["hard_deadline"])
+            clock.current = deadline + timedelta(seconds=1)
+            scheduler.refresh_metrics(names)
+            resp = client.get("/readyz")
+            assert resp.status_code == 503
+            doc = resp.json()
+            assert doc["status"] == "degraded"
+            assert doc["certificates"] == [{"name": "backend", "status": "critical", "not_after": one["not_after"],
+                                            "last_error": one["last_error"]}]
+            flags = _flags(client.get("/metrics").text, "backend")
+            assert (flags["failing"], flags["renewing"], flags["expiring"], flags["critical"], flags["expired"]) == (
+                1, 1, 1, 1, 0)
+            assert _flags(client.get("/metrics").text, "edge")["failing"] == 0  # edge was never tried: pending
+
+            clock.current = datetime.fromisoformat(one["not_after"]) + timedelta(seconds=1)
+            scheduler.refresh_metrics(names)
+            expired = client.get("/readyz").json()
+            assert [(c["name"], c["status"]) for c in expired["certificates"]] == [("backend", "expired")]
+            flags = _flags(client.get("/metrics").text, "backend")
+            assert (flags["ready"], flags["failing"], flags["critical"], flags["expired"]) == (0, 1, 1, 1)
+            listed = {c["name"]: c["status"] for c in client.get("/v1/certificates").json()["certificates"]}
+            assert listed == {"edge": "pending", "backend": "expired"}
+            assert "PRIVATE KEY" not in client.get("/readyz").text
+    finally:
+        scheduler.shutdown()
+        app.close()
