@@ -142,5 +142,8 @@ def readyz_doc(pipeline: Pipeline) -> dict[str, Any]:
     check = check_doc(pipeline)
     bad = [{"name": e["name"], "status": e["status"], "not_after": e["not_after"], "last_error": e["last_error"]}
            for e in check["certificates"] if e["severity"] == Severity.CRITICAL.value]
-    return {"status": "degraded" if bad else "ok", "certificates": bad, "counts": check["counts"],
-            "checked_at": check["checked_at"]}
+    # Failing or expiring with time left: not a reason to pull the instance, but named so an alert can say so.
+    warnings = [{"name": e["name"], "status": e["status"], "not_after": e["not_after"]}
+                for e in check["certificates"] if e["severity"] == Severity.WARNING.value]
+    return {"status": "degraded" if bad else "ok", "certificates": bad, "warnings": warnings,
+            "counts": check["counts"], "checked_at": check["checked_at"]}
