@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from certd.config import CertificateConfig
 from certd.errors import CertdError
-from certd.inventory.models import Version
+from certd.inventory.models import Certificate, Version
 
 if TYPE_CHECKING:
     from certd.hold import Heartbeat
@@ -82,6 +82,7 @@ class Attempt:
     cfg: CertificateConfig
     rid: str
     old: Version | None
+    row: Certificate | None = None  # failures and backoff as they were when the lease was taken
     beat: Heartbeat | None = None
     fault: Fault | None = None
     current_step: str = "plan"

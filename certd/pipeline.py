@@ -167,8 +167,9 @@ class Pipeline:
         if isinstance(got, Result):
             return got
         with self.hold.held(got) as beat:
-            attempt = Attempt(op, name, cfg, rid, old=self.inventory.current_version(name), beat=beat,
-                              fault=self.fault)
+            # Gathered once, under the lease: every step of this operation works from this picture.
+            attempt = Attempt(op, name, cfg, rid, old=self.inventory.current_version(name),
+                              row=self.inventory.certificate(name), beat=beat, fault=self.fault)
             try:
                 return body(attempt)
             except Exception as exc:
@@ -203,7 +204,9 @@ class Pipeline:
     def _renew(self, attempt: Attempt, force: bool) -> Result:
         name, cfg, rid, old = attempt.name, attempt.cfg, attempt.rid, attempt.old
         with attempt.step("plan"):
-            verdict = self.verdict(name, force=force)
+            row = attempt.row
+            verdict = evaluate(self.wanted(cfg), self.current(old), self.clock.now(), force=force,
+                               next_attempt_at=row.next_attempt_at if row else None)
         if not verdict.due:
             self.recorder.event(name, "renewal.skipped", f"{verdict.reason}: {verdict.message}", rid, step="plan")
             return Result(name, "skipped", serial=old.serial if old else None, state=old.state if old else None,

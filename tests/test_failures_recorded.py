@@ -223,3 +223,29 @@ def _csr_for(request: IssueRequest) -> Any:
     from certd.keys import KeyType, build_csr, generate_key
 
     return build_csr(generate_key(KeyType(str(request.key_type))), ["other.example.test"])
+
+
+def test_a_real_publish_fault_orders_once_then_backs_off(write_config: WriteConfig, tmp_path: Path) -> None:
+    """The output directory's parent turns into a file after the config was checked: one order, then backoff."""
+    config = load_config(write_config(CONFIG))
+    clock = FakeClock(datetime.now(UTC))
+    app = App.open(config, clock=clock, prober=None)
+    issuer_cfg = config.issuers["local"]
+    assert isinstance(issuer_cfg, LocalCAIssuerConfig)
+    ca = CountingCA(LocalCA("local", issuer_cfg, clock=clock))
+    app.pipeline._issuers["local"] = ca  # type: ignore[assignment]
+    scheduler = Scheduler(lambda: app.pipeline, clock, workers=1, inline=True)
+    try:
+        (tmp_path / "out").write_text("not a directory")  # publish cannot create out/web
+        assert scheduler.scan() == ["web"]
+        assert ca.orders == 1
+        row = app.inventory.certificate("web")
+        assert row is not None and row.failures == 1 and (row.last_error or "").startswith("publish: ")
+        for _ in range(5):
+            clock.advance(timedelta(seconds=5))
+            assert scheduler.scan() == []
+        assert ca.orders == 1  # no second order before the backoff passes
+        events = [e for e in app.inventory.events("web") if e.kind == "renewal.failed"]
+        assert len(events) == 1 and events[0].step == "publish"
+    finally:
+        app.close()
