@@ -41,7 +41,7 @@ def cfg(write_config: WriteConfig, db_url: str) -> Path:
 def test_help_lists_every_command() -> None:
     text = certd("--help", check=True).stdout
     for cmd in ("check-config", "db", "list", "plan", "renew", "deploy", "revoke", "import", "history", "probe",
-                "bundle"):
+                "bundle", "check"):
         assert cmd in text
 
 

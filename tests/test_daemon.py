@@ -112,6 +112,8 @@ def test_renews_short_lived_certificates_on_its_own(daemon: Daemon, tmp_path: Pa
     assert "certd_certificate_expiration_timestamp_seconds{name=\"short\"}" in metrics
     health = daemon.get("/healthz").json()
     assert health["status"] == "ok" and health["database"] and health["scheduler"]
+    ready = daemon.get("/readyz")  # the estate: nothing expired or critical while the daemon keeps renewing
+    assert ready.status_code == 200 and ready.json()["status"] == "ok", ready.text
     assert daemon.stop() == 0
     assert "stopping" in daemon.log.read_text()
 
