@@ -243,7 +243,7 @@ def _print_results(results: list[Result], as_json: bool) -> None:
     else:
         table = Table("name", "outcome", "serial", "state", "detail")
         for r in results:
-            detail = f"[red]{r.failed_step}: {r.error}[/]" if r.error else (r.reason or "")
+            detail = f"[red]{escape(f'{r.failed_step}: {r.error}')}[/]" if r.error else (r.reason or "")
             table.add_row(r.name, _styled(r.outcome), r.serial or "-", _styled(r.state), detail)
         out.print(table)
     if not all(r.ok for r in results):
@@ -396,12 +396,12 @@ def history_cmd(state: _State, name: str, as_json: bool) -> None:
     versions = Table("serial", "state", "not before", "not after", "created", "failed step / error", title="versions")
     for v in doc["versions"]:
         versions.add_row(v["serial"], _styled(v["state"]), v["not_before"], v["not_after"], v["created_at"],
-                         f"{v['failed_step']}: {v['error']}" if v["error"] else "")
+                         escape(f"{v['failed_step']}: {v['error']}") if v["error"] else "")
     events = Table("at", "kind", "step", "message", "renewal", title="events")
     for e in doc["events"]:
         style = {"error": "red", "warning": "yellow"}.get(e["level"], "")
         events.add_row(e["at"], f"[{style}]{e['kind']}[/]" if style else e["kind"], e["step"] or "",
-                       e["message"], e["renewal_id"] or "")
+                       escape(e["message"]), e["renewal_id"] or "")
     out.print(versions)
     out.print(events)
 
