@@ -67,6 +67,21 @@ class Generation:
         return (self.path / filename).read_bytes()
 
 
+def _write_new(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """Create ``path`` (never an existing file) with exactly ``mode``, write all of ``data``, fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -133,18 +148,7 @@ class Publisher:
 
     def _write(self, directory: Path, name: str, data: bytes) -> None:
         mode = self.key_mode if name in _KEY_FILES else _PUBLIC_MODE
-        path = directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
-            if self._uid != -1 or self._gid != -1:
-                os.fchown(fd, self._uid, self._gid)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new(directory / name, data, mode, self._uid, self._gid)
 
     def publish(self, serial: str, files: dict[str, bytes]) -> Generation:
         """Write a new generation and switch ``..data`` to it; return it."""
@@ -248,15 +252,7 @@ def write_file_atomic(path: Path, data: bytes, mode: int = _PUBLIC_MODE) -> bool
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_new(tmp, data, mode)
         os.replace(tmp, path)
         return True
     except OSError as exc:

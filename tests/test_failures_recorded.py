@@ -115,6 +115,18 @@ class Faults:
             raise RuntimeError(f"injected fault at {at}")
 
 
+def _open(write_config: WriteConfig, body: str) -> tuple[App, FakeClock, CountingCA, Scheduler]:
+    """The app on a fake clock, its local CA counting orders, and the daemon's scheduler running inline."""
+    config = load_config(write_config(body))
+    clock = FakeClock(datetime.now(UTC))
+    app = App.open(config, clock=clock, prober=None)
+    issuer_cfg = config.issuers["local"]
+    assert isinstance(issuer_cfg, LocalCAIssuerConfig)
+    ca = CountingCA(LocalCA("local", issuer_cfg, clock=clock))
+    app.pipeline._issuers["local"] = ca  # type: ignore[assignment]
+    return app, clock, ca, Scheduler(lambda: app.pipeline, clock, workers=1, inline=True)
+
+
 @pytest.mark.parametrize("boundary", list(BOUNDARIES))
 def test_a_fault_at_every_boundary_is_recorded_and_backs_off(
     boundary: str, write_config: WriteConfig, tmp_path: Path
@@ -122,16 +134,9 @@ def test_a_fault_at_every_boundary_is_recorded_and_backs_off(
     body = CONFIG
     if boundary == "verify":
         body = CONFIG[: CONFIG.index("[certificates.web]")] + VERIFIED
-    config = load_config(write_config(body))
-    clock = FakeClock(datetime.now(UTC))
+    app, clock, ca, scheduler = _open(write_config, body)
     faults = Faults(boundary)
-    app = App.open(config, clock=clock, prober=None)
-    issuer_cfg = config.issuers["local"]
-    assert isinstance(issuer_cfg, LocalCAIssuerConfig)
-    ca = CountingCA(LocalCA("local", issuer_cfg, clock=clock))
-    app.pipeline._issuers["local"] = ca  # type: ignore[assignment]
     app.pipeline.fault = faults
-    scheduler = Scheduler(lambda: app.pipeline, clock, workers=1, inline=True)
     try:
         if boundary != "verify":  # verify to a closed port would fail the baseline: no old version there
             first = app.pipeline.renew("web")
@@ -187,14 +192,7 @@ def test_a_failure_retrying_cannot_fix_waits_an_hour_even_near_the_deadline(
     write_config: WriteConfig, tmp_path: Path
 ) -> None:
     """A check the issued certificate fails (not retryable) is ordered once, then held back at least an hour."""
-    config = load_config(write_config(CONFIG))
-    clock = FakeClock(datetime.now(UTC))
-    app = App.open(config, clock=clock, prober=None)
-    issuer_cfg = config.issuers["local"]
-    assert isinstance(issuer_cfg, LocalCAIssuerConfig)
-    ca = CountingCA(LocalCA("local", issuer_cfg, clock=clock))
-    app.pipeline._issuers["local"] = ca  # type: ignore[assignment]
-    scheduler = Scheduler(lambda: app.pipeline, clock, workers=1, inline=True)
+    app, clock, ca, scheduler = _open(write_config, CONFIG)
     try:
         assert app.pipeline.renew("web").outcome == "renewed"
         clock.advance(timedelta(hours=68))  # inside the hard deadline (72 h - 7.2 h)
@@ -227,14 +225,7 @@ def _csr_for(request: IssueRequest) -> Any:
 
 def test_a_real_publish_fault_orders_once_then_backs_off(write_config: WriteConfig, tmp_path: Path) -> None:
     """The output directory's parent turns into a file after the config was checked: one order, then backoff."""
-    config = load_config(write_config(CONFIG))
-    clock = FakeClock(datetime.now(UTC))
-    app = App.open(config, clock=clock, prober=None)
-    issuer_cfg = config.issuers["local"]
-    assert isinstance(issuer_cfg, LocalCAIssuerConfig)
-    ca = CountingCA(LocalCA("local", issuer_cfg, clock=clock))
-    app.pipeline._issuers["local"] = ca  # type: ignore[assignment]
-    scheduler = Scheduler(lambda: app.pipeline, clock, workers=1, inline=True)
+    app, clock, ca, scheduler = _open(write_config, CONFIG)
     try:
         (tmp_path / "out").write_text("not a directory")  # publish cannot create out/web
         assert scheduler.scan() == ["web"]
