@@ -14,6 +14,7 @@ import _ssl
 import socket
 import ssl
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,7 +68,10 @@ def system_roots() -> tuple[x509.Certificate, ...]:
     for candidate in (paths.cafile, paths.openssl_cafile):
         if candidate:
             try:
-                with open(candidate, "rb") as fh:
+                with open(candidate, "rb") as fh, warnings.catch_warnings():
+                    # Some system roots carry encodings cryptography warns about (e.g. negative serials);
+                    # the store is the operator's, not ours to lecture about on every probe.
+                    warnings.simplefilter("ignore")
                     return tuple(load_pem_certs(fh.read()))
             except (OSError, ValueError):
                 continue
@@ -120,13 +124,51 @@ def probe(
     if not chain:
         return ProbeResult(endpoint, sni, version, error="no certificate served")
     anchors = roots if roots is not None else system_roots()
-    try:
-        verify_chain(chain[0], tuple(chain[1:]), anchors or None, (sni or host,), now or datetime.now(UTC))
-    except CheckFailed as exc:
-        return ProbeResult(endpoint, sni, version, False, f"for {sni or host}: {exc}", chain)
+    store = "the pinned roots" if roots is not None else "the system trust store"
+    name, at = sni or host, now or datetime.now(UTC)
+    why = _diagnose(chain, name, at)
+    if why is not None:
+        return ProbeResult(endpoint, sni, version, False, why, chain)
     if not anchors:
-        return ProbeResult(endpoint, sni, version, False, "no trust anchors to verify against", chain)
+        return ProbeResult(endpoint, sni, version, False, f"{store} holds no certificates to verify against", chain)
+    try:
+        verify_chain(chain[0], tuple(chain[1:]), anchors, (name,), at)
+    except CheckFailed:
+        return ProbeResult(endpoint, sni, version, False, _untrusted(chain, store), chain)
     return ProbeResult(endpoint, sni, version, True, None, chain)
+
+
+def _covers(pattern: str, name: str) -> bool:
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+def _which(i: int, cert: x509.Certificate) -> str:
+    role = "leaf" if i == 0 else f"chain[{i}]"
+    return f"the served {role} ({cert.subject.rfc4514_string()}, serial {serial_hex(cert)})"
+
+
+def _diagnose(chain: list[x509.Certificate], name: str, now: datetime) -> str | None:
+    """The first plain reason the served chain is unusable (expired, not yet valid, wrong name), or None."""
+    for i, cert in enumerate(chain):
+        if cert.not_valid_after_utc <= now:
+            return f"{_which(i, cert)} expired at {rfc3339(cert.not_valid_after_utc)}"
+        if cert.not_valid_before_utc > now:
+            return f"{_which(i, cert)} is not valid before {rfc3339(cert.not_valid_before_utc)}"
+    names = cert_names(chain[0])
+    if not any(_covers(n, name) for n in names):
+        return f"the served certificate does not cover {name} (it covers {', '.join(names) or 'no names'})"
+    return None
+
+
+def _untrusted(chain: list[x509.Certificate], store: str) -> str:
+    top = chain[-1]
+    served = "; ".join(f"[{i}] {c.subject.rfc4514_string()}" for i, c in enumerate(chain))
+    return (f"the served chain does not lead to {store}: its top certificate ({top.subject.rfc4514_string()}) "
+            f"was issued by {top.issuer.rfc4514_string()}, which is not trusted (served: {served})")
 
 
 def verify_served(

@@ -73,8 +73,18 @@ def test_probe_with_a_wrong_bundle_is_not_verified_and_exits_nonzero(served: Ser
     proc = certd_probe(served.endpoint, "--sni", NAME, "--ca-bundle", str(wrong), "--json")
     assert proc.returncode == EXIT_FAILED, (proc.stdout, proc.stderr)
     doc = json.loads(proc.stdout)  # still one JSON document: what was served is always reported
-    assert doc["verified"] is False and doc["error"]
+    assert doc["verified"] is False
+    assert doc["error"].startswith("the served chain does not lead to the pinned roots")
+    assert "candidates exhausted" not in doc["error"]  # cryptography's raw text is not the explanation
     assert doc["chain"][0]["serial"] == served.serial
+
+
+def test_probe_without_a_bundle_speaks_of_the_system_store(served: Served) -> None:
+    proc = certd_probe(served.endpoint, "--sni", NAME, "--json")
+    assert proc.returncode == EXIT_FAILED
+    doc = json.loads(proc.stdout)
+    assert "the system trust store" in doc["error"] and "pinned" not in doc["error"]
+    assert "Warning" not in proc.stderr  # loading the system store warns about nothing
 
 
 def test_probe_with_a_name_the_certificate_lacks_is_not_verified(served: Served) -> None:
@@ -82,7 +92,8 @@ def test_probe_with_a_name_the_certificate_lacks_is_not_verified(served: Served)
     assert proc.returncode == EXIT_FAILED, (proc.stdout, proc.stderr)
     doc = json.loads(proc.stdout)
     assert doc["verified"] is False
-    assert "no matching subjectAltName" in doc["error"]
+    assert doc["error"] == ("the served certificate does not cover other.example.test "
+                            "(it covers lb.example.test, www.example.test)")
     assert doc["chain"][0]["serial"] == served.serial  # HAProxy serves its only certificate regardless of SNI
 
 
@@ -108,3 +119,33 @@ def test_probe_with_an_unreadable_bundle_is_a_usage_error(served: Served, tmp_pa
     garbage.write_text("not a certificate\n")
     proc = certd_probe(served.endpoint, "--ca-bundle", str(garbage), "--json")
     assert proc.returncode == EXIT_USAGE
+
+
+def test_diagnosis_names_the_certificate_and_the_cause() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from certd.probe import _diagnose
+
+    def cert(start: datetime, end: datetime, names: list[str]) -> cx509.Certificate:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = cx509.Name([cx509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+        return (cx509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(0xABC).not_valid_before(start).not_valid_after(end)
+                .add_extension(cx509.SubjectAlternativeName([cx509.DNSName(n) for n in names]), critical=False)
+                .sign(key, hashes.SHA256()))
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    old = cert(now - timedelta(days=10), now - timedelta(days=1), ["a.example.test"])
+    assert _diagnose([old], "a.example.test", now) == (
+        "the served leaf (CN=a.example.test, serial abc) expired at 2026-11-30T00:00:00Z")
+    future = cert(now + timedelta(days=1), now + timedelta(days=10), ["a.example.test"])
+    assert "is not valid before 2026-12-02T00:00:00Z" in (_diagnose([future], "a.example.test", now) or "")
+    wild = cert(now - timedelta(days=1), now + timedelta(days=10), ["*.example.test"])
+    assert _diagnose([wild], "b.example.test", now) is None
+    assert _diagnose([wild], "x.b.example.test", now) == (
+        "the served certificate does not cover x.b.example.test (it covers *.example.test)")
