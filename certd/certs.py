@@ -7,15 +7,20 @@ public ``--json`` output and nothing should convert them twice.
 
 from __future__ import annotations
 
+import base64
+import binascii
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 
 __all__ = [
+    "build_chain",
     "cert_names",
     "certs_pem",
+    "describe",
     "fingerprint",
     "intermediates_only",
     "is_self_signed",
@@ -54,33 +59,176 @@ def rfc3339(value: datetime | None) -> str | None:
     return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def load_pem_certs(data: bytes) -> list[x509.Certificate]:
-    """Every certificate in a PEM bundle; ``ValueError`` if there is none or one is garbage."""
-    if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise ValueError("no PEM certificate found")
-    try:
-        return x509.load_pem_x509_certificates(data)
-    except ValueError as exc:
-        raise ValueError(f"malformed PEM certificate: {exc}") from exc
+# What parsing a certificate can raise: cryptography's own classes for these are not ValueErrors.
+_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+                 x509.UnsupportedGeneralNameType)
+_BEGIN = b"-----BEGIN "
+_DASHES = b"-----"
+_CERT_LABELS = (b"CERTIFICATE", b"X509 CERTIFICATE")  # the labels cryptography's own PEM loader accepts
+
+
+def _pem_cert_bodies(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The base64 body of every certificate block, numbered from 1; other blocks and text between are skipped.
+
+    A linear scan with ``bytes.find`` rather than a regular expression, so
+    that a megabyte of unterminated ``BEGIN`` lines costs one pass, not one
+    pass per line.
+    """
+    pos, number = 0, 0
+    while (start := data.find(_BEGIN, pos)) != -1:
+        label_end = data.find(_DASHES, start + len(_BEGIN))
+        if label_end == -1:
+            return
+        label = data[start + len(_BEGIN):label_end]
+        pos = label_end + len(_DASHES)
+        if label not in _CERT_LABELS:
+            continue
+        number += 1
+        end = data.find(b"-----END " + label + _DASHES, pos)
+        if end == -1:
+            raise ValueError(f"malformed PEM certificate (block {number}): no END CERTIFICATE line")
+        yield number, data[pos:end]
+        pos = end + len(label) + 14
+
+
+def _parse_fields(cert: x509.Certificate) -> None:
+    """Parse now what certd reads later, so that a broken field is blamed on the input it came from.
+
+    ``cryptography`` parses lazily: a certificate with valid outer DER but
+    a broken name, extension or key loads fine and fails only when a check
+    touches that part, far from the file it came from.
+    """
+    for part, read in (
+        ("subject", lambda: cert.subject.rfc4514_string()),
+        ("issuer", lambda: cert.issuer.rfc4514_string()),
+        ("extensions", lambda: cert.extensions),
+        ("public key", cert.public_key),
+        ("signature algorithm", lambda: cert.signature_hash_algorithm),
+        ("validity", lambda: (cert.not_valid_before_utc, cert.not_valid_after_utc)),
+    ):
+        try:
+            read()
+        except _PARSE_ERRORS as exc:
+            raise ValueError(f"its {part} cannot be parsed ({exc})") from exc
+
+
+def load_pem_certs(data: bytes, *, strict: bool = False) -> list[x509.Certificate]:
+    """Every certificate in a PEM bundle, in order; ``ValueError`` if there is none or one is garbage.
+
+    Text and other PEM blocks (a private key in ``combined.pem``) between
+    the certificates are skipped. ``strict`` also parses every field certd
+    reads (names, extensions, public key), for input from outside; stored
+    and issuer-sent bundles (which may hold a root with a key type
+    ``cryptography`` does not know) are loaded without it.
+    """
+    certs: list[x509.Certificate] = []
+    for number, body in _pem_cert_bodies(data):
+        try:
+            der = base64.b64decode(b"".join(body.split()), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"malformed PEM certificate (block {number}): not valid base64") from exc
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            if strict:
+                _parse_fields(cert)
+        except _PARSE_ERRORS as exc:
+            raise ValueError(f"malformed PEM certificate (block {number}): {exc}") from exc
+        certs.append(cert)
+    if not certs:
+        hint = " (this looks like DER: convert it with `openssl x509 -inform der`)" if data[:1] == b"\x30" else ""
+        raise ValueError(f"no PEM certificate found{hint}")
+    return certs
 
 
 def certs_pem(certs: list[x509.Certificate] | tuple[x509.Certificate, ...]) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
-def is_self_signed(cert: x509.Certificate) -> bool:
-    """Subject equals issuer and the signature verifies with its own key."""
-    if cert.subject != cert.issuer:
-        return False
+def describe(cert: x509.Certificate) -> str:
+    """Subject and serial, the two things an operator greps a bundle for."""
     try:
-        cert.verify_directly_issued_by(cert)
-    except (InvalidSignature, ValueError, TypeError):
+        subject = cert.subject.rfc4514_string() or "(empty subject)"
+    except _PARSE_ERRORS:
+        subject = "(unparsable subject)"
+    return f"{subject} (serial {serial_hex(cert)})"
+
+
+def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+    """Issuer name matches and the signature verifies with the parent's key."""
+    try:
+        child.verify_directly_issued_by(parent)
+    except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
         return False
     return True
 
 
+def is_self_signed(cert: x509.Certificate) -> bool:
+    """Subject equals issuer and the signature verifies with its own key."""
+    try:
+        if cert.subject != cert.issuer:
+            return False
+    except _PARSE_ERRORS:
+        return False
+    return _issued_by(cert, cert)
+
+
+def build_chain(
+    leaf: x509.Certificate, candidates: Iterable[x509.Certificate]
+) -> tuple[tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]:
+    """The leaf's intermediates in order, built by signature; and the candidates that are not part of them.
+
+    Bundles handed to certd are often wrong in ways a server would publish
+    blindly: an unrelated CA ahead of the intermediate, the whole CA store,
+    the root. Starting at the leaf, each link is a candidate whose subject
+    is the current certificate's issuer *and* whose key verifies its
+    signature (a name alone can be forged by anyone with a CA of their own).
+    The walk stops at a self-signed root, which is never returned (servers
+    do not send it) and not reported as dropped: it belongs to the chain.
+    Where two candidates could sign the same link (a cross-signed
+    intermediate next to its self-signed twin), the one that is not a root
+    is taken, in input order, because only it can be sent. Duplicates and
+    copies of the leaf are dropped silently; everything else left over is
+    returned second, for the caller to warn about.
+    """
+    pool: list[x509.Certificate] = []
+    seen = {leaf}
+    for cert in candidates:
+        if cert not in seen:
+            seen.add(cert)
+            pool.append(cert)
+    by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+    for cert in pool:
+        try:
+            by_subject.setdefault(cert.subject, []).append(cert)
+        except _PARSE_ERRORS:
+            continue  # an unparsable subject signs nothing
+    chain: list[x509.Certificate] = []
+    used: set[x509.Certificate] = set()
+    current = leaf
+    while not is_self_signed(current):
+        try:
+            named = by_subject.get(current.issuer, [])
+        except _PARSE_ERRORS:
+            break
+        parents = [c for c in named if c not in used and _issued_by(current, c)]
+        if not parents:
+            break
+        onward = [c for c in parents if not is_self_signed(c)]
+        if not onward:
+            used.add(parents[0])  # the root: the end of the chain, not published
+            break
+        current = onward[0]
+        chain.append(current)
+        used.add(current)
+    return tuple(chain), tuple(c for c in pool if c not in used)
+
+
 def intermediates_only(chain: list[x509.Certificate] | tuple[x509.Certificate, ...]) -> tuple[x509.Certificate, ...]:
-    """Drop self-signed roots: servers send intermediates only (``chain.pem``)."""
+    """Drop self-signed roots: servers send intermediates only (``chain.pem``).
+
+    This keeps the issuer's order and trusts it; ``build_chain`` is the one
+    that checks each link by signature.
+    """
     return tuple(c for c in chain if not is_self_signed(c))
 
 
