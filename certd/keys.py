@@ -12,6 +12,7 @@ import ipaddress
 from enum import StrEnum
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
@@ -77,12 +78,26 @@ def key_pem(key: PrivateKey) -> bytes:
     )
 
 
+_ENCRYPTED = "the private key is encrypted: certd needs it unencrypted (it protects keys with file modes and " \
+             "the inventory's key_file); decrypt a copy with `openssl pkey -in KEY -out KEY.plain`"
+
+
 def load_key_pem(data: bytes) -> PrivateKey:
-    """Load a PEM private key; raise ``ValueError`` (without echoing the data) if it is not one."""
+    """Load a PEM private key; ``ValueError`` saying what is wrong, never echoing the data.
+
+    An encrypted key gets its own message, because "not a key" would send
+    the operator looking for the wrong problem.
+    """
     try:
         key = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
-        raise ValueError("not a PEM private key (or it is encrypted)") from exc
+    except TypeError as exc:  # cryptography's way of saying "a password is needed"
+        raise ValueError(_ENCRYPTED) from exc
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        if b"ENCRYPTED" in data:
+            raise ValueError(_ENCRYPTED) from exc
+        if b"PRIVATE KEY-----" not in data and b"-----BEGIN CERTIFICATE-----" in data:
+            raise ValueError("holds a certificate, not a private key") from exc
+        raise ValueError("not a PEM private key") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
         raise ValueError(f"unsupported private key type {type(key).__name__}")
     return key
