@@ -35,6 +35,7 @@ from certd.config import Config, check_files, default_config_path, load_config
 from certd.durations import parse_duration
 from certd.entry import INVOKED_AT
 from certd.errors import CertdError, ConfigError, InventoryError
+from certd.inputs import CERT_LIMIT, KEY_LIMIT, InputError, Part, read_bounded
 from certd.issuers.base import RevocationReason
 from certd.logs import setup_logging
 from certd.monitor import check_doc, check_summary, open_inventory
@@ -356,28 +357,38 @@ def account_rollover(state: _State, issuer: str, as_json: bool) -> None:
 @pass_state
 def import_cmd(state: _State, name: str, cert_file: Path, key_file: Path, chain_file: Path | None,
                as_json: bool) -> None:
-    """Adopt an existing certificate and key: checked like an issued one, then published."""
+    """Adopt an existing certificate and key: checked like an issued one, then published.
+
+    The chain is rebuilt by signature from the leaf out of every certificate
+    given; any that does not belong is dropped with a warning naming it.
+    """
     _select(state, (name,), False)
-    try:
-        cert_pem = cert_file.read_bytes()
-        key_pem = key_file.read_bytes()
-        chain_pem = chain_file.read_bytes() if chain_file else None
-    except OSError as exc:
-        _die(f"cannot read {exc.filename}: {exc.strerror}", EXIT_USAGE)
-    for label, data in (("--cert", cert_pem), ("--chain", chain_pem)):
-        if data is not None:
-            try:
-                load_pem_certs(data)
-            except ValueError as exc:
-                _die(f"{label}: {exc}", EXIT_USAGE)
+    files: dict[Part, tuple[str, Path, int]] = {"cert": ("--cert", cert_file, CERT_LIMIT),
+                                                "key": ("--key", key_file, KEY_LIMIT)}
+    if chain_file is not None:
+        files["chain"] = ("--chain", chain_file, CERT_LIMIT)
+    data = {part: _read_input(*spec) for part, spec in files.items()}
     app = state.app()
     try:
-        result = app.pipeline.import_certificate(name, cert_pem, key_pem, chain_pem)
+        result = app.pipeline.import_certificate(name, data["cert"], data["key"], data.get("chain"))
+    except InputError as exc:
+        option, path, _ = files[exc.part]
+        _die(f"{option} {path}: {exc}", EXIT_USAGE)
     except ValueError as exc:
-        _die(f"--key: {exc}", EXIT_USAGE)
+        _die(f"import {name}: {exc}", EXIT_USAGE)
     except CertdError as exc:
         _die(f"import {name}: {exc}", EXIT_FAILED)
     _print_results([result], as_json)
+
+
+def _read_input(option: str, path: Path, limit: int) -> bytes:
+    """One import input, bounded (no FIFOs, devices or huge files); exit 2 naming the option and file."""
+    try:
+        return read_bounded(path, limit)
+    except OSError as exc:
+        _die(f"{option} {path}: cannot read: {exc.strerror}", EXIT_USAGE)
+    except ValueError as exc:
+        _die(f"{option} {path}: {exc}", EXIT_USAGE)
 
 
 @cli.command("history")

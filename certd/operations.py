@@ -18,15 +18,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from certd.certs import intermediates_only, load_pem_certs
-from certd.errors import CertdError, DeployError
+from cryptography import x509
+
+from certd.certs import build_chain, describe, is_self_signed, load_pem_certs
+from certd.errors import CertdError, CheckFailed, DeployError
+from certd.inputs import InputError
 from certd.inventory.models import VersionState
 from certd.issuers.base import KeyRollover, RevocationReason
-from certd.keys import key_pem, load_key_pem
+from certd.keys import PrivateKey, key_pem, load_key_pem
 from certd.outcome import Attempt, Result, as_step_error
 from certd.publish import current_generation, published_serial
 from certd.rollout import Material
-from certd.x509check import check_certificate
+from certd.x509check import CheckReason, check_certificate
 
 if TYPE_CHECKING:
     from certd.pipeline import Pipeline
@@ -78,6 +81,13 @@ def import_certificate(p: Pipeline, name: str, cert_pem: bytes, key_pem_data: by
                        chain_pem: bytes | None) -> Result:
     """Adopt an existing certificate: checked like an issued one, then recorded and rolled out.
 
+    Each input is parsed on its own and a parse failure is an ``InputError``
+    naming it (``cert``, ``key``, ``chain``), so the operator is pointed at
+    the right file. The chain is built by signature from the leaf out of
+    every other certificate given (``build_chain``): what does not belong is
+    dropped with an ``import.warning`` event naming it, and only the real
+    intermediates are published.
+
     Input that fails to parse or check is refused before the lease is taken
     (``ValueError`` / ``CheckFailed`` to the caller, an ``import.rejected``
     event): the operator's file is wrong, the certificate is not failing, so
@@ -85,13 +95,17 @@ def import_certificate(p: Pipeline, name: str, cert_pem: bytes, key_pem_data: by
     """
     cfg = p.cert_config(name)
     try:
-        certs = load_pem_certs(cert_pem)
-        leaf, rest = certs[0], certs[1:]
-        if chain_pem:
-            rest += load_pem_certs(chain_pem)
-        chain = intermediates_only(rest)
-        key = load_key_pem(key_pem_data)
+        leaf, given, key = _parse_import(cert_pem, key_pem_data, chain_pem)
+        chain, dropped = build_chain(leaf, given)
+        for cert in dropped:
+            p.recorder.event(name, "import.warning", f"dropped {describe(cert)} from the chain: it is not on the "
+                             "path from the leaf to its root (issuer name and signature checked)", None,
+                             step="check", level="warning")
         roots = p.issuer(cfg.issuer).roots()
+        if dropped and not chain and roots is None and not is_self_signed(leaf):
+            # Without pinned roots the check would pass a bare leaf, though a chain was given and none of it fits.
+            raise CheckFailed(f"chain is broken: no certificate given issued {leaf.subject.rfc4514_string()} "
+                              f"(its issuer is {leaf.issuer.rfc4514_string()})", reason=str(CheckReason.CHAIN))
         check_certificate(leaf, chain, key, p.expectations(cfg, roots), p.clock.now())
     except (CertdError, ValueError) as exc:
         p.recorder.event(name, "import.rejected", str(exc), None, step="check")  # the CLI shows the error itself
@@ -111,6 +125,28 @@ def import_certificate(p: Pipeline, name: str, cert_pem: bytes, key_pem_data: by
         return Result(name, "imported", serial=material.serial, state=state, renewal_id=attempt.rid)
 
     return p.run("import", name, body, wait=timedelta(minutes=5))
+
+
+def _parse_import(cert_pem: bytes, key_pem_data: bytes, chain_pem: bytes | None
+                  ) -> tuple[x509.Certificate, list[x509.Certificate], PrivateKey]:
+    """The leaf, every other certificate given (``--cert`` after the leaf, then ``--chain``) and the key.
+
+    Each input is parsed on its own, so a failure names the one at fault.
+    """
+    try:
+        leaf, *others = load_pem_certs(cert_pem, strict=True)
+    except ValueError as exc:
+        raise InputError("cert", str(exc)) from exc
+    if chain_pem is not None:
+        try:
+            others += load_pem_certs(chain_pem, strict=True)
+        except ValueError as exc:
+            raise InputError("chain", str(exc)) from exc
+    try:
+        key = load_key_pem(key_pem_data)
+    except ValueError as exc:
+        raise InputError("key", str(exc)) from exc
+    return leaf, others, key
 
 
 def needs_install(p: Pipeline, name: str) -> bool:

@@ -125,7 +125,7 @@ def test_import_bad_input_changes_nothing(cfg: Path, tmp_path: Path) -> None:
     key = tmp_path / "key.pem"
     key.write_bytes(key_pem(generate_key(KeyType.ECDSA_P256)))
     proc = certd("import", "edge", "--cert", str(garbage), "--key", str(key), config=cfg)
-    assert proc.returncode == 2 and "--cert: malformed PEM certificate" in proc.stderr
+    assert proc.returncode == 2 and f"--cert {garbage}: malformed PEM certificate" in proc.stderr
     current_cert = tmp_path / "out/edge/cert.pem"
     proc = certd("import", "edge", "--cert", str(current_cert), "--key", str(key), config=cfg)
     assert proc.returncode == 1 and "does not match the private key" in proc.stderr

@@ -1,0 +1,74 @@
+"""Files an operator hands to certd (``import --cert/--key/--chain``), read with bounds.
+
+A path given on the command line can be anything: ``/dev/zero``, a FIFO
+nobody writes to, a multi-gigabyte log by mistake. ``Path.read_bytes()``
+would read the first until memory runs out and block forever on the second.
+So the file is opened without blocking, refused unless it is a regular file,
+and read only up to a cap far above any real certificate bundle or key.
+
+``InputError`` says which of the import's inputs was wrong, so that the
+command blames ``--cert`` for a broken certificate instead of ``--key``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Literal
+
+__all__ = ["CERT_LIMIT", "KEY_LIMIT", "InputError", "Part", "read_bounded"]
+
+CERT_LIMIT = 1024 * 1024  # a bundle of every public root is ~250 KiB; a leaf plus chain a few KiB
+KEY_LIMIT = 64 * 1024  # an RSA-4096 key is ~3.3 KiB; with a full chain (combined.pem) still far below
+
+Part = Literal["cert", "key", "chain"]
+
+
+class InputError(ValueError):
+    """One import input (``part``) is unusable; the message does not repeat the file name."""
+
+    def __init__(self, part: Part, message: str) -> None:
+        super().__init__(message)
+        self.part = part
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _size(n: int) -> str:
+    return f"{n // 1024} KiB" if n < 1024 * 1024 else f"{n / (1024 * 1024):.1f} MiB"
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """The content of a regular file of at most ``limit`` bytes; ``ValueError`` otherwise.
+
+    ``O_NONBLOCK`` keeps ``open`` of a FIFO from waiting for a writer; the
+    type is checked on the open descriptor (not the path, which could be
+    swapped in between); and the read stops one byte past the cap, so a file
+    growing after ``fstat`` is caught too. ``OSError`` (missing, no
+    permission) is left to the caller, which names the file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{_kind(info.st_mode)}, not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"too large ({_size(info.st_size)}; at most {_size(limit)})")
+        chunks: list[bytes] = []
+        remaining = limit + 1
+        while remaining > 0 and (chunk := os.read(fd, min(remaining, 65536))):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise ValueError(f"too large (more than {_size(limit)})")
+    return data
