@@ -54,8 +54,12 @@ class Metrics:
             "certd_renewals_total", "Renewal attempts by result.", ["name", "issuer", "result"], registry=r
         )
         self.renewal_duration = Histogram(
-            "certd_renewal_duration_seconds", "Wall time of renewals that ran.",
-            buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=r,
+            "certd_renewal_duration_seconds", "Wall time of renewals that ran, by issuer and result.",
+            ["issuer", "result"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=r,
+        )
+        self.step_duration = Histogram(
+            "certd_step_duration_seconds", "Wall time of each pipeline step (key, issue, check, publish, deploy, ...).",
+            ["operation", "step"], buckets=(0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=r,
         )
         self.deploys = Counter(
             "certd_deploy_total", "Deploy target runs by result.", ["name", "target", "result"], registry=r

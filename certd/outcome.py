@@ -12,6 +12,7 @@ at every step boundary.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -85,6 +86,7 @@ class Attempt:
     row: Certificate | None = None  # failures and backoff as they were when the lease was taken
     beat: Heartbeat | None = None
     fault: Fault | None = None
+    timer: Callable[[str, str, float], None] | None = None  # (operation, step, seconds), for metrics
     current_step: str = "plan"
     version_id: int | None = None
     warnings: list[str] = field(default_factory=list)
@@ -97,6 +99,7 @@ class Attempt:
         inside ``issue``) for fault injection; users see the step.
         """
         self.current_step = name
+        started = time.monotonic()
         try:
             if self.fault is not None:
                 self.fault(self.op, at or name)
@@ -105,3 +108,6 @@ class Attempt:
             if not isinstance(exc, Exception):
                 raise
             raise as_step_error(name, exc) from exc
+        finally:
+            if self.timer is not None and at is None:
+                self.timer(self.op, name, time.monotonic() - started)

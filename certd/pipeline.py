@@ -169,7 +169,8 @@ class Pipeline:
         with self.hold.held(got) as beat:
             # Gathered once, under the lease: every step of this operation works from this picture.
             attempt = Attempt(op, name, cfg, rid, old=self.inventory.current_version(name),
-                              row=self.inventory.certificate(name), beat=beat, fault=self.fault)
+                              row=self.inventory.certificate(name), beat=beat, fault=self.fault,
+                              timer=self.recorder.step_time)
             try:
                 return body(attempt)
             except Exception as exc:

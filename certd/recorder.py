@@ -66,7 +66,11 @@ class Recorder:
     def renewal_result(self, name: str, issuer: str, ok: bool, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.renewals.labels(name, issuer, "success" if ok else "failure").inc()
-            self.metrics.renewal_duration.observe(seconds)
+            self.metrics.renewal_duration.labels(issuer, "success" if ok else "failure").observe(seconds)
+
+    def step_time(self, operation: str, step: str, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.step_duration.labels(operation, step).observe(seconds)
 
     # -- outcomes --------------------------------------------------------------------
     def failure(self, attempt: Attempt, exc: StepError) -> Result:

@@ -120,6 +120,8 @@ def test_run_renews_a_short_lived_acme_certificate_into_haproxy_repeatedly(
     probed = _sample(metrics, 'certd_probe_total{name="edge",result="success"}')
     # The boot certificate was published with no deploy target; the daemon deploys it first (a first start).
     assert renewed >= 3 - (boot_serial in served) and deployed >= 3 and probed >= 3, metrics
+    assert _sample(metrics, 'certd_step_duration_seconds_count{operation="renew",step="issue"}') >= 2
+    assert _sample(metrics, 'certd_renewal_duration_seconds_count{issuer="pebble",result="success"}') >= 2
 
 
 def _sample(metrics: str, prefix: str) -> float:
