@@ -11,6 +11,12 @@ instead of queueing for the write lock, which with dozens of renewal workers
 was where most of their time went. PostgreSQL is
 for several replicas; there Alembic upgrades take an advisory lock so two
 replicas starting together migrate once.
+
+Faults an operator can cause (a damaged or read-only file, a lock held past
+``busy_timeout``, a server that refuses us, a schema from a newer certd)
+leave here as one-line ``InventoryError``s naming the database; see
+``db_faults.py``, which also keeps a new SQLite database and its ``-wal`` and
+``-shm`` at 0600.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from certd.db_faults import NEWER_SCHEMA, inventory_error, prepare_sqlite_file, safe_url
 from certd.errors import ConfigError, InventoryError
 
 __all__ = ["Sessions", "create_db_engine", "migrations_dir", "schema_is_current", "session_factory", "upgrade"]
@@ -45,25 +53,23 @@ def migrations_dir() -> Path:
     raise InventoryError("cannot find certd's migrations directory", retryable=False)
 
 
-def _safe_url(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return "<unparsable URL>"
-
-
 def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30)) -> Engine:
-    """An engine configured for certd's concurrency rules (see module docstring)."""
+    """An engine configured for certd's concurrency rules (see module docstring).
+
+    For a SQLite file this already checks that the file can be written and
+    creates it (0600) when missing: ``InventoryError`` otherwise.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
-        raise ConfigError(f"database.url: not a SQLAlchemy URL: {_safe_url(url)}") from exc
+        raise ConfigError(f"database.url: not a SQLAlchemy URL: {safe_url(url)}") from exc
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
-        if db and db != ":memory:":
+        if db and db != ":memory:" and not db.startswith("file:"):
             parent = Path(db).parent
             if not parent.is_dir():
                 raise ConfigError(f"database.url: directory {parent} does not exist")
+            prepare_sqlite_file(url, Path(db))
         engine = create_engine(
             url, pool_size=8, max_overflow=32, connect_args={"timeout": busy_timeout.total_seconds(),
                                                              "check_same_thread": False}
@@ -87,7 +93,9 @@ def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30
 
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32)
+        # A server that drops our packets must fail the command, not hang it for the kernel's TCP timeout.
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=32, connect_args=connect_args)
     raise ConfigError(f"database.url: unsupported database {parsed.get_backend_name()!r} (sqlite or postgresql)")
 
 
@@ -123,24 +131,46 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
+def _read_only(engine: Engine) -> Engine:
+    """The engine with SQLite's deferred ``BEGIN``: looking at the schema must not queue for the write lock."""
+    return engine.execution_options(**{_READ_ONLY: True})
+
+
+def _current_heads(engine: Engine, script: ScriptDirectory) -> set[str]:
+    """The database's Alembic heads; ``InventoryError`` for one this certd does not know (a newer certd's)."""
+    with _read_only(engine).connect() as conn:
+        heads = set(MigrationContext.configure(conn).get_current_heads())
+    known = {rev.revision for rev in script.walk_revisions()}
+    unknown = sorted(heads - known)
+    if unknown:
+        raise InventoryError(f"database {safe_url(engine.url)}: {NEWER_SCHEMA.format(revision=', '.join(unknown))}",
+                             reason="SchemaTooNew", retryable=False)
+    return heads
+
+
 def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest revision (idempotent, safe to run concurrently)."""
+    """Bring the schema to the newest revision (idempotent, safe to run concurrently).
+
+    Raises ``InventoryError`` (one line, naming the database) when it cannot
+    be reached or written, or when its schema is newer than this certd's.
+    """
+    cfg = _alembic_config(engine)
     try:
-        command.upgrade(_alembic_config(engine), "head")
-    except OperationalError as exc:
-        raise InventoryError(
-            f"cannot upgrade the database at {_safe_url(str(engine.url))}: {exc.orig}"
-        ) from exc
-    except SQLAlchemyError as exc:
-        raise InventoryError(f"database upgrade failed: {exc}") from exc
+        _current_heads(engine, ScriptDirectory.from_config(cfg))
+        command.upgrade(cfg, "head")
+    except CommandError as exc:  # another replica of a newer certd migrated between our look and Alembic's
+        revision = str(exc).rpartition("identified by ")[2].strip("'\" ")
+        cause = NEWER_SCHEMA.format(revision=revision) if "Can't locate revision" in str(exc) else str(exc)
+        raise InventoryError(f"database {safe_url(engine.url)}: {cause}", retryable=False) from exc
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise inventory_error(engine.url, exc) from exc
 
 
 def schema_is_current(engine: Engine) -> bool:
-    """True when the database is at the newest revision."""
+    """True when the database is at the newest revision; ``InventoryError`` when unreadable or newer."""
     script = ScriptDirectory.from_config(_alembic_config(engine))
     try:
-        with engine.connect() as conn:
-            heads = set(MigrationContext.configure(conn).get_current_heads())
-    except SQLAlchemyError as exc:
-        raise InventoryError(f"cannot read the database at {_safe_url(str(engine.url))}: {exc}") from exc
+        heads = _current_heads(engine, script)
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise inventory_error(engine.url, exc) from exc
     return heads == set(script.get_heads())
