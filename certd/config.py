@@ -39,7 +39,7 @@ from pydantic import (
     model_validator,
 )
 
-from certd.config_rules import check_files, cross_check
+from certd.config_rules import check_files, check_secret_modes, cross_check, key_file_rules
 from certd.durations import format_duration, parse_duration
 from certd.errors import ConfigError
 from certd.keys import KeyType
@@ -62,6 +62,7 @@ __all__ = [
     "VerifyEndpoint",
     "WebhookDeployConfig",
     "check_files",
+    "check_secret_modes",
     "default_config_path",
     "default_rate_limits",
     "load_config",
@@ -584,6 +585,8 @@ def load_config(path: Path | str) -> Config:
         path, issuers, certs, deploys,
         broken_issuers=_broken(raw.get("issuers"), issuers), broken_deploys=_broken(raw.get("deploy"), deploys),
     )
+    if isinstance(database, DatabaseConfig):
+        errors += key_file_rules(path, database.key_file)
     if errors:
         raise ConfigError("\n".join(errors))
     assert isinstance(database, DatabaseConfig) and isinstance(daemon, DaemonConfig)

@@ -12,7 +12,12 @@ by ``load_config`` — and so by ``certd check-config``, every CLI command and
 the daemon's reload — before any CA is contacted, instead of failing (or
 issuing and discarding a certificate) on every renewal. ``check_files``
 only reports referenced files that do not exist yet: warnings, since a
-config is often written before its secrets are in place.
+config is often written before its secrets are in place. ``key_file_rules``
+reads ``[database] key_file`` when it exists: a garbled key is an error,
+since no command could use the inventory's keys with it. ``check_secret_modes``
+reports secret files (and the SQLite database) that other users can read:
+warnings, shown by ``check-config`` and logged when the daemon starts, never
+errors (a mode is the operator's call, and some secret stores mount 0644).
 
 A table that failed its own validation has already been reported; references
 to it are not reported again as "unknown", so one mistake gives one error.
@@ -25,18 +30,20 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import stat
 from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from certd.durations import format_duration
+from certd.inventory.keybox import KEY_HINT, parse_key
 from certd.keys import KeyType
 from certd.policy import min_remaining, remaining_floor
 
 if TYPE_CHECKING:
     from certd.config import CertificateConfig, Config, DeployConfig, IssuerConfig
 
-__all__ = ["check_files", "cross_check"]
+__all__ = ["check_files", "check_secret_modes", "cross_check", "key_file_rules"]
 
 _ISSUER_KEY_TYPES: dict[str, set[KeyType]] = {
     "acme": {KeyType.ECDSA_P256, KeyType.ECDSA_P384, KeyType.RSA_2048, KeyType.RSA_3072, KeyType.RSA_4096},
@@ -227,3 +234,68 @@ def check_files(config: Config) -> list[str]:
         f"{config.path}: {keys[0]}: {value} does not exist" + (f" (also {', '.join(keys[1:])})" if keys[1:] else "")
         for value, keys in missing.items()
     ]
+
+
+def key_file_rules(path: Path, key_file: Path | None) -> list[str]:
+    """``[database] key_file``, when it exists, must hold a key (a missing one is ``check_files``' warning)."""
+    if key_file is None or not key_file.exists():
+        return []
+    where = f"{path}: database.key_file"
+    try:
+        data = key_file.read_bytes()
+    except OSError as exc:
+        return [f"{where}: cannot read {key_file}: {exc.strerror}"]
+    return [] if parse_key(data) is not None else [f"{where}: {key_file} {KEY_HINT}"]
+
+
+_SECRET_KEYS = ("key_file", "api_token_file", "tsig_secret_file", "eab_hmac_key_file", "token_file", "secret_id_file",
+                "secret_file")
+
+
+def _readable_by(mode: int) -> str | None:
+    who = [label for bit, label in ((stat.S_IRGRP, "its group"), (stat.S_IROTH, "every user")) if mode & bit]
+    return " and ".join(who) or None
+
+
+def check_secret_modes(config: Config) -> list[str]:
+    """Secret files (and the SQLite database) readable by their group or by everyone: one warning line each."""
+    refs: dict[Path, list[str]] = {}
+    sections: list[tuple[str, object]] = [("database", config.database), ("daemon", config.daemon)]
+    sections += [(f"issuers.{n}", v) for n, v in config.issuers.items()]
+    sections += [(f"deploy.{n}", v) for n, v in config.deploy.items() if getattr(v, "type", None) == "webhook"]
+    for where, model in sections:
+        for key in _SECRET_KEYS:
+            value = getattr(model, key, None)
+            if isinstance(value, Path):
+                refs.setdefault(value, []).append(f"{where}.{key}")
+    lines = []
+    for value, keys in refs.items():
+        try:
+            mode = stat.S_IMODE(value.stat().st_mode)
+        except OSError:
+            continue  # missing: check_files says so; unreadable: the command using it says so
+        readers = _readable_by(mode)
+        if readers:
+            also = f" (also {', '.join(keys[1:])})" if keys[1:] else ""
+            lines.append(f"{config.path}: {keys[0]}: {value} is readable by {readers} (mode {mode:04o}): a secret "
+                         f"should be 0600 or 0400, owned by the user certd runs as{also}")
+    database = _sqlite_path(config.database.url)
+    if database is not None:
+        try:
+            mode = stat.S_IMODE(database.stat().st_mode)
+        except OSError:
+            mode = 0
+        readers = _readable_by(mode)
+        if readers:
+            lines.append(f"{config.path}: database.url: {database} is readable by {readers} (mode {mode:04o}): it "
+                         "holds the inventory and its sealed keys; chmod 0600 (SQLite gives its -wal and -shm the "
+                         "same mode)")
+    return lines
+
+
+def _sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or url.startswith(prefix + "file:"):
+        return None
+    db = url[len(prefix):].split("?", 1)[0]
+    return Path(db) if db and db != ":memory:" else None

@@ -33,7 +33,7 @@ from sqlalchemy import text
 
 from certd.api import ApiState, create_api
 from certd.app import App
-from certd.config import Config, load_config
+from certd.config import Config, check_secret_modes, load_config
 from certd.durations import format_duration
 from certd.errors import CA_RATE_LIMIT_REASONS, CertdError, ConfigError
 from certd.metrics import Metrics
@@ -170,6 +170,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
         if self._token() is None:
             log.warning("no usable [daemon] api_token_file: the HTTP API accepts reads only")
+        for line in check_secret_modes(self.pipeline.config):
+            log.warning(line)
         state = ApiState(pipeline=lambda: self.pipeline, scheduler=self.scheduler, metrics=self.metrics,
                          token=self._token, health=self.health)
         host, _, port = daemon_cfg.api_listen.rpartition(":")
