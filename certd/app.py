@@ -3,6 +3,9 @@
 The CLI, the daemon and the HTTP API each call ``App.open`` and then only
 talk to ``app.pipeline`` and ``app.inventory``; nothing else constructs
 engines, issuers or deploy targets, so the three doors cannot drift apart.
+It is also where every door checks, before doing anything, that the
+database is usable and that ``[database] key_file`` is the key the inventory
+is sealed with (``inventory/keycheck.py``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from certd.clock import Clock, SystemClock
 from certd.config import Config
-from certd.db import create_db_engine, session_factory, upgrade
+from certd.db import create_db_engine, schema_is_current, session_factory, upgrade
+from certd.db_faults import inventory_error
 from certd.deploy import build_targets
 from certd.inventory.keybox import KeyBox
+from certd.inventory.keycheck import verify_key
 from certd.inventory.leases import LeaseManager
 from certd.inventory.store import Inventory
 from certd.issuers import build_issuer
@@ -58,11 +64,21 @@ class App:
         metrics: Metrics | None = None,
     ) -> App:
         clock = clock or SystemClock()
-        engine = create_db_engine(config.database.url, busy_timeout=config.database.busy_timeout)
-        if migrate:
-            upgrade(engine)
-        sessions = session_factory(engine)
         keybox = KeyBox.from_file(config.database.key_file)
+        engine = create_db_engine(config.database.url, busy_timeout=config.database.busy_timeout)
+        try:
+            if migrate:
+                upgrade(engine)
+            sessions = session_factory(engine)
+            # Without migrating (monitoring), a schema that is not current is the caller's to report.
+            if migrate or schema_is_current(engine):
+                try:
+                    verify_key(sessions, keybox, config_path=config.path, record=migrate)
+                except SQLAlchemyError as exc:
+                    raise inventory_error(engine.url, exc) from exc
+        except BaseException:
+            engine.dispose()
+            raise
         inventory = Inventory(engine, sessions, keybox)
         if sync:
             inventory.sync(config, clock.now())

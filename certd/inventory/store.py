@@ -2,7 +2,10 @@
 
 Writes that belong to a renewal take the renewal's ``LeaseInfo`` and check
 it in the same transaction (``assert_held``), which is how a holder whose
-lease lapsed is stopped from recording anything.
+lease lapsed is stopped from recording anything. Writes that store a sealed
+key check, in the same way, that the inventory is still sealed with this
+process's key (``keycheck.assert_sealing_key``): after ``certd db rotate-key``
+a replica still on the old key cannot store keys nobody can open.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from certd.config import CertificateConfig, Config
+from certd.db_faults import inventory_error
 from certd.errors import InventoryError
 from certd.inventory.keybox import KeyBox
+from certd.inventory.keycheck import assert_sealing_key
 from certd.inventory.leases import LeaseInfo, assert_held
 from certd.inventory.models import Account, Certificate, Event, Version, VersionState
 from certd.policy import Current
@@ -69,6 +74,8 @@ class Inventory:
         """Store (or replace) the account; the key is sealed when a key file is configured."""
         sealed = self.keybox.seal(key_pem, f"account:{issuer}:{directory}") if self.keybox.enabled else key_pem
         with self.sessions.begin() as s:
+            if self.keybox.enabled:
+                assert_sealing_key(s, self.keybox)
             row = s.execute(
                 select(Account).where(Account.issuer == issuer, Account.directory == directory)
             ).scalar_one_or_none()
@@ -118,7 +125,7 @@ class Inventory:
                     )
                     s.add(Event(certificate=name, at=now, kind=kind, level="info", message=kind.split(".")[1]))
         except SQLAlchemyError as exc:
-            raise InventoryError(f"cannot sync the configuration into the inventory: {exc}") from exc
+            raise inventory_error(self.engine.url, exc) from exc
         return SyncReport(tuple(added), tuple(changed), tuple(retired))
 
     # -- reads -------------------------------------------------------------------
@@ -241,6 +248,8 @@ class Inventory:
     def add_version(self, lease: LeaseInfo, now: datetime, **fields: Any) -> int:
         with self.sessions.begin() as s:
             assert_held(s, lease, now)
+            if fields.get("key_enc") is not None:
+                assert_sealing_key(s, self.keybox)
             row = Version(certificate=lease.certificate, created_at=now, updated_at=now, **fields)
             s.add(row)
             s.flush()
