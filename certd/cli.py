@@ -27,11 +27,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from certd import __version__
 from certd.app import App
 from certd.certs import certs_pem, load_pem_certs
-from certd.config import Config, check_files, default_config_path, load_config
+from certd.cli_db import db_group
+from certd.config import Config, check_files, check_secret_modes, default_config_path, load_config
+from certd.db_faults import inventory_error
 from certd.durations import parse_duration
 from certd.entry import INVOKED_AT
 from certd.errors import CertdError, ConfigError, InventoryError
@@ -76,7 +79,7 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _die(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, soft_wrap=True)
     sys.exit(code)
 
 
@@ -135,6 +138,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:
             _stdout_closed()
+        except SQLAlchemyError as exc:  # a database fault after the inventory opened: one line, exit 3
+            config = ctx.obj._config if isinstance(ctx.obj, _State) else None
+            _die(str(inventory_error(config.database.url if config else "<unknown>", exc)), EXIT_INVENTORY)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -166,25 +172,14 @@ def check_config(state: _State, strict: bool) -> None:
     missing = check_files(config)
     for line in missing:
         (err.print(f"[red]error:[/] {line}") if strict else err.print(f"[yellow]warning:[/] {line}"))
+    for line in check_secret_modes(config):  # warnings even with --strict: a mode is the operator's call
+        err.print(f"[yellow]warning:[/] {escape(line)}")
     if strict and missing:
         sys.exit(EXIT_USAGE)
     out.print(
         f"{config.path}: ok ({len(config.certificates)} certificates, {len(config.issuers)} issuers, "
         f"{len(config.deploy)} deploy targets)"
     )
-
-
-@cli.group("db")
-def db_group() -> None:
-    """Database (inventory) maintenance."""
-
-
-@db_group.command("upgrade")
-@pass_state
-def db_upgrade(state: _State) -> None:
-    """Run Alembic migrations to the newest schema (SQLite or PostgreSQL) and sync the config."""
-    app = state.app()
-    out.print(f"database at {app.engine.url.render_as_string(hide_password=True)} is up to date")
 
 
 @cli.command("list")
@@ -571,6 +566,9 @@ def _stdout_closed() -> NoReturn:
     except (OSError, ValueError):
         pass
     os._exit(_EXIT_PIPE)
+
+
+cli.add_command(db_group)
 
 
 def main() -> None:
