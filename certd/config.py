@@ -423,6 +423,8 @@ def _mode(value: Any) -> int:
 
 
 def _valid_name(name: str) -> str:
+    if "%" in name:  # an IPv6 zone id (fe80::1%eth0) names an interface, not something a certificate holds
+        raise ValueError(f"{name!r} is not a DNS name, wildcard (*.example.com) or IP address (no zone ids)")
     try:
         return str(ipaddress.ip_address(name))  # compressed and lowercase: 2001:DB8::0001 is 2001:db8::1
     except ValueError:

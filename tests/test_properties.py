@@ -119,8 +119,6 @@ def test_any_text_is_a_name_or_a_validation_error(text: str) -> None:
     assert _names(normal) == [normal]
 
 
-@pytest.mark.xfail(strict=True, reason="config._valid_name accepts IPv6 zone ids (fe80::1%eth0, any text after %): "
-                                       "not a name a certificate can hold; reported, config.py is not this change's")
 @settings(max_examples=20, deadline=None)
 @given(st.ip_addresses(v=6), st.text(min_size=1).filter(lambda z: "%" not in z))
 def test_ipv6_zone_ids_are_not_certificate_names(address: ipaddress.IPv6Address, zone: str) -> None:
