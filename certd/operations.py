@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from cryptography import x509
 
-from certd.certs import build_chain, describe, is_self_signed, load_pem_certs
-from certd.errors import CertdError, CheckFailed, DeployError
+from certd.certs import load_pem_certs
+from certd.errors import CertdError, DeployError
 from certd.inputs import InputError
 from certd.inventory.models import VersionState
 from certd.issuers.base import KeyRollover, RevocationReason
@@ -29,7 +29,7 @@ from certd.keys import PrivateKey, key_pem, load_key_pem
 from certd.outcome import Attempt, Result, as_step_error
 from certd.publish import current_generation, published_serial
 from certd.rollout import Material
-from certd.x509check import CheckReason, check_certificate
+from certd.x509check import check_certificate, usable_chain
 
 if TYPE_CHECKING:
     from certd.pipeline import Pipeline
@@ -96,16 +96,9 @@ def import_certificate(p: Pipeline, name: str, cert_pem: bytes, key_pem_data: by
     cfg = p.cert_config(name)
     try:
         leaf, given, key = _parse_import(cert_pem, key_pem_data, chain_pem)
-        chain, dropped = build_chain(leaf, given)
-        for cert in dropped:
-            p.recorder.event(name, "import.warning", f"dropped {describe(cert)} from the chain: it is not on the "
-                             "path from the leaf to its root (issuer name and signature checked)", None,
-                             step="check", level="warning")
         roots = p.issuer(cfg.issuer).roots()
-        if dropped and not chain and roots is None and not is_self_signed(leaf):
-            # Without pinned roots the check would pass a bare leaf, though a chain was given and none of it fits.
-            raise CheckFailed(f"chain is broken: no certificate given issued {leaf.subject.rfc4514_string()} "
-                              f"(its issuer is {leaf.issuer.rfc4514_string()})", reason=str(CheckReason.CHAIN))
+        chain = usable_chain(leaf, given, roots,
+                             lambda dropped: p.recorder.dropped_from_chain(name, dropped, None, kind="import.warning"))
         check_certificate(leaf, chain, key, p.expectations(cfg, roots), p.clock.now())
     except (CertdError, ValueError) as exc:
         p.recorder.event(name, "import.rejected", str(exc), None, step="check")  # the CLI shows the error itself

@@ -38,7 +38,7 @@ from cryptography import x509
 from certd import operations
 from certd.ari_refresh import refresh_renewal_info
 from certd.budget import Budget
-from certd.certs import certs_pem, fingerprint, intermediates_only, serial_hex
+from certd.certs import certs_pem, fingerprint, serial_hex
 from certd.clock import Clock
 from certd.config import CertificateConfig, Config
 from certd.deploy.base import DeployTarget
@@ -56,7 +56,7 @@ from certd.policy import Current, Verdict, Wanted, evaluate, hard_deadline, min_
 from certd.recorder import Recorder
 from certd.rollout import Material, Prober, Rollout
 from certd.trust import refresh_bundle_file, trust_bundle
-from certd.x509check import Expectations, check_certificate
+from certd.x509check import Expectations, check_certificate, usable_chain
 
 __all__ = ["Outcome", "Pipeline", "Prober", "Result"]
 
@@ -224,11 +224,13 @@ class Pipeline:
             issued = self._issue(attempt, issuer, request, force)
             if issued.private_key is not None:
                 key = issued.private_key
-            chain = intermediates_only(issued.chain)
+        with attempt.step("check", at="chain"):
+            roots = issuer.roots()
+            chain = usable_chain(issued.leaf, issued.chain, roots,
+                                 lambda dropped: self.recorder.dropped_from_chain(name, dropped, rid))
         with attempt.step("record"):
             attempt.version_id = self._add_version(attempt, issuer, issued.leaf, chain, key)
         with attempt.step("check"):
-            roots = issuer.roots()
             for warning in check_certificate(issued.leaf, chain, key, self.expectations(cfg, roots), self.clock.now()):
                 self.recorder.event(name, "check.warning", warning, rid, step="check", level="warning")
             assert attempt.beat is not None

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
+
+from cryptography import x509
 
 from certd.budget import BUDGET_REASON
+from certd.certs import describe
 from certd.clock import Clock
 from certd.errors import LeaseLost
 from certd.inventory.models import VersionState
@@ -49,6 +53,13 @@ class Recorder:
         log.log(logging.INFO if level == "info" else logging.WARNING if level == "warning" else logging.ERROR,
                 "%s: %s: %s", name, kind, message, extra={"certificate": name, "renewal_id": rid, "event": kind})
         self.inventory.event(name, kind, message, self.clock.now(), renewal_id=rid, step=step, level=level)
+
+    def dropped_from_chain(self, name: str, dropped: Sequence[x509.Certificate], rid: str | None, *,
+                           kind: str = "check.warning") -> None:
+        """A warning per certificate that came with the chain but is not on the leaf's path to its root."""
+        for cert in dropped:
+            self.event(name, kind, f"dropped {describe(cert)} from the chain: it is not on the path from the leaf "
+                       "to its root (issuer name and signature checked)", rid, step="check", level="warning")
 
     # -- metrics ---------------------------------------------------------------------
     def issuer_request(self, issuer: str, ok: bool) -> None:

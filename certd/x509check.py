@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -19,12 +20,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from certd.certs import cert_names, is_self_signed
+from certd.certs import build_chain, cert_names, is_self_signed
 from certd.durations import format_duration
 from certd.errors import CheckFailed
 from certd.keys import KeyType, PrivateKey, key_type_of
 
-__all__ = ["CheckReason", "Expectations", "check_certificate", "verify_chain"]
+__all__ = ["CheckReason", "Expectations", "check_certificate", "usable_chain", "verify_chain"]
 
 _CLOCK_SKEW = timedelta(minutes=5)
 
@@ -141,3 +142,21 @@ def check_certificate(
             f"needs at least {format_duration(expect.min_remaining)}",
         )
     return verify_chain(leaf, chain, expect.roots, expect.names, now)
+
+
+def usable_chain(
+    leaf: x509.Certificate, candidates: Sequence[x509.Certificate], roots: Sequence[x509.Certificate] | None,
+    on_dropped: Callable[[tuple[x509.Certificate, ...]], None],
+) -> tuple[x509.Certificate, ...]:
+    """The leaf's intermediates built by signature; what was dropped goes to ``on_dropped`` first.
+
+    ``CheckFailed`` when none fit: without pinned roots the chain check would
+    pass a bare leaf, though a chain was given and none of it leads anywhere —
+    a broken chain, not a self-contained one.
+    """
+    chain, dropped = build_chain(leaf, candidates)
+    on_dropped(dropped)
+    if dropped and not chain and roots is None and not is_self_signed(leaf):
+        raise _fail(CheckReason.CHAIN, f"chain is broken: no certificate given issued {leaf.subject.rfc4514_string()} "
+                    f"(its issuer is {leaf.issuer.rfc4514_string()})")
+    return chain
