@@ -1,29 +1,28 @@
 #!/usr/bin/env bash
-# `make demo`: issue an edge and a backend certificate from certd's local CA into ./var, then show them.
+# `make demo`: the article's setup on this machine. HAProxy at the edge (certificate from Pebble over ACME,
+# or from certd's local CA when Pebble is not installed), two nginx backends (certificates from certd's local
+# CA), the certd daemon rotating all three under a request loop; then a summary and `certd list`.
+# Everything lives in ./var/demo and is stopped at the end, also on Ctrl-C.
+#   DEMO_SECONDS=90     how long the traffic runs (each certificate rotates every ~15 s)
+#   DEMO_EDGE=local-ca  use certd's local CA for the edge even if Pebble is installed
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CERTD_BIN=".venv/bin/certd"
-CERTD="$CERTD_BIN -c deploy/demo/certd.toml"
-mkdir -p var
-echo "==> certd check-config"
-$CERTD check-config
-echo "==> certd renew --all   (first run issues both; later runs skip what is not due)"
-$CERTD renew --all
-echo "==> certd list"
-$CERTD list
-echo "==> files written for 'edge' (stable names are links into the current generation):"
-ls -la var/certs/edge/
-echo "==> certd bundle edge   (what a load balancer pins for these backends)"
-$CERTD bundle edge --out var/local-ca-bundle.pem
-echo "==> certd plan"
-$CERTD plan
-secs="${DEMO_SECONDS:-60}"
-echo "==> certd run for ${secs}s: the daemon renews 'ticker' (20 s lifetime) on its own; Ctrl-C stops it early"
-status=0
-timeout -s TERM "$secs" $CERTD_BIN --log-level info -c deploy/demo/certd.toml run || status=$?
-[ "$status" -eq 0 ] || [ "$status" -eq 124 ] || exit "$status"
-echo "==> certd history ticker (newest first)"
-$CERTD history ticker > var/history-ticker.txt
-head -n 12 var/history-ticker.txt
-echo "==> certd list"
-$CERTD list
+sessions="var/demo/run/sessions"
+
+# scripts/demo_lb.py stops everything it started itself, also when interrupted. This is the backstop for a
+# helper that died without cleaning up (kill -9): every server ran in a session of its own, whose id
+# (= the pid of the process started) is in $sessions; end whatever is still in those sessions.
+leftovers() {
+  [ -f "$sessions" ] || return 0
+  local sid name
+  while read -r sid name; do
+    if pgrep -s "$sid" >/dev/null 2>&1; then
+      echo "demo.sh: $name (session $sid) was still running: killing it" >&2
+      pkill -KILL -s "$sid" || true
+    fi
+  done < <(tac "$sessions")   # newest first: the daemon before the servers it deploys to
+}
+trap leftovers EXIT
+trap 'exit 130' INT TERM HUP
+
+.venv/bin/python scripts/demo_lb.py --certd .venv/bin/certd
