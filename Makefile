@@ -1,10 +1,9 @@
-# certd: `make demo` runs certd on the embedded default (SQLite + local CA);
+# certd: `make demo` runs the article's load balancer (HAProxy + two nginx, Pebble or the local CA) under certd;
 # `make test` installs what the tests need (Debian packages, Python packages) and runs them.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEMO_CONFIG := deploy/demo/certd.toml
 
 .PHONY: venv demo test lint typecheck pytest clean
 
@@ -18,6 +17,7 @@ $(BIN)/certd: pyproject.toml
 venv: $(BIN)/certd
 
 demo: venv
+	scripts/install-system-deps.sh demo
 	scripts/demo.sh
 
 lint: venv
