@@ -1,9 +1,7 @@
 """``certd db``: inventory maintenance — schema upgrades and rotating the key that seals stored private keys.
 
 Kept out of ``cli.py`` (which is past its size budget) and registered there
-with ``cli.add_command``. It borrows ``cli.py``'s console and exit-code
-helpers by importing them inside each command, so either module can be
-imported first.
+with ``cli.add_command``. It uses ``cli_base``'s console and exit-code helpers.
 
 ``rotate-key`` is the only supported way to change ``[database] key_file``:
 pointing the config at another file is refused at start (``keycheck.py``),
@@ -24,7 +22,7 @@ from certd.inventory.keybox import KeyBox
 from certd.inventory.keycheck import rotate
 
 if TYPE_CHECKING:
-    from certd.cli import _State
+    from certd.cli_base import State
 
 __all__ = ["db_group"]
 
@@ -36,9 +34,9 @@ def db_group() -> None:
 
 @db_group.command("upgrade")
 @click.pass_obj
-def db_upgrade(state: _State) -> None:
+def db_upgrade(state: State) -> None:
     """Run Alembic migrations to the newest schema (SQLite or PostgreSQL) and sync the config."""
-    from certd.cli import out
+    from certd.cli_base import out
 
     app = state.app()
     out.print(f"database at {safe_url(app.engine.url)} is up to date", markup=False)
@@ -52,21 +50,21 @@ def _plural(n: int, word: str) -> str:
 @click.option("--new-key-file", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help="File holding the new key: 32 random bytes as base64 (head -c 32 /dev/urandom | base64).")
 @click.pass_obj
-def db_rotate_key(state: _State, new_key_file: Path) -> None:
+def db_rotate_key(state: State, new_key_file: Path) -> None:
     """Re-seal every private key stored in the inventory with a new key file, in one transaction.
 
     Afterwards only the new file opens the inventory: set [database] key_file to it on every host
     that shares the inventory and restart certd there (replicas still on the old key refuse to
     store keys until then).
     """
-    from certd.cli import EXIT_USAGE, _die, _errors, err, out
+    from certd.cli_base import EXIT_USAGE, die, err, exit_on_errors, out
 
     config = state.config
     if config.database.key_file is None:
-        _die(f"{config.path}: database.key_file is not set, so no stored key is sealed: set key_file to "
+        die(f"{config.path}: database.key_file is not set, so no stored key is sealed: set key_file to "
              f"{new_key_file} instead of rotating", EXIT_USAGE)
     new_path = new_key_file.absolute()
-    with _errors():
+    with exit_on_errors():
         new = KeyBox.from_file(new_path, label="--new-key-file")
     app = state.app(sync=False)  # refuses a key_file that does not match the inventory
     old = app.inventory.keybox
@@ -77,7 +75,7 @@ def db_rotate_key(state: _State, new_key_file: Path) -> None:
     if mode & 0o077:
         err.print(f"warning: {new_path} is accessible to other users (mode {mode:04o}): chmod 0600 it",
                   markup=False)
-    with _errors():
+    with exit_on_errors():
         try:
             done = rotate(app.inventory.sessions, old, new)
         except SQLAlchemyError as exc:
