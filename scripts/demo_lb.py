@@ -237,8 +237,9 @@ class Estate:
         self.procs: list[Proc] = []
         self._sessions = directory / "run" / "sessions"
 
-    def start(self, name: str, argv: Sequence[str], **kw: object) -> Proc:
-        proc = Proc(name, argv, self.dir / "logs" / f"{name}.log", **kw)  # type: ignore[arg-type]
+    def start(self, name: str, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+              cwd: Path | None = None, stop_signal: int = signal.SIGTERM) -> Proc:
+        proc = Proc(name, argv, self.dir / "logs" / f"{name}.log", env=env, cwd=cwd, stop_signal=stop_signal)
         self.procs.append(proc)
         self._sessions.parent.mkdir(parents=True, exist_ok=True)
         with open(self._sessions, "a") as fh:
@@ -321,7 +322,7 @@ def edge_tls(port: int, cafile: Path) -> dict[str, str]:
 
 @dataclass
 class Seen:
-    """Serials in the order a server first handed them out, and when."""
+    """Serials in the order a server first handed them out."""
 
     serials: list[str] = field(default_factory=list)
 
@@ -340,10 +341,9 @@ class Watch:
     """The request loop (RATE per second through HAProxy) and a once-a-second look at every server."""
 
     def __init__(self, *, edge_port: int, backend_ports: Mapping[str, int], sock: Path, edge_crt: Path,
-                 edge_ca: Path, backend_ca: Path, haproxy_pid: int) -> None:
+                 edge_ca: Path, backend_ca: Path) -> None:
         self.edge_port, self.backend_ports, self.sock, self.edge_crt = edge_port, backend_ports, sock, edge_crt
         self.edge_ctx, self.backend_ctx = client_context(edge_ca), client_context(backend_ca)
-        self.haproxy_pid = haproxy_pid
         self.sent = self.failed = 0
         self.reasons: Counter[str] = Counter()
         self.answered_by: Counter[str] = Counter()
@@ -452,16 +452,16 @@ class Watch:
         with self._lock:
             self.polls += 1
             self.pids.add(pid)
-            self.states = states
+            before, self.states = self.states, states
             for name in BACKENDS:
                 status = states.get(name, {}).get("status", "missing")
                 if status != "UP":
                     self.not_up[f"{name} {status}"] += 1
             self.haproxy_loaded.add(loaded)
-        for name in BACKENDS:
-            if states.get(name, {}).get("status", "missing") != "UP":
-                self._event(f"{name}   HAProxy says {states.get(name, {}).get('status', 'missing')} "
-                            f"({states.get(name, {}).get('check_status', '')})")
+        for name in BACKENDS:  # say when HAProxy's view of a backend changes (UP, UP 1/3, DOWN, ...)
+            now, was = states.get(name, {}), before.get(name, {"status": "UP"})
+            if now.get("status", "missing") != was.get("status"):
+                self._event(f"{name}   HAProxy says {now.get('status', 'missing')} (check: {now.get('check_status')})")
         for name, port in self.backend_ports.items():
             try:
                 serial = served_serial(port, f"{name}.internal", self.backend_ctx)
@@ -497,10 +497,10 @@ class Layout:
         return [str(self.certd), "-c", str(self.config), *args]
 
 
-def certd(layout: Layout, *args: str, why: str = "", show: bool = True) -> subprocess.CompletedProcess[str]:
+def certd(layout: Layout, *args: str, why: str = "") -> subprocess.CompletedProcess[str]:
     step(f"certd {' '.join(args)}" + (f"   ({why})" if why else ""))
     proc = subprocess.run(layout.certd_cmd(*args), capture_output=True, text=True, timeout=300, check=False)
-    if show and proc.stdout.strip():
+    if proc.stdout.strip():
         say(proc.stdout.rstrip())
     if proc.returncode != 0:
         raise DemoError(f"certd {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")
@@ -512,7 +512,7 @@ def start_pebble(estate: Estate, layout: Layout) -> Path:
     p, pdir = layout.ports, layout.dir / "pebble"
     ca = listener_cert(pdir)
     conf = write(pdir / "pebble.json", render("pebble.json", {"dir": layout.dir, **p}))
-    json.loads(conf.read_text())
+    json.loads(conf.read_text())  # a template that renders to broken JSON fails here, not inside Pebble
     dns = estate.start("challtestsrv", [
         "pebble-challtestsrv", "-dns01", f"{HOST}:{p['dns_port']}", "-management", f"{HOST}:{p['dns_mgmt_port']}",
         "-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv4", HOST, "-defaultIPv6", ""])
@@ -534,6 +534,11 @@ def start_pebble(estate: Estate, layout: Layout) -> Path:
     return roots
 
 
+def port_key(backend: str) -> str:
+    """The template placeholder of a backend's port: backend-1 -> backend_1_port."""
+    return f"{backend.replace('-', '_')}_port"
+
+
 def prepare(directory: Path, certd_bin: Path, want_acme: bool) -> Layout:
     names = ["dns_port", "dns_mgmt_port", "acme_port", "acme_mgmt_port", "http01_port", "tlsalpn01_port",
              "edge_port", "backend_1_port", "backend_2_port", "api_port"]
@@ -546,7 +551,7 @@ def prepare(directory: Path, certd_bin: Path, want_acme: bool) -> Layout:
     for name in BACKENDS:
         for sub in ("tmp", "logs"):
             (directory / name / sub).mkdir(parents=True, exist_ok=True)
-        port = ports[f"{name.replace('-', '_')}_port"]
+        port = ports[port_key(name)]
         write(directory / name / "nginx.conf", render("nginx-backend.conf", {**values, "name": name, "port": port}))
     return layout
 
@@ -575,7 +580,7 @@ def run(estate: Estate, layout: Layout, seconds: float, out: Outcome) -> None:
     certd(layout, "check-config")
     certd(layout, "renew", "--all", why="first start: nothing runs yet, so deploys are pending")
     for name in BACKENDS:
-        port = p[f"{name.replace('-', '_')}_port"]
+        port = p[port_key(name)]
         nginx = estate.start(name, ["nginx", "-c", str(d / name / "nginx.conf"), "-p", str(d / name), "-e", "stderr",
                                     "-g", "daemon off;"], stop_signal=signal.SIGQUIT)
         nginx.wait_until(_listening(port, d / name / "nginx.pid"), f"HTTPS on {HOST}:{port}")
@@ -599,9 +604,9 @@ def run(estate: Estate, layout: Layout, seconds: float, out: Outcome) -> None:
          f"certificates (Ctrl-C stops early)")
     say(f"    try: curl --cacert {edge_ca} --resolve {EDGE_NAME}:{p['edge_port']}:{HOST} "
         f"-i https://{EDGE_NAME}:{p['edge_port']}/")
-    watch = Watch(edge_port=p["edge_port"], backend_ports={n: p[f"{n.replace('-', '_')}_port"] for n in BACKENDS},
+    watch = Watch(edge_port=p["edge_port"], backend_ports={n: p[port_key(n)] for n in BACKENDS},
                   sock=sock, edge_crt=d / "certs" / "edge" / "combined.pem", edge_ca=edge_ca,
-                  backend_ca=d / "local-ca" / "root.pem", haproxy_pid=lb.pid)
+                  backend_ca=d / "local-ca" / "root.pem")
     out.watch = watch
     watch.start()
     end = watch.t0 + seconds
