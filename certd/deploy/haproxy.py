@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 import threading
 import time
 
 from certd.config import HaproxyDeployConfig
 from certd.deploy.base import DeployContext
-from certd.errors import DeployError, TargetAbsent
+from certd.deploy.haproxy_runtime import RuntimeApi
+from certd.errors import DeployError
 
 __all__ = ["HaproxyTarget"]
 
@@ -92,53 +92,10 @@ class HaproxyTarget:
         self._config = config
         self._path = str(config.cert)
         self._timeout = config.timeout.total_seconds()
-
-    # -- the socket ----------------------------------------------------------------
-    def _connect(self) -> socket.socket:
-        where = self._config.socket
-        sock: socket.socket
-        if where.startswith("unix@"):
-            where = where[len("unix@"):]
-        if where.startswith(("ipv4@", "ipv6@")):
-            where = where[5:]
-            host, _, port = where.rpartition(":")
-        elif "/" in where or not re.fullmatch(r".+:\d+", where):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self._timeout)
-            try:
-                sock.connect(where)
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        else:
-            host, _, port = where.rpartition(":")
-        return socket.create_connection((host.strip("[]"), int(port)), timeout=self._timeout)
+        self._api = RuntimeApi(config.socket, self._timeout, f"deploy {name}")
 
     def _command(self, command: str) -> str:
-        """Send one command and read HAProxy's whole answer (it closes the connection after answering)."""
-        where = self._config.socket
-        try:
-            with self._connect() as sock:
-                sock.sendall(command.encode("ascii"))
-                chunks: list[bytes] = []
-                while chunk := sock.recv(65536):
-                    chunks.append(chunk)
-        except FileNotFoundError as exc:  # not started yet: it loads the published file when it starts
-            raise TargetAbsent(f"deploy {self.name}: HAProxy runtime socket {where} does not exist "
-                               "(HAProxy not running yet?)") from exc
-        except ConnectionRefusedError as exc:
-            raise TargetAbsent(f"deploy {self.name}: HAProxy runtime socket {where} refused the connection "
-                               "(is HAProxy running with 'stats socket ... level admin'?)") from exc
-        except PermissionError as exc:
-            raise DeployError(f"deploy {self.name}: not allowed to open HAProxy runtime socket {where}") from exc
-        except TimeoutError as exc:
-            raise DeployError(
-                f"deploy {self.name}: HAProxy runtime socket {where} did not answer within {self._timeout:g}s"
-            ) from exc
-        except OSError as exc:
-            raise DeployError(f"deploy {self.name}: HAProxy runtime socket {where}: {exc.strerror or exc}") from exc
-        return b"".join(chunks).decode("utf-8", errors="replace")
+        return self._api.command(command)
 
     # -- the steps -----------------------------------------------------------------
     def _abort(self) -> None:
