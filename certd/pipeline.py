@@ -231,7 +231,8 @@ class Pipeline:
         with attempt.step("record"):
             attempt.version_id = self._add_version(attempt, issuer, issued.leaf, chain, key)
         with attempt.step("check"):
-            for warning in check_certificate(issued.leaf, chain, key, self.expectations(cfg, roots), self.clock.now()):
+            expect = self.expectations(cfg, roots, issued.leaf)
+            for warning in check_certificate(issued.leaf, chain, key, expect, self.clock.now()):
                 self.recorder.event(name, "check.warning", warning, rid, step="check", level="warning")
             assert attempt.beat is not None
             self.inventory.update_version(attempt.beat.lease, attempt.version_id, self.clock.now(),
@@ -272,10 +273,15 @@ class Pipeline:
         return issued
 
     @staticmethod
-    def expectations(cfg: CertificateConfig, roots: list[x509.Certificate] | None) -> Expectations:
-        """What ``check`` demands: a new certificate must outlive its own renewal window (short ones: a tenth)."""
+    def expectations(cfg: CertificateConfig, roots: list[x509.Certificate] | None,
+                     leaf: x509.Certificate | None = None) -> Expectations:
+        """What ``check`` demands: a new certificate must outlive its own renewal window (short ones: a tenth).
+
+        Where the CA chooses the lifetime (ACME), the issued certificate's own lifetime sets the floor.
+        """
+        lifetime = cfg.lifetime or (leaf.not_valid_after_utc - leaf.not_valid_before_utc if leaf else None)
         return Expectations(names=tuple(cfg.names), key_type=cfg.key, roots=tuple(roots) if roots else None,
-                            min_remaining=min_remaining(cfg.lifetime, cfg.renew_before))
+                            min_remaining=min_remaining(lifetime, cfg.renew_before))
 
     def _add_version(self, attempt: Attempt, issuer: Issuer, leaf: x509.Certificate,
                      chain: tuple[x509.Certificate, ...], key: PrivateKey) -> int:

@@ -33,6 +33,7 @@ from certd.errors import CertdError, DeployError, TargetAbsent, VerifyError
 from certd.inventory.leases import LeaseInfo
 from certd.inventory.models import Version, VersionState
 from certd.inventory.store import Inventory
+from certd.lbcheck import baseline, confirm_accepted
 from certd.outcome import Attempt, StepError
 from certd.publish import Generation, Publisher, current_generation, file_set
 from certd.recorder import Recorder
@@ -154,6 +155,7 @@ class Rollout:
             paths=PublishedPaths.under(cfg.output_dir),
         )
         pending: list[str] = []
+        lb_before = [baseline(check) for check in cfg.lb_checks]  # HAProxy's counters before the rotation
         if cfg.deploy:
             with attempt.step("deploy"):
                 for target_name in cfg.deploy:
@@ -196,6 +198,11 @@ class Rollout:
                 state = VersionState.SERVED
                 if lease is not None:
                     self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
+        if cfg.lb_checks and not pending:
+            with attempt.step("verify"):  # the whole path: the load balancer still accepts this backend
+                for check, before in zip(cfg.lb_checks, lb_before, strict=True):
+                    message = confirm_accepted(check, before, cfg.verify_timeout)
+                    self.recorder.event(name, "verify.done", message, attempt.rid, step="verify")
         return state.value, bool(pending)
 
     def rollback(self, attempt: Attempt, publisher: Publisher, old: Version, roots: tuple[x509.Certificate, ...],

@@ -32,7 +32,7 @@ frontend fe_tls
 
 _BACKEND = """\
 backend be_upstream
-    server upstream {server} ssl verify required ca-file {ca_file} sni str({sni})
+    server upstream {server} ssl verify required ca-file {ca_file} sni str({sni}){options}
 """
 
 
@@ -44,6 +44,7 @@ class HaproxyServer:
         backend_server: str | None = None,
         backend_ca_file: Path | None = None,
         backend_sni: str = "localhost",
+        backend_options: str = "",
         workdir: Path | None = None,
     ) -> None:
         """backend_server ("host:port") switches the frontend from answering "ok" itself to re-encrypting to it."""
@@ -58,7 +59,8 @@ class HaproxyServer:
             if backend_ca_file is None:
                 raise ValueError("backend_ca_file is required to verify the backend")
             action = "    default_backend be_upstream\n\n" + _BACKEND.format(
-                server=backend_server, ca_file=backend_ca_file, sni=backend_sni
+                server=backend_server, ca_file=backend_ca_file, sni=backend_sni,
+                options=f" {backend_options}" if backend_options else "",
             )
         self.config = self.workdir / "haproxy.cfg"
         self.config.write_text(
