@@ -325,6 +325,8 @@ class HaproxyDeployConfig(_Model):
     socket: str
     cert: ConfigPath
     crt_list: ConfigPath | None = None
+    # The ca-file HAProxy's server lines pin (an issuer's bundle_file): pushed live when the bundle changes.
+    ca_file: ConfigPath | None = None
     timeout: Duration = timedelta(seconds=10)
 
 

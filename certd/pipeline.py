@@ -240,7 +240,8 @@ class Pipeline:
         material = Material(issued.leaf, chain, key_pem(key), tuple(roots or ()))
         state, pending = self.rollout.release(attempt, material)
         self.recorder.success(attempt)
-        refresh_bundle_file(self.config, name, cfg.issuer, issuer, self.inventory, self.recorder, rid)
+        refresh_bundle_file(self.config, name, cfg.issuer, issuer, self.inventory, self.recorder, rid,
+                            self.rollout.targets.values())
         self.recorder.event(name, "renewal.succeeded", f"serial {material.serial} {state}", rid, step="record")
         return Result(name, "renewed", serial=material.serial, state=state, renewal_id=rid,
                       reason="DeployPending" if pending else str(verdict.reason))

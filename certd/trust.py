@@ -8,10 +8,13 @@ comes from the current version plus the pinned roots.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from cryptography import x509
 
 from certd.certs import certs_pem, fingerprint, load_pem_certs
 from certd.config import Config
+from certd.deploy.base import TrustSink
 from certd.errors import CertdError
 from certd.inventory.store import Inventory
 from certd.issuers.base import CaChain, Issuer
@@ -35,14 +38,32 @@ def trust_bundle(name: str, issuer_name: str, issuer: Issuer, inventory: Invento
 
 
 def refresh_bundle_file(config: Config, name: str, issuer_name: str, issuer: Issuer, inventory: Inventory,
-                        recorder: Recorder, rid: str) -> None:
-    """Rewrite the issuer's ``bundle_file`` when it changed; a failure is a warning, not a failed renewal."""
+                        recorder: Recorder, rid: str, sinks: Iterable[object] = ()) -> None:
+    """Rewrite the issuer's ``bundle_file`` when it changed, and push it to the servers that pin it live.
+
+    The push runs after every renewal of the issuer's certificates, changed
+    or not: it is idempotent, and a server that missed one (down, refused)
+    converges on the next. A failure is a warning, not a failed renewal: the
+    certificate itself was rolled out.
+    """
     path = config.issuers[issuer_name].bundle_file
     if path is None:
         return
     try:
-        if write_file_atomic(path, certs_pem(trust_bundle(name, issuer_name, issuer, inventory))):
+        pem = certs_pem(trust_bundle(name, issuer_name, issuer, inventory))
+        if write_file_atomic(path, pem):
             recorder.event(name, "bundle.written", f"issuer {issuer_name}: trust bundle written to {path}", rid)
     except CertdError as exc:
         recorder.event(name, "bundle.failed", f"issuer {issuer_name}: cannot write {path}: {exc}", rid,
                        level="warning")
+        return
+    for sink in sinks:
+        if not isinstance(sink, TrustSink):
+            continue
+        try:
+            message = sink.push_ca_file(path, pem)
+        except CertdError as exc:
+            recorder.event(name, "bundle.push_failed", f"{sink.name}: {exc}", rid, level="warning")
+            continue
+        if message is not None:
+            recorder.event(name, "bundle.pushed", f"{sink.name}: {message}", rid)

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
-__all__ = ["DeployContext", "DeployTarget", "PublishedPaths"]
+__all__ = ["DeployContext", "DeployTarget", "PublishedPaths", "TrustSink"]
 
 
 @dataclass(frozen=True)
@@ -70,3 +70,16 @@ class DeployTarget(Protocol):
     name: str
 
     def deploy(self, ctx: DeployContext) -> str: ...
+
+
+@runtime_checkable
+class TrustSink(Protocol):
+    """Optional: the target's server pins a CA bundle file that it can reload live (HAProxy's ``ca-file``).
+
+    ``push_ca_file`` returns ``None`` when the target does not use ``path``,
+    else a one-line summary; it raises ``DeployError`` when the server refused.
+    """
+
+    name: str
+
+    def push_ca_file(self, path: Path, pem: bytes) -> str | None: ...

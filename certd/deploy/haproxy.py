@@ -35,6 +35,7 @@ import contextlib
 import re
 import threading
 import time
+from pathlib import Path
 
 from certd.config import HaproxyDeployConfig
 from certd.deploy.base import DeployContext
@@ -217,6 +218,32 @@ class HaproxyTarget:
                 f"expected {ctx.serial}"
             )
         return f"haproxy: committed serial {ctx.serial} to {self._path}{via} via {self._config.socket}"
+
+    def push_ca_file(self, path: Path, pem: bytes) -> str | None:
+        """Replace a ``ca-file`` HAProxy loaded (``set``/``commit ssl ca-file``) when it is ours; no reload.
+
+        New TLS connections to the servers that pin it (and their health
+        checks) verify against the new bundle from the commit on. certd has
+        already written the same bytes to the file, so a restart loads them too.
+        """
+        if self._config.ca_file is None or Path(self._config.ca_file) != Path(path):
+            return None
+        where = _escape(str(path))
+        with _socket_lock(self._config.socket):
+            answer = self._command(f"set ssl ca-file {where} <<\n{_payload(pem)}\n")
+            if "transaction created" not in answer.lower() and "transaction updated" not in answer.lower():
+                with contextlib.suppress(DeployError):
+                    self._command(f"abort ssl ca-file {where}\n")
+                raise DeployError(f"deploy {self.name}: HAProxy refused set ssl ca-file {path}: {_quote(answer)}")
+            answer = self._command(f"commit ssl ca-file {where}\n")
+            if "success" not in answer.lower() or "error" in answer.lower():
+                with contextlib.suppress(DeployError):
+                    self._command(f"abort ssl ca-file {where}\n")
+                raise DeployError(f"deploy {self.name}: HAProxy refused commit ssl ca-file {path}: {_quote(answer)}")
+            shown = self._command(f"show ssl ca-file {where}\n")
+        loaded = len(re.findall(r"^Certificate #\d+", shown, re.MULTILINE))
+        return f"haproxy: ca-file {path} now holds {loaded} certificate(s) via {self._config.socket}"
+
 
 def build(name: str, config: HaproxyDeployConfig) -> HaproxyTarget:
     return HaproxyTarget(name, config)

@@ -1,0 +1,104 @@
+"""Trust bundle rotation without a reload: the issuer's bundle_file is pushed into HAProxy's ca-file live.
+
+Real HAProxy re-encrypting to a real nginx backend, pinning the local CA's
+``bundle_file`` as its ``ca-file``. The file starts with an extra CA in it (an
+overlap left from a CA rotation); a renewal rewrites the bundle, and certd
+pushes it with ``set``/``commit ssl ca-file``: HAProxy holds the new bundle
+without a reload, its pid unchanged, and its health checks of the backend
+never fail.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from certd.app import App
+from certd.certs import load_pem_certs
+from certd.config import load_config
+from tests.conftest import WriteConfig
+from tests.servers.haproxy import HaproxyServer
+from tests.servers.ports import make_workdir
+from tests.servers.tlsutil import issue_server_cert, make_ca, write_server_files
+
+NAME = "backend-1.internal"
+
+
+def _failed_checks(server: HaproxyServer) -> tuple[str, int]:
+    answer = server.runtime("show stat")
+    header = answer.splitlines()[0][2:].split(",")
+    for line in answer.splitlines()[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") == "be_upstream" and row.get("svname") == "upstream":
+            return row["status"], int(row["chkfail"] or 0)
+    raise AssertionError(answer)
+
+
+def test_bundle_change_is_pushed_into_haproxy_without_reload(
+    write_config: WriteConfig, tmp_path: Path, nginx_factory: Any, haproxy_factory: Any,
+) -> None:
+    work = make_workdir("bundlepush")
+    lb_dir, nginx_dir = work / "lb", work / "nginx"
+    lb_dir.mkdir()
+    nginx_dir.mkdir()
+    bundle = work / "pinned/backend-ca.pem"
+    edge_ca = make_ca("edge test CA")
+    (tmp_path / "edge").mkdir()
+    edge = write_server_files(tmp_path / "edge", issue_server_cert(edge_ca, ["lb.example.test"]), edge_ca)
+    config = write_config(f"""
+[database]
+url = "sqlite:///{work}/certd.db"
+
+[issuers.local]
+type = "local-ca"
+dir = "{work}/ca"
+bundle_file = "{bundle}"
+
+[deploy.nginx]
+type = "signal"
+pid_file = "{nginx_dir}/nginx.pid"
+
+[deploy.lb]
+type = "haproxy"
+socket = "{lb_dir}/admin.sock"
+cert = "{edge['combined']}"
+ca_file = "{bundle}"
+
+[certificates.backend]
+issuer = "local"
+names = ["{NAME}"]
+lifetime = "1h"
+output_dir = "{work}/out/backend"
+deploy = ["nginx"]
+""")
+    app = App.open(load_config(config))
+    try:
+        assert app.pipeline.renew("backend").outcome == "renewed"
+        own = bundle.read_bytes()
+        n = len(load_pem_certs(own))  # the local CA's intermediate and root
+        bundle.write_bytes(own + make_ca("old CA, still trusted during an overlap").cert_pem)
+        nginx = nginx_factory(work / "out/backend/fullchain.pem", work / "out/backend/privkey.pem", workdir=nginx_dir)
+        haproxy: HaproxyServer = haproxy_factory(
+            edge["combined"], backend_server=f"127.0.0.1:{nginx.port}", backend_ca_file=bundle,
+            backend_sni=f'"{NAME}"', backend_options=f"verifyhost {NAME} check check-ssl check-sni {NAME} inter 200ms",
+            workdir=lb_dir,
+        )
+        assert app.pipeline.deploy("backend").outcome == "deployed"
+        assert haproxy.runtime(f"show ssl ca-file {bundle}").count("Certificate #") == n + 1
+        time.sleep(0.6)
+        status, failed_before = _failed_checks(haproxy)
+        assert status.startswith("UP")
+
+        renewed = app.pipeline.renew("backend", force=True)
+        assert renewed.outcome == "renewed", renewed
+        assert bundle.read_bytes() == own  # the overlap is over: the bundle holds the issuer's own CA only
+        pushed = [e.message for e in app.inventory.events("backend") if e.kind == "bundle.pushed"]
+        assert pushed and f"now holds {n} certificate(s)" in pushed[0], pushed
+        assert haproxy.runtime(f"show ssl ca-file {bundle}").count("Certificate #") == n
+        time.sleep(0.6)
+        status, failed_after = _failed_checks(haproxy)
+        assert status.startswith("UP") and failed_after == failed_before  # no health check failed
+        assert haproxy._proc.proc.poll() is None and haproxy.pid == haproxy._proc.pid  # no reload
+    finally:
+        app.close()
