@@ -1,48 +1,48 @@
 """The HTTP API served by ``certd run``.
 
-Reads (list, show, jobs, health, readiness, metrics) need no credentials: the API binds
-to loopback by default and never exposes key material. Writes need the
-bearer token, or a body signed with it (``X-Certd-Timestamp`` +
-``X-Certd-Signature: sha256=<hex HMAC-SHA256(token, timestamp + "." + body)>``,
-±5 minutes, each signature accepted once). Authentication is checked before
-anything else, so an unauthenticated caller learns nothing, not even whether
-a certificate name exists. Renew and deploy go through the scheduler's job
-table and therefore through the same pipeline as the CLI and the daemon.
+Renew and deploy go through the scheduler's job table and therefore
+through the same pipeline as the CLI and the daemon. What guards the door
+is in two middlewares that run before any route, in this order:
+
+1. ``api_limits.BodyLimit``: header count, a body capped at 64 KiB while it
+   is read (chunked too) and deadlines, so an unauthenticated client cannot
+   spend memory or connection slots;
+2. ``api_auth.Authenticate``: writes, and reads when ``[daemon]
+   api_read_auth`` is set, need ``Authorization: Bearer <token>`` or a
+   request signed with the token (``certd/signing.py``: ``X-Certd-Timestamp``
+   + ``X-Certd-Signature: v1=<hex HMAC-SHA256>`` over ``certd-api-v1``,
+   method, path with query, timestamp and body; ±5 minutes; each signature
+   accepted once, remembered in the inventory across restarts and
+   replicas). The older ``sha256=`` form is refused. An unauthenticated
+   caller learns nothing, not even whether a certificate name exists.
+
+Reads never expose key material. Whether the API may listen beyond
+loopback at all is decided at config load (``DaemonConfig``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse, Response
 
 from certd import __version__
+from certd.api_auth import Authenticate, ReadAuth
+from certd.api_limits import MAX_BODY, BodyLimit
+from certd.inventory.signatures import SignatureLedger
 from certd.metrics import Metrics
 from certd.monitor import readyz_doc
 from certd.pipeline import Pipeline
 from certd.scheduler import Scheduler
 from certd.views import certificate_doc, list_doc
 
-__all__ = ["ApiState", "create_api", "sign_body"]
+__all__ = ["MAX_BODY", "ApiState", "create_api"]
 
 log = logging.getLogger("certd.api")
-
-MAX_BODY = 64 * 1024
-SIGNATURE_WINDOW = 300
-
-
-def sign_body(token: str, timestamp: int, body: bytes) -> str:
-    """The ``X-Certd-Signature`` value for a body (also used by the webhook target's receivers)."""
-    mac = hmac.new(token.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"sha256={mac}"
 
 
 @dataclass
@@ -54,51 +54,15 @@ class ApiState:
     metrics: Metrics
     token: Callable[[], str | None]
     health: Callable[[], dict[str, Any]]
-    _seen: dict[str, float] = field(default_factory=dict)
-    _seen_lock: threading.Lock = field(default_factory=threading.Lock)
+    ledger: SignatureLedger = field(init=False)
 
-    def replayed(self, signature: str, now: float) -> bool:
-        """Remember a signature for the window; True if it was already used."""
-        with self._seen_lock:
-            for sig, at in list(self._seen.items()):
-                if now - at > 2 * SIGNATURE_WINDOW:
-                    del self._seen[sig]
-            if signature in self._seen:
-                return True
-            self._seen[signature] = now
-            return False
+    def __post_init__(self) -> None:
+        # Used signatures live in the inventory of whichever config is current (a reload may move it).
+        self.ledger = SignatureLedger(lambda: self.pipeline().inventory.sessions)
 
-
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
-
-
-async def _authenticate(state: ApiState, request: Request) -> None:
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-        raise HTTPException(status_code=413, detail=f"body larger than {MAX_BODY} bytes")
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        raise HTTPException(status_code=413, detail=f"body larger than {MAX_BODY} bytes")
-    token = state.token()
-    if not token:
-        raise _unauthorized("writes are disabled: no [daemon] api_token_file configured")
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        if hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
-            return
-        raise _unauthorized("invalid credentials")
-    stamp = request.headers.get("x-certd-timestamp", "")
-    signature = request.headers.get("x-certd-signature", "")
-    if not stamp or not signature:
-        raise _unauthorized("missing credentials")
-    now = time.time()
-    if not stamp.isdigit() or abs(now - int(stamp)) > SIGNATURE_WINDOW:
-        raise _unauthorized("invalid credentials")
-    if not hmac.compare_digest(signature.encode(), sign_body(token, int(stamp), body).encode()):
-        raise _unauthorized("invalid credentials")
-    if state.replayed(signature, now):
-        raise _unauthorized("invalid credentials")
+    def read_auth(self) -> ReadAuth:
+        """Read live, so a reload that turns read authentication on takes effect at once."""
+        return self.pipeline().config.daemon.api_read_auth
 
 
 def create_api(state: ApiState) -> FastAPI:
@@ -145,13 +109,11 @@ def create_api(state: ApiState) -> FastAPI:
                             status_code=202)
 
     @app.post("/v1/certificates/{name}/renew", status_code=202, summary="Renew now (like `certd renew --force`)")
-    async def renew(name: str, request: Request, if_due: bool = Query(False)) -> JSONResponse:
-        await _authenticate(state, request)
+    def renew(name: str, if_due: bool = Query(False)) -> JSONResponse:
         return _submit(name, "renew", force=not if_due)
 
     @app.post("/v1/certificates/{name}/deploy", status_code=202, summary="Re-run deploy + verify")
-    async def deploy(name: str, request: Request) -> JSONResponse:
-        await _authenticate(state, request)
+    def deploy(name: str) -> JSONResponse:
         return _submit(name, "deploy", force=False)
 
     @app.get("/v1/jobs/{job_id}", summary="A renew or deploy job and its result")
@@ -161,4 +123,7 @@ def create_api(state: ApiState) -> FastAPI:
             raise HTTPException(status_code=404, detail="no such job")
         return found.as_json()
 
+    # Added last = runs first: limits, then authentication, then the routes.
+    app.add_middleware(Authenticate, token=state.token, read_auth=state.read_auth, ledger=state.ledger)
+    app.add_middleware(BodyLimit)
     return app

@@ -17,10 +17,12 @@ connects them to time and to the operating system:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import socket
+import ssl
 import threading
 import time
 from datetime import UTC, datetime
@@ -32,6 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 
 from certd.api import ApiState, create_api
+from certd.api_limits import server_config
 from certd.app import App
 from certd.config import Config, check_secret_modes, load_config
 from certd.durations import format_duration
@@ -156,7 +159,26 @@ class Daemon:
             app.pipeline.recorder.event(name, "backoff.cleared", "config reloaded: backoff ended, re-evaluating now",
                                         None)
         old.close()
+        self._reload_tls(config)
         self._scan()
+
+    def _reload_tls(self, config: Config) -> None:
+        """A renewed API certificate takes effect on SIGHUP for new connections (the client CA needs a restart)."""
+        server = self._server
+        cert, key = config.daemon.api_tls_cert_file, config.daemon.api_tls_key_file
+        context = server.config.ssl if server is not None else None
+        if server is None or context is None or cert is None or not server.servers:
+            return
+
+        async def load() -> None:  # on the server's loop, so no handshake sees a half-loaded context
+            context.load_cert_chain(cert, key)
+
+        try:
+            asyncio.run_coroutine_threadsafe(load(), server.servers[0].get_loop()).result(10)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            log.error("daemon.api_tls_cert_file: cannot reload, still serving the previous certificate: %s", exc)
+        else:
+            log.info("API certificate reloaded from %s", cert)
 
     def stop(self) -> None:
         self._stop.set()
@@ -174,9 +196,14 @@ class Daemon:
             log.warning(line)
         state = ApiState(pipeline=lambda: self.pipeline, scheduler=self.scheduler, metrics=self.metrics,
                          token=self._token, health=self.health)
-        host, _, port = daemon_cfg.api_listen.rpartition(":")
-        self._server = uvicorn.Server(uvicorn.Config(create_api(state), host=host.strip("[]"), port=int(port),
-                                                     log_level="warning", access_log=False))
+        try:
+            server_cfg = server_config(create_api(state), daemon_cfg, self.config_path)
+        except ConfigError as exc:
+            log.error("%s", exc)
+            self.scheduler.shutdown(wait=False)
+            self.app.close()
+            return 2
+        self._server = uvicorn.Server(server_cfg)
         api_thread = threading.Thread(target=self._server.run, name="api", daemon=True)
         api_thread.start()
         self._aps.add_job(self._scan, "interval", seconds=daemon_cfg.check_interval.total_seconds(), id="scan",

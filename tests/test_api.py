@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from certd.api import ApiState, create_api, sign_body
+from certd.api import ApiState, create_api
 from certd.app import App
 from certd.config import load_config
 from certd.issuers.local_ca import LocalCA
 from certd.metrics import Metrics
 from certd.scheduler import Scheduler
+from certd.signing import API_LABEL, signed_headers
 from certd.views import list_doc
 from tests.conftest import LOCAL_CA_CONFIG, FakeClock, WriteConfig
 
@@ -47,9 +50,9 @@ def _wait_job(client: TestClient, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"job {job_id} did not finish")
 
 
-def _signed(body: bytes, *, token: str = TOKEN, at: int | None = None) -> dict[str, str]:
-    stamp = int(time.time()) if at is None else at
-    return {"X-Certd-Timestamp": str(stamp), "X-Certd-Signature": sign_body(token, stamp, body)}
+def _signed(path: str, body: bytes = b"", *, method: str = "POST", token: str = TOKEN,
+            at: int | None = None) -> dict[str, str]:
+    return signed_headers(token, API_LABEL, method, path, body, time.time() if at is None else at)
 
 
 @pytest.mark.parametrize(
@@ -58,10 +61,11 @@ def _signed(body: bytes, *, token: str = TOKEN, at: int | None = None) -> dict[s
         {},
         {"Authorization": "Bearer wrong"},
         {"X-Certd-Timestamp": "1", "X-Certd-Signature": "sha256=00"},
+        {"X-Certd-Timestamp": "\u00b2".encode(), "X-Certd-Signature": "v1=" + "0" * 64},  # "²": isdigit(), no number
     ],
 )
 @pytest.mark.parametrize("name", ["edge", "does-not-exist"])
-def test_unauthenticated_writes_learn_nothing_and_do_nothing(api: Any, headers: dict[str, str], name: str) -> None:
+def test_unauthenticated_writes_learn_nothing_and_do_nothing(api: Any, headers: dict[str, Any], name: str) -> None:
     client, app, _ = api
     resp = client.post(f"/v1/certificates/{name}/renew", headers=headers)
     assert resp.status_code == 401
@@ -69,24 +73,68 @@ def test_unauthenticated_writes_learn_nothing_and_do_nothing(api: Any, headers: 
     assert app.inventory.versions("edge") == []
 
 
-def test_signed_body_accepted_once_and_within_five_minutes(api: Any) -> None:
+def test_signed_request_accepted_once_and_within_five_minutes(api: Any) -> None:
     client, _, _ = api
     body = json.dumps({"reason": "ci"}).encode()
-    headers = _signed(body)
-    first = client.post("/v1/certificates/edge/renew", content=body, headers=headers)
+    path = "/v1/certificates/edge/renew"
+    headers = _signed(path, body)
+    first = client.post(path, content=body, headers=headers)
     assert first.status_code == 202
     assert _wait_job(client, first.json()["job"])["state"] == "succeeded"
-    assert client.post("/v1/certificates/edge/renew", content=body, headers=headers).status_code == 401  # replay
-    stale = _signed(body, at=int(time.time()) - 301)
-    assert client.post("/v1/certificates/edge/renew", content=body, headers=stale).status_code == 401
-    wrong_key = _signed(body, token="other")
-    assert client.post("/v1/certificates/edge/renew", content=body, headers=wrong_key).status_code == 401
+    replay = client.post(path, content=body, headers=headers)
+    assert replay.status_code == 401 and "already used" in replay.json()["detail"]
+    shouting = dict(headers, **{"X-Certd-Signature": "v1=" + headers["X-Certd-Signature"][3:].upper()})
+    assert client.post(path, content=body, headers=shouting).status_code == 401  # same MAC, other spelling
+    stale = _signed(path, body, at=int(time.time()) - 301)
+    assert client.post(path, content=body, headers=stale).status_code == 401
+    wrong_key = _signed(path, body, token="other")
+    assert client.post(path, content=body, headers=wrong_key).status_code == 401
+
+
+def test_a_signature_is_bound_to_its_certificate_action_and_query(api: Any) -> None:
+    client, app, _ = api
+    signed = _signed("/v1/certificates/edge/renew?if_due=true")
+    for target in ("/v1/certificates/backend/renew?if_due=true", "/v1/certificates/edge/deploy?if_due=true",
+                   "/v1/certificates/edge/renew?if_due=false", "/v1/certificates/edge/renew"):
+        resp = client.post(target, headers=signed)
+        assert resp.status_code == 401, target
+        assert "does not match" in resp.json()["detail"]
+    assert app.inventory.versions("edge") == [] and app.inventory.versions("backend") == []
+    assert client.post("/v1/certificates/edge/renew?if_due=true", headers=signed).status_code == 202
+
+
+def test_old_sha256_form_and_unicode_digits_are_401_not_500(api: Any) -> None:
+    client, _, _ = api
+    stamp = str(int(time.time()))
+    old = "sha256=" + hmac.new(TOKEN.encode(), f"{stamp}.".encode(), hashlib.sha256).hexdigest()
+    resp = client.post("/v1/certificates/edge/renew", headers={"X-Certd-Timestamp": stamp, "X-Certd-Signature": old})
+    assert resp.status_code == 401 and "sha256=" in resp.json()["detail"]
+    for odd in ("\u00b2", "\u0661\u0662", "1e9", "0x10", " 12", "+12"):
+        raw = [(b"x-certd-timestamp", odd.encode()), (b"x-certd-signature", b"v1=" + b"0" * 64)]
+        assert client.post("/v1/certificates/edge/renew", headers=raw).status_code == 401, odd
+
+
+def test_unauthenticated_cannot_tell_paths_apart(api: Any) -> None:
+    """Authentication runs before routing: unknown paths, names and malformed queries all look the same."""
+    client, _, _ = api
+    answers = {client.post(p).status_code for p in (
+        "/v1/certificates/edge/renew?if_due=banana", "/v1/nothing-here", "/v1/certificates/nope/deploy")}
+    assert answers == {401}
+    assert client.delete("/v1/certificates/edge").status_code == 401
 
 
 def test_oversized_body_and_unknown_name(api: Any) -> None:
     client, _, _ = api
     auth = {"Authorization": f"Bearer {TOKEN}"}
     assert client.post("/v1/certificates/edge/renew", content=b"x" * 70_000, headers=auth).status_code == 413
+    big = client.post("/v1/certificates/edge/renew", content=b"x" * 70_000)  # before authentication
+    assert big.status_code == 413 and big.headers["connection"] == "close"
+    chunked = client.post("/v1/certificates/edge/renew", content=iter([b"x" * 40_000] * 3))  # no Content-Length
+    assert chunked.status_code == 413
+    assert client.request("GET", "/healthz", content=iter([b"x" * 40_000] * 3)).status_code == 413  # every route
+    many = [(f"x-h{i}".encode(), b"1") for i in range(65)]
+    assert client.get("/healthz", headers=many).status_code == 431
+    assert client.post("/v1/certificates/edge/renew", content=b"x" * 65_536, headers=auth).status_code == 202
     missing = client.post("/v1/certificates/nope/renew", headers=auth)
     assert missing.status_code == 404 and "nope" in missing.json()["detail"]
 
@@ -214,5 +262,90 @@ def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
             assert listed == {"edge": "pending", "backend": "expired"}
             assert "PRIVATE KEY" not in client.get("/readyz").text
     finally:
+        scheduler.shutdown()
+        app.close()
+
+
+def _open_api(config_path: Path) -> tuple[TestClient, App, Scheduler]:
+    app = App.open(load_config(config_path), metrics=(metrics := Metrics()))
+    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=2, metrics=metrics)
+    token = (config_path.parent / "api.token").read_text().strip()
+    state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: token,
+                     health=lambda: {"status": "ok"})
+    return TestClient(create_api(state)), app, scheduler
+
+
+def _daemon_section(extra: str) -> str:
+    return f'[daemon]\napi_token_file = "{{tmp}}/api.token"\n{extra}\n' + LOCAL_CA_CONFIG
+
+
+def test_a_signature_used_on_one_instance_is_refused_by_another(
+    write_config: WriteConfig, db_url: str, tmp_path: Path
+) -> None:
+    """Two API instances (replicas) on one inventory, SQLite and PostgreSQL: the database remembers."""
+    (tmp_path / "api.token").write_text(TOKEN + "\n")
+    path = write_config(_daemon_section(""), db_url=db_url)
+    one, app_one, sched_one = _open_api(path)
+    two, app_two, sched_two = _open_api(path)
+    try:
+        headers = _signed("/v1/certificates/edge/deploy")
+        assert one.post("/v1/certificates/edge/deploy", headers=headers).status_code == 202
+        resp = two.post("/v1/certificates/edge/deploy", headers=headers)
+        assert resp.status_code == 401 and "already used" in resp.json()["detail"]
+        fresh = _signed("/v1/certificates/edge/deploy", b"{}")
+        assert two.post("/v1/certificates/edge/deploy", content=b"{}", headers=fresh).status_code == 202
+    finally:
+        for sched, app in ((sched_one, app_one), (sched_two, app_two)):
+            sched.shutdown()
+            app.close()
+
+
+def test_expired_signatures_are_purged(write_config: WriteConfig, sqlite_url: str, tmp_path: Path) -> None:
+    from sqlalchemy import func, select
+
+    from certd.inventory.models import UsedSignature
+    from certd.inventory.signatures import SignatureLedger
+
+    app = App.open(load_config(write_config(LOCAL_CA_CONFIG, db_url=sqlite_url)))
+    try:
+        ledger = SignatureLedger(lambda: app.inventory.sessions)
+        now = datetime.now(UTC)
+        assert ledger.remember("v1=old", now - timedelta(seconds=1), now - timedelta(minutes=10))
+        assert not ledger.remember("v1=old", now + timedelta(minutes=5), now - timedelta(minutes=10))
+        assert ledger.remember("v1=new", now + timedelta(minutes=5), now)  # a minute later: purges
+        with app.inventory.sessions() as s:
+            assert s.execute(select(func.count()).select_from(UsedSignature)).scalar_one() == 1
+            stored = s.execute(select(UsedSignature.digest)).scalar_one()
+        assert stored == hashlib.sha256(b"v1=new").hexdigest()  # the digest, never the signature
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("mode", ["true", '"all"'])
+def test_read_auth_needs_token_or_signature_for_reads(
+    write_config: WriteConfig, sqlite_url: str, tmp_path: Path, mode: str
+) -> None:
+    (tmp_path / "api.token").write_text(TOKEN)
+    client, app, scheduler = _open_api(write_config(_daemon_section(f"api_read_auth = {mode}"), db_url=sqlite_url))
+    try:
+        for path in ("/v1/certificates", "/v1/certificates/edge", "/v1/certificates/nope", "/v1/jobs/x",
+                     "/openapi.json"):
+            resp = client.get(path)
+            assert resp.status_code == 401, path
+            assert "edge" not in resp.text and "nope" not in resp.text
+        bearer = client.get("/v1/certificates", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert bearer.status_code == 200 and bearer.json()["certificates"]
+        signed = _signed("/v1/certificates/edge", method="GET")
+        assert client.get("/v1/certificates/edge", headers=signed).status_code == 200
+        assert client.get("/v1/certificates/edge", headers=signed).status_code == 401  # once only, reads too
+        assert client.get("/v1/certificates/backend", headers=signed).status_code == 401  # bound to its path
+        probes = {p: client.get(p).status_code for p in ("/healthz", "/readyz", "/metrics")}
+        if mode == "true":
+            assert probes == {"/healthz": 200, "/readyz": 200, "/metrics": 200}
+        else:
+            assert set(probes.values()) == {401}
+            assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    finally:
+        client.close()
         scheduler.shutdown()
         app.close()

@@ -55,24 +55,28 @@ argv = ["sleep", "{hook_sleep}"]
 
 
 class Daemon:
-    def __init__(self, config: Path, port: int, log: Path, env: dict[str, str] | None = None) -> None:
-        self.url = f"http://127.0.0.1:{port}"
+    """``certd run`` as a child process; ``tls`` holds requests' ``verify``/``cert`` for an HTTPS API."""
+
+    def __init__(self, config: Path, port: int, log: Path, env: dict[str, str] | None = None,
+                 tls: dict[str, Any] | None = None) -> None:
+        self.tls = tls or {}
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(config), "run"], cwd=REPO,
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env)
         self.log = log
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code in (200, 503):
+            try:  # 401: up, with api_read_auth = "all"
+                if requests.get(f"{self.url}/healthz", timeout=1, **self.tls).status_code in (200, 401, 503):
                     return
             except requests.ConnectionError:
                 time.sleep(0.1)
         self.stop()
         raise AssertionError(f"certd run did not come up: {log.read_text()[-2000:]}")
 
-    def get(self, path: str) -> Any:
-        return requests.get(self.url + path, timeout=5)
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return requests.get(self.url + path, timeout=5, **(self.tls | kwargs))
 
     def stop(self) -> int:
         if self.proc.poll() is None:

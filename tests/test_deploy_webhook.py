@@ -1,16 +1,17 @@
-"""The ``webhook`` target against a real HTTPS receiver that checks signatures with certd's own API verifier.
+"""The ``webhook`` target against a real HTTPS receiver that checks signatures with certd's own verifier.
 
-The receiver runs ``certd.api._authenticate`` on every request (time window, constant-time compare and the
-replay cache included), so a webhook certd sends is provably accepted by the same code that guards certd's
-own API, and a retry that re-sent an already seen signature would be refused as a replay.
+The receiver runs ``certd.signing.verify`` with the webhook label and the path it was called on (time window
+and constant-time compare included) and remembers every signature it accepted, so a webhook certd sends is
+provably accepted by the same code that guards certd's own API, and a retry that re-sent an already seen
+signature would be refused as a replay. A delivery replayed against certd's API is refused (the label).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -19,16 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import HTTPException
-from starlette.requests import Request
 
-from certd.api import ApiState, _authenticate
 from certd.app import App
 from certd.certs import fingerprint, rfc3339, serial_hex
 from certd.config import WebhookDeployConfig, load_config
 from certd.deploy.base import DeployContext, PublishedPaths
 from certd.deploy.webhook import WebhookTarget
 from certd.errors import DeployError
+from certd.signing import WEBHOOK_LABEL, BadSignature, verify
 from tests.conftest import WriteConfig
 from tests.servers.ports import HOST
 from tests.servers.tlsutil import CertKey, issue_server_cert, make_ca, write_pem
@@ -37,26 +36,20 @@ SECRET = "webhook-shared-secret-for-tests"
 
 
 def certd_verifier(secret: str) -> Any:
-    """certd's API authentication as a plain function: (headers, body) -> HTTP status it would give."""
-    state = ApiState(pipeline=None, scheduler=None, metrics=None, token=lambda: secret,  # type: ignore[arg-type]
-                     health=dict)
+    """A receiver's check as a plain function: (path, headers, body) -> HTTP status it would give."""
+    seen: set[str] = set()
+    lock = threading.Lock()
 
-    def check(headers: dict[str, str], body: bytes) -> int:
-        scope = {
-            "type": "http",
-            "method": "POST",
-            "path": "/hook",
-            "query_string": b"",
-            "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
-        }
-
-        async def receive() -> dict[str, Any]:
-            return {"type": "http.request", "body": body, "more_body": False}
-
+    def check(path: str, headers: dict[str, str], body: bytes) -> int:
         try:
-            asyncio.run(_authenticate(state, Request(scope, receive)))
-        except HTTPException as exc:
-            return exc.status_code
+            canonical, _ = verify(secret, WEBHOOK_LABEL, "POST", path, headers.get("X-Certd-Timestamp", ""),
+                                  headers.get("X-Certd-Signature", ""), body, time.time())
+        except BadSignature:
+            return 401
+        with lock:
+            if canonical in seen:
+                return 401
+            seen.add(canonical)
         return 200
 
     return check
@@ -93,7 +86,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
     cert_file = write_pem(tmp_path / "receiver.pem", server_cert.cert_pem)
     key_file = write_pem(tmp_path / "receiver.key", server_cert.key_pem)
     ca_file = write_pem(tmp_path / "receiver-ca.pem", ca.cert_pem)
-    verify = certd_verifier(SECRET)
+    check = certd_verifier(SECRET)
     state: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -101,7 +94,7 @@ def receiver(tmp_path: Path) -> Iterator[Receiver]:
             rec = state["r"]
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             headers = {k: v for k, v in self.headers.items()}
-            auth = verify(headers, body)
+            auth = check(self.path, headers, body)
             status = rec.next_status() if auth == 200 else auth
             with rec.lock:
                 rec.received.append(Received(headers, body, auth))
@@ -193,7 +186,7 @@ def test_signed_event_is_accepted_by_certds_own_verifier(
         result = app.pipeline.renew("edge")
         assert (result.outcome, result.state) == ("renewed", "deployed"), result
         (got,) = receiver.received
-        assert got.auth_status == 200  # certd.api._authenticate accepted the signature
+        assert got.auth_status == 200  # certd.signing.verify accepted the signature for this receiver's path
         doc = json.loads(got.body)
         version = app.inventory.current_version("edge")
         assert version is not None
@@ -204,7 +197,7 @@ def test_signed_event_is_accepted_by_certds_own_verifier(
         assert doc["fingerprint"] == version.fingerprint
         assert doc["not_after"] == rfc3339(version.not_after)
         assert str(doc["timestamp"]) == got.headers["X-Certd-Timestamp"]
-        assert got.headers["X-Certd-Signature"].startswith("sha256=")
+        assert got.headers["X-Certd-Signature"].startswith("v1=")
         assert got.headers["Content-Type"] == "application/json"
         assert b"PRIVATE KEY" not in got.body and b"BEGIN" not in got.body
         message = next(e.message for e in app.inventory.events("edge") if e.kind == "deploy.done")
@@ -332,3 +325,39 @@ def test_missing_secret_file(receiver: Receiver, tmp_path: Path, ctx: DeployCont
     with pytest.raises(DeployError, match=r"secret_file .* does not exist"):
         hook.deploy(ctx)
     assert receiver.received == []
+
+
+def test_a_delivery_replayed_against_certds_api_is_refused(
+    receiver: Receiver, secret_file: Path, ctx: DeployContext, write_config: WriteConfig, sqlite_url: str
+) -> None:
+    """A receiver sharing certd's API token, at the very path of certd's renew endpoint, gains nothing."""
+    from fastapi.testclient import TestClient
+
+    from certd.api import ApiState, create_api
+    from certd.metrics import Metrics
+    from certd.scheduler import Scheduler
+    from certd.signing import API_LABEL, signed_headers
+    from tests.conftest import LOCAL_CA_CONFIG
+
+    api_path = "/v1/certificates/edge/renew"
+    hook, _ = target(receiver.url.split("/hooks/")[0] + api_path, secret_file, receiver.ca_pem)
+    hook.deploy(ctx)
+    (got,) = receiver.received
+    assert got.auth_status == 200
+    app = App.open(load_config(write_config(LOCAL_CA_CONFIG, db_url=sqlite_url)), metrics=(metrics := Metrics()))
+    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=1, metrics=metrics)
+    state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: SECRET,
+                     health=lambda: {"status": "ok"})
+    try:
+        with TestClient(create_api(state)) as client:
+            replayed = {k: got.headers[k] for k in ("X-Certd-Timestamp", "X-Certd-Signature", "Content-Type")}
+            resp = client.post(api_path, content=got.body, headers=replayed)
+            assert resp.status_code == 401 and "does not match" in resp.json()["detail"]
+            assert app.inventory.versions("edge") == []
+            # The same bytes signed for the API are accepted: the label alone refused the replay.
+            own = signed_headers(SECRET, API_LABEL, "POST", api_path, got.body, time.time())
+            assert client.post(api_path, content=got.body, headers=own).status_code == 202
+    finally:
+        scheduler.shutdown()
+        app.close()
+

@@ -5,14 +5,17 @@ expiry, fingerprint): a receiver that needs the certificate fetches it
 through its own channel; a webhook never carries the key, so a leaked log of
 webhook bodies leaks nothing.
 
-It is signed exactly like writes to certd's own API (``sign_body``:
-``X-Certd-Timestamp`` + ``X-Certd-Signature: sha256=<HMAC-SHA256(secret,
-timestamp + "." + body)>``) so one verifier works in both directions. Each
-attempt is signed afresh, with a fresh timestamp and its own ``attempt``
-number in the body: a receiver that remembers signatures to refuse replays
-(certd's API does) must not refuse our retry of a request it answered with a
-5xx. ``delivery`` stays the same across attempts so a receiver can
-deduplicate.
+It is signed with certd's one scheme (``certd/signing.py``): ``X-Certd-Timestamp``
+and ``X-Certd-Signature: v1=<hex HMAC-SHA256(secret, "certd-webhook-v1\\n" +
+"POST\\n" + path-with-query + "\\n" + timestamp + "\\n" + body)>``, where the
+path is the receiver URL's as requests puts it on the wire. The label differs
+from the API's (``certd-api-v1``), so a receiver that shares certd's API
+token cannot replay a delivery against certd's own API, and the path binds
+the delivery to this receiver. Each attempt is signed afresh, with a fresh
+timestamp and its own ``attempt`` number in the body: a receiver that
+remembers signatures to refuse replays must not refuse our retry of a
+request it answered with a 5xx. ``delivery`` stays the same across attempts
+so a receiver can deduplicate.
 
 Retries: 5xx, 429 and connection errors are retried ``retries`` times with
 exponential backoff and full jitter (a 429's ``Retry-After`` is honoured up
@@ -34,11 +37,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from certd.api import sign_body
 from certd.certs import fingerprint, rfc3339
 from certd.config import WebhookDeployConfig
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError, tls_reason
+from certd.signing import WEBHOOK_LABEL, signed_headers
 
 __all__ = ["WebhookTarget", "event_body"]
 
@@ -56,6 +59,16 @@ def _public_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _wire_path(url: str) -> str:
+    """The request target requests will send for ``url`` (its quoting applied): what the receiver sees and checks."""
+    try:
+        path = requests.Request("POST", url).prepare().path_url
+    except (requests.exceptions.RequestException, ValueError):
+        parts = urlsplit(url)  # the POST itself will fail and say why; the signature does not matter then
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+    return path or "/"
 
 
 def event_body(ctx: DeployContext, timestamp: int, delivery: str = "", attempt: int = 1) -> bytes:
@@ -109,6 +122,7 @@ class WebhookTarget:
         self.name = name
         self._config = config
         self._url = _public_url(config.url)
+        self._path = _wire_path(config.url)
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
 
@@ -132,15 +146,14 @@ class WebhookTarget:
     def _post(
         self, session: requests.Session, secret: str, ctx: DeployContext, delivery: str, attempt: int
     ) -> requests.Response:
-        stamp = int(time.time())
-        body = event_body(ctx, stamp, delivery, attempt)
+        now = time.time()
+        body = event_body(ctx, int(now), delivery, attempt)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "certd-webhook",
             "X-Certd-Event": EVENT,
             "X-Certd-Delivery": delivery,
-            "X-Certd-Timestamp": str(stamp),
-            "X-Certd-Signature": sign_body(secret, stamp, body),
+            **signed_headers(secret, WEBHOOK_LABEL, "POST", self._path, body, now),
         }
         verify: str | bool = str(self._config.ca_bundle) if self._config.ca_bundle is not None else True
         return session.post(
