@@ -33,11 +33,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from certd.config_rules import check_files, check_secret_modes, cross_check, key_file_rules
 from certd.durations import format_duration, parse_duration
@@ -133,15 +135,70 @@ class DatabaseConfig(_Model):
     busy_timeout: Duration = timedelta(seconds=30)
 
 
+def _read_auth(value: Any) -> Any:
+    if value is True or value is False or value == "all":
+        return value
+    raise ValueError('must be true, false or "all"')
+
+
+def _loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def _api_rules(d: DaemonConfig) -> list[tuple[str, str]]:
+    """(key, problem) for an API that would be open to more than this host, or self-contradictory."""
+    out: list[tuple[str, str]] = []
+    if (d.api_tls_cert_file is None) != (d.api_tls_key_file is None):
+        out.append(("api_tls_key_file", "api_tls_cert_file and api_tls_key_file go together"))
+    if d.api_client_ca_file is not None and d.api_tls_cert_file is None:
+        out.append(("api_client_ca_file", "client certificates need TLS: set api_tls_cert_file and api_tls_key_file"))
+    if d.api_read_auth is not False and d.api_public_reads:
+        out.append(("api_public_reads", "contradicts api_read_auth: reads are either authenticated or public"))
+    if d.api_read_auth is not False and d.api_token_file is None:
+        out.append(("api_read_auth", "needs api_token_file: reads would need a token that does not exist"))
+    if not _loopback(d.api_listen):
+        exposed = f"{d.api_listen!r} is not a loopback address, so anyone who can reach it"
+        if d.api_token_file is None:
+            out.append(("api_listen", f"{exposed} could renew and deploy: set api_token_file (writes then need the "
+                                      "token), and api_read_auth = true or api_public_reads = true"))
+        elif d.api_read_auth is False and not d.api_public_reads and d.api_client_ca_file is None:
+            out.append(("api_listen", f"{exposed} could read every certificate's details: set api_read_auth = true "
+                                      "(reads need the token too), or api_public_reads = true to allow it"))
+    return out
+
+
 class DaemonConfig(_Model):
-    """``certd run``: how often to scan, how many workers, where the API listens."""
+    """``certd run``: how often to scan, how many workers, where the API listens and who may call it."""
 
     check_interval: PositiveDuration = timedelta(minutes=5)
     workers: int = Field(16, ge=1, le=256)
     api_listen: HostPort = "127.0.0.1:8787"
     api_token_file: ConfigPath | None = None
+    # true: every path but /healthz, /readyz and /metrics needs credentials; "all": those too
+    api_read_auth: Annotated[bool | Literal["all"], BeforeValidator(_read_auth)] = False
+    api_public_reads: StrictBool = False
+    api_tls_cert_file: ConfigPath | None = None
+    api_tls_key_file: ConfigPath | None = None
+    api_client_ca_file: ConfigPath | None = None  # mTLS: every connection needs a client certificate from it
     role: Literal["all", "agent"] = "all"
     lease_ttl: PositiveDuration = timedelta(minutes=2)
+
+    @model_validator(mode="after")
+    def _api_exposure(self) -> DaemonConfig:
+        problems = _api_rules(self)
+        if problems:  # raised per key, so the message names daemon.api_listen rather than just daemon
+            raise ValidationError.from_exception_data("DaemonConfig", [
+                InitErrorDetails(type=PydanticCustomError("value_error", message), loc=(key,),
+                                 input=getattr(self, key))
+                for key, message in problems
+            ])
+        return self
 
 
 class RateLimitsConfig(_Model):
