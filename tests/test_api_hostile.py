@@ -301,3 +301,12 @@ def test_a_superscript_timestamp_on_the_wire_is_401_not_500(daemon: Daemon) -> N
                      .format("0" * 64).encode())
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
 
+
+def test_the_curl_example_in_the_docs_is_accepted(daemon: Daemon, tmp_path: Path) -> None:
+    text = (REPO / "docs" / "daemon.md").read_text()
+    (script,) = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith("sh\ntoken=")]
+    script = (script.replace("/etc/certd/api.token", str(tmp_path / "api.token"))
+              .replace("http://127.0.0.1:8787", daemon.url).replace("/edge/", "/a/"))
+    done = subprocess.run(["bash", "-c", script.rstrip() + ' -s -o /dev/null -w "%{http_code}"'], capture_output=True,
+                          text=True, timeout=30)
+    assert done.stdout == "202", done

@@ -361,3 +361,26 @@ def test_a_delivery_replayed_against_certds_api_is_refused(
         scheduler.shutdown()
         app.close()
 
+
+def _doc_block(doc: str, starts_with: str) -> str:
+    text = (Path(__file__).resolve().parent.parent / "docs" / doc).read_text()
+    for block in text.split("```")[1::2]:
+        code = block.split("\n", 1)[1]
+        if code.startswith(starts_with):
+            return code
+    raise AssertionError(f"no code block starting {starts_with!r} in docs/{doc}")
+
+
+def test_the_receiver_snippet_in_the_docs_accepts_a_real_delivery_once(
+    receiver: Receiver, secret_file: Path, ctx: DeployContext
+) -> None:
+    namespace: dict[str, Any] = {}
+    exec(_doc_block("deploy.md", "import hashlib, hmac, re, time\n\nseen"), namespace)
+    accept = namespace["accept"]
+    hook, _ = target(receiver.url, secret_file, receiver.ca_pem)
+    hook.deploy(ctx)
+    (got,) = receiver.received
+    path = receiver.url.split(str(HOST), 1)[1].split("/", 1)[1]
+    assert accept(SECRET, "/" + path, got.headers, got.body)
+    assert not accept(SECRET, "/" + path, got.headers, got.body)  # the second time is a replay
+    assert not accept(SECRET, "/hooks/other", got.headers, got.body)

@@ -86,3 +86,20 @@ def test_non_ascii_paths_must_be_percent_encoded_by_the_signer() -> None:
         sign(KEY, API_LABEL, "POST", "/v1/certificates/é/renew", 1, b"")
     assert sign(KEY, API_LABEL, "POST", b"/v1/certificates/%C3%A9/renew", 1, b"").startswith("v1=")
 
+
+def test_the_verification_snippet_in_the_docs_agrees_with_certd() -> None:
+    import time
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "daemon.md").read_text()
+    (code,) = [b.split("\n", 1)[1] for b in text.split("```")[1::2] if "def signature_ok" in b]
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    ok = namespace["signature_ok"]
+    assert callable(ok)
+    headers = signed_headers(KEY, API_LABEL, "POST", PATH, b"{}", time.time())
+    assert ok(KEY, API_LABEL, "POST", PATH, headers, b"{}")
+    assert not ok(KEY, API_LABEL, "POST", "/v1/certificates/b/renew", headers, b"{}")
+    assert not ok(KEY, WEBHOOK_LABEL, "POST", PATH, headers, b"{}")
+    hook = signed_headers(KEY, WEBHOOK_LABEL, "POST", "/hook?x=1", b"", time.time())
+    assert ok(KEY, WEBHOOK_LABEL, "POST", "/hook?x=1", hook, b"")
