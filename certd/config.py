@@ -19,30 +19,43 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import signal
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     StrictBool,
     ValidationError,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from certd.config_deploy import (
+    DEPLOY_TYPES,
+    CommandDeployConfig,
+    DeployConfig,
+    HaproxyDeployConfig,
+    KubernetesSecretDeployConfig,
+    SignalDeployConfig,
+    WebhookDeployConfig,
+)
+from certd.config_issuers import (
+    ISSUER_TYPES,
+    AcmeIssuerConfig,
+    IssuerConfig,
+    LocalCAIssuerConfig,
+    RateLimitsConfig,
+    VaultIssuerConfig,
+    default_rate_limits,
+)
 from certd.config_rules import check_files, check_secret_modes, cross_check, key_file_rules
-from certd.durations import format_duration, parse_duration
+from certd.config_types import ConfigPath, Duration, HostPort, Model, PositiveDuration
 from certd.errors import ConfigError
 from certd.keys import KeyType
 
@@ -88,46 +101,7 @@ _SECRET_HINTS = {
 }
 
 
-def _duration(value: Any) -> timedelta:
-    if isinstance(value, timedelta):
-        return value
-    if not isinstance(value, str):
-        raise ValueError("durations are strings such as '90s', '5m', '12h' or '30d'")
-    return parse_duration(value)
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError(f"must be longer than 0s, got {format_duration(value)}")
-    return value
-
-
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base")
-    value = value.expanduser()
-    if base is not None and not value.is_absolute():
-        return Path(base) / value
-    return value
-
-
-def _host_port(value: str) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8787)")
-    return value
-
-
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
-ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
-HostPort = Annotated[str, AfterValidator(_host_port)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DatabaseConfig(_Model):
+class DatabaseConfig(Model):
     """Where the inventory lives; ``key_file`` encrypts private keys stored in it."""
 
     url: str = DEFAULT_DB_URL
@@ -173,7 +147,7 @@ def _api_rules(d: DaemonConfig) -> list[tuple[str, str]]:
     return out
 
 
-class DaemonConfig(_Model):
+class DaemonConfig(Model):
     """``certd run``: how often to scan, how many workers, where the API listens and who may call it."""
 
     check_interval: PositiveDuration = timedelta(minutes=5)
@@ -201,270 +175,7 @@ class DaemonConfig(_Model):
         return self
 
 
-class RateLimitsConfig(_Model):
-    """certd's own issuance budget per issuer, so a fleet never hits the CA's limits.
-
-    The field defaults are Let's Encrypt's published production limits: 50
-    certificates per registered domain per 7 days, 5 duplicate certificates
-    (same set of names) per 7 days, 300 new orders per account per 3 hours.
-    ARI renewals (orders with ``replaces``) are exempt, as they are at Let's
-    Encrypt. Which issuers get a budget at all is decided by
-    ``default_rate_limits``: a budget is a guess at someone else's limits, so
-    certd only guesses where the CA has published them.
-    """
-
-    certificates_per_domain: int | None = Field(default=50, ge=1)
-    window: Duration = timedelta(days=7)
-    duplicate_certificates: int | None = Field(default=5, ge=1)
-    new_orders: int | None = Field(default=300, ge=1)
-    orders_window: Duration = timedelta(hours=3)
-
-
-# Let's Encrypt's published limits (letsencrypt.org/docs/rate-limits, staging-environment).
-_LETSENCRYPT = {
-    "acme-v02.api.letsencrypt.org": RateLimitsConfig(),
-    "acme-staging-v02.api.letsencrypt.org": RateLimitsConfig(
-        certificates_per_domain=30000, duplicate_certificates=30000, new_orders=1500
-    ),
-}
-
-
-def default_rate_limits(directory: str) -> RateLimitsConfig | None:
-    """The budget an ACME directory gets when ``rate_limits`` is not set: Let's Encrypt's, or none."""
-    host = directory.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0].lower()
-    return _LETSENCRYPT.get(host)
-
-
-def _rate_limits(value: Any) -> Any:
-    """``rate_limits = false`` switches a budget off (TOML has no null); ``true`` is not a budget."""
-    if value is False:
-        return None
-    if value is True:
-        raise ValueError("rate_limits is a table of limits, or false to switch the budget off")
-    return value
-
-
-class _IssuerBase(_Model):
-    bundle_file: ConfigPath | None = None
-    rate_limits: Annotated[RateLimitsConfig | None, BeforeValidator(_rate_limits)] = None
-
-
-class AcmeIssuerConfig(_IssuerBase):
-    """An ACME CA (RFC 8555), e.g. Let's Encrypt; agreeing to its terms is implied."""
-
-    type: Literal["acme"]
-    directory: str
-    email: str | None = None
-    ca_bundle: ConfigPath | None = None
-    roots: ConfigPath | None = None
-    challenge: Literal["http-01", "dns-01"] = "http-01"
-    http01_listen: HostPort | None = None
-    http01_webroot: ConfigPath | None = None
-    dns_server: HostPort | None = None
-    tsig_key_name: str | None = None
-    tsig_secret_file: ConfigPath | None = None
-    tsig_algorithm: str = "hmac-sha256"
-    dns_propagation_timeout: Duration = timedelta(seconds=60)
-    profile: str | None = None
-    eab_kid: str | None = None
-    eab_hmac_key_file: ConfigPath | None = None
-    preferred_chain: str | None = None
-    timeout: Duration = timedelta(seconds=30)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_budget(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "rate_limits" not in data and isinstance(data.get("directory"), str):
-            data = {**data, "rate_limits": default_rate_limits(data["directory"])}
-        return data
-
-    @field_validator("directory")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("https://", "http://")):
-            raise ValueError(f"{v!r} is not an http(s) URL")
-        return v
-
-    @model_validator(mode="after")
-    def _challenge_keys(self) -> AcmeIssuerConfig:
-        if self.challenge == "http-01" and self.http01_listen and self.http01_webroot:
-            raise ValueError("set http01_listen or http01_webroot, not both")
-        if self.challenge == "dns-01" and not self.dns_server:
-            raise ValueError("challenge = 'dns-01' needs dns_server (RFC 2136 primary, HOST:PORT)")
-        if bool(self.tsig_key_name) != bool(self.tsig_secret_file):
-            raise ValueError("tsig_key_name and tsig_secret_file go together")
-        if bool(self.eab_kid) != bool(self.eab_hmac_key_file):
-            raise ValueError("eab_kid and eab_hmac_key_file go together")
-        return self
-
-    @property
-    def http01_address(self) -> str:
-        """Where the standalone responder listens when no webroot is set."""
-        return self.http01_listen or "0.0.0.0:80"
-
-
-class VaultIssuerConfig(_IssuerBase):
-    """HashiCorp Vault's PKI secrets engine."""
-
-    type: Literal["vault"]
-    url: str
-    ca_bundle: ConfigPath | None = None
-    roots: ConfigPath | None = None
-    mount: str = "pki"
-    role: str
-    auth: Literal["token", "approle", "kubernetes"] = "token"
-    token_file: ConfigPath | None = None
-    role_id_file: ConfigPath | None = None
-    secret_id_file: ConfigPath | None = None
-    approle_mount: str = "approle"
-    kubernetes_role: str | None = None
-    kubernetes_mount: str = "kubernetes"
-    jwt_file: ConfigPath = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
-    namespace: str | None = None
-    vault_generates_key: bool = False
-    issuer_ref: str | None = None
-    timeout: Duration = timedelta(seconds=30)
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not v.startswith(("https://", "http://")):
-            raise ValueError(f"{v!r} is not an http(s) URL")
-        return v.rstrip("/")
-
-    @model_validator(mode="after")
-    def _auth_keys(self) -> VaultIssuerConfig:
-        if self.auth == "token" and not self.token_file:
-            raise ValueError("auth = 'token' needs token_file")
-        if self.auth == "approle" and not (self.role_id_file and self.secret_id_file):
-            raise ValueError("auth = 'approle' needs role_id_file and secret_id_file")
-        if self.auth == "kubernetes" and not self.kubernetes_role:
-            raise ValueError("auth = 'kubernetes' needs kubernetes_role")
-        return self
-
-
-class LocalCAIssuerConfig(_IssuerBase):
-    """certd's own CA: created on first use in ``dir``; its root is the pinned root."""
-
-    # How long the intermediate (which signs every leaf) is valid from its creation. No leaf can
-    # outlive it: longer lifetimes are refused here, and by the CA once its intermediate has aged.
-    intermediate_lifetime: ClassVar[timedelta] = timedelta(days=1825)
-
-    type: Literal["local-ca"]
-    dir: ConfigPath
-    key: KeyType = KeyType.ECDSA_P256
-    default_lifetime: Duration = timedelta(days=90)
-    common_name: str = "certd local CA"
-
-    @field_validator("default_lifetime")
-    @classmethod
-    def _signable(cls, v: timedelta) -> timedelta:
-        if v >= cls.intermediate_lifetime:
-            raise ValueError(
-                f"{format_duration(v)} is too long for this CA: its intermediate is valid for "
-                f"{format_duration(cls.intermediate_lifetime)} and no certificate can outlive it"
-            )
-        return v
-
-
-IssuerConfig = AcmeIssuerConfig | VaultIssuerConfig | LocalCAIssuerConfig
-_ISSUER_TYPES: dict[str, type[_Model]] = {
-    "acme": AcmeIssuerConfig,
-    "vault": VaultIssuerConfig,
-    "local-ca": LocalCAIssuerConfig,
-}
-
-
-class HaproxyDeployConfig(_Model):
-    """HAProxy runtime API: ``set ssl cert`` + ``commit ssl cert``, no reload."""
-
-    type: Literal["haproxy"]
-    socket: str
-    cert: ConfigPath
-    crt_list: ConfigPath | None = None
-    # The ca-file HAProxy's server lines pin (an issuer's bundle_file): pushed live when the bundle changes.
-    ca_file: ConfigPath | None = None
-    timeout: Duration = timedelta(seconds=10)
-
-
-class SignalDeployConfig(_Model):
-    """A signal to a process (by pid file) or ``systemctl reload`` of a unit."""
-
-    type: Literal["signal"]
-    pid_file: ConfigPath | None = None
-    unit: str | None = None
-    signal: str = "HUP"
-    timeout: Duration = timedelta(seconds=10)
-    process_name: str | None = Field(default=None, min_length=1)  # pid_file only: /proc/<pid>/comm or argv[0]
-
-    @model_validator(mode="after")
-    def _one_target(self) -> SignalDeployConfig:
-        if bool(self.pid_file) == bool(self.unit):
-            raise ValueError("set exactly one of pid_file and unit")
-        return self
-
-    @field_validator("signal")
-    @classmethod
-    def _known_signal(cls, v: str) -> str:
-        """``HUP`` or ``SIGHUP`` in any case, as the target accepts it; else every command would fail."""
-        name = v.upper() if v.upper().startswith("SIG") else "SIG" + v.upper()
-        if name not in signal.Signals.__members__:
-            raise ValueError(f"unknown signal {v!r} (e.g. HUP, USR1, TERM)")
-        return v
-
-
-class CommandDeployConfig(_Model):
-    """A command run without a shell, with CERTD_* variables in its environment."""
-
-    type: Literal["command"]
-    argv: list[str] = Field(min_length=1)
-    timeout: Duration = timedelta(seconds=60)
-    env: dict[str, str] = Field(default_factory=dict)
-    pass_env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(default_factory=list)
-
-
-class KubernetesSecretDeployConfig(_Model):
-    """A ``kubernetes.io/tls`` Secret, created or updated with resourceVersion checks."""
-
-    type: Literal["kubernetes-secret"]
-    namespace: str
-    name: str
-    kubeconfig: ConfigPath | None = None
-    context: str | None = None
-    include_ca: bool = True
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    timeout: Duration = timedelta(seconds=10)
-
-
-class WebhookDeployConfig(_Model):
-    """An HMAC-signed JSON POST announcing the new certificate."""
-
-    type: Literal["webhook"]
-    url: str
-    secret_file: ConfigPath
-    ca_bundle: ConfigPath | None = None
-    timeout: Duration = timedelta(seconds=10)
-    retries: int = Field(3, ge=0, le=10)
-
-
-DeployConfig = (
-    HaproxyDeployConfig
-    | SignalDeployConfig
-    | CommandDeployConfig
-    | KubernetesSecretDeployConfig
-    | WebhookDeployConfig
-)
-_DEPLOY_TYPES: dict[str, type[_Model]] = {
-    "haproxy": HaproxyDeployConfig,
-    "signal": SignalDeployConfig,
-    "command": CommandDeployConfig,
-    "kubernetes-secret": KubernetesSecretDeployConfig,
-    "webhook": WebhookDeployConfig,
-}
-
-
-class VerifyEndpoint(_Model):
+class VerifyEndpoint(Model):
     """An endpoint that must serve the new certificate after deploy."""
 
     endpoint: HostPort
@@ -472,7 +183,7 @@ class VerifyEndpoint(_Model):
     ca_bundle: ConfigPath | None = None
 
 
-class LbCheck(_Model):
+class LbCheck(Model):
     """A load balancer's own health check of a server using this (backend) certificate.
 
     After a rotation, the whole path is proven only when the load balancer
@@ -512,7 +223,7 @@ def _valid_name(name: str) -> str:
     return name.lower()
 
 
-class CertificateConfig(_Model):
+class CertificateConfig(Model):
     """One certificate certd keeps alive."""
 
     issuer: str
@@ -580,7 +291,7 @@ def _format_errors(path: Path, prefix: str, exc: ValidationError) -> list[str]:
 
 
 def _validate(
-    path: Path, prefix: str, model: type[_Model], data: Any, errors: list[str], base: Path
+    path: Path, prefix: str, model: type[Model], data: Any, errors: list[str], base: Path
 ) -> Any:
     try:
         return model.model_validate(data, context={"base": base})
@@ -590,7 +301,7 @@ def _validate(
 
 
 def _typed_tables(
-    path: Path, section: str, raw: Any, kinds: dict[str, type[_Model]], errors: list[str], base: Path
+    path: Path, section: str, raw: Any, kinds: dict[str, type[Model]], errors: list[str], base: Path
 ) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -645,8 +356,8 @@ def load_config(path: Path | str) -> Config:
     errors.extend(f"{path}: {key}: unknown section" for key in sorted(set(raw) - known))
     database = _validate(path, "database", DatabaseConfig, raw.get("database", {}), errors, base)
     daemon = _validate(path, "daemon", DaemonConfig, raw.get("daemon", {}), errors, base)
-    issuers = _typed_tables(path, "issuers", raw.get("issuers"), _ISSUER_TYPES, errors, base)
-    deploys = _typed_tables(path, "deploy", raw.get("deploy"), _DEPLOY_TYPES, errors, base)
+    issuers = _typed_tables(path, "issuers", raw.get("issuers"), ISSUER_TYPES, errors, base)
+    deploys = _typed_tables(path, "deploy", raw.get("deploy"), DEPLOY_TYPES, errors, base)
     certs: dict[str, CertificateConfig] = {}
     raw_certs = raw.get("certificates", {})
     if not isinstance(raw_certs, dict):
