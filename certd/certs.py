@@ -28,6 +28,7 @@ __all__ = [
     "not_after",
     "not_before",
     "rfc3339",
+    "rfc3339_ms",
     "serial_hex",
 ]
 
@@ -57,6 +58,15 @@ def rfc3339(value: datetime | None) -> str | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def rfc3339_ms(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with milliseconds (history: steps a few ms apart must stay in order to the eye)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # What parsing a certificate can raise: cryptography's own classes for these are not ValueErrors.

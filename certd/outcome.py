@@ -90,6 +90,14 @@ class Attempt:
     current_step: str = "plan"
     version_id: int | None = None
     warnings: list[str] = field(default_factory=list)
+    timings: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds), in order
+
+    def timing_summary(self) -> str:
+        """``plan 1 ms, key 4 ms, issue 850 ms, ...``: each step's duration, for the closing event."""
+        merged: dict[str, float] = {}
+        for step, seconds in self.timings:
+            merged[step] = merged.get(step, 0.0) + seconds
+        return ", ".join(f"{step} {seconds * 1000:.0f} ms" for step, seconds in merged.items())
 
     @contextmanager
     def step(self, name: str, *, at: str | None = None) -> Iterator[None]:
@@ -109,5 +117,7 @@ class Attempt:
                 raise
             raise as_step_error(name, exc) from exc
         finally:
+            elapsed = time.monotonic() - started
+            self.timings.append((name, elapsed))
             if self.timer is not None and at is None:
-                self.timer(self.op, name, time.monotonic() - started)
+                self.timer(self.op, name, elapsed)

@@ -242,7 +242,8 @@ class Pipeline:
         self.recorder.success(attempt)
         refresh_bundle_file(self.config, name, cfg.issuer, issuer, self.inventory, self.recorder, rid,
                             self.rollout.targets.values())
-        self.recorder.event(name, "renewal.succeeded", f"serial {material.serial} {state}", rid, step="record")
+        self.recorder.event(name, "renewal.succeeded", f"serial {material.serial} {state} "
+                            f"({attempt.timing_summary()})", rid, step="record")
         return Result(name, "renewed", serial=material.serial, state=state, renewal_id=rid,
                       reason="DeployPending" if pending else str(verdict.reason))
 

@@ -100,7 +100,9 @@ class Recorder:
                          retry_after=err.retry_after, own_budget=err.reason == BUDGET_REASON,
                          lifetime=old.not_after - old.not_before if old else None)
         self.inventory.set_backoff(name, retry)
-        self.event(name, _FAILED_KIND[attempt.op], f"{exc.step}: {err} (next attempt after {retry:%Y-%m-%dT%H:%M:%SZ})",
+        timings = attempt.timing_summary()
+        self.event(name, _FAILED_KIND[attempt.op], f"{exc.step}: {err} (next attempt after "
+                   f"{retry:%Y-%m-%dT%H:%M:%SZ}{'; ' + timings if timings else ''})",
                    attempt.rid, step=exc.step, level="error")
         version = self.inventory.version(attempt.version_id) if attempt.version_id is not None else None
         return Result(name, "failed", serial=version.serial if version else None,

@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from certd.certs import rfc3339
+from certd.certs import rfc3339, rfc3339_ms
 from certd.inventory.models import Certificate, Version
 from certd.pipeline import Pipeline
 from certd.status import assess
@@ -82,7 +82,7 @@ def history_doc(pipeline: Pipeline, name: str) -> dict[str, Any]:
                 "state": v.state,
                 "not_before": rfc3339(v.not_before),
                 "not_after": rfc3339(v.not_after),
-                "created_at": rfc3339(v.created_at),
+                "created_at": rfc3339_ms(v.created_at),
                 "renew_at": rfc3339(v.renew_at),
                 "failed_step": v.failed_step,
                 "error": v.error,
@@ -92,7 +92,7 @@ def history_doc(pipeline: Pipeline, name: str) -> dict[str, Any]:
         ],
         "events": [
             {
-                "at": rfc3339(e.at),
+                "at": rfc3339_ms(e.at),
                 "kind": e.kind,
                 "level": e.level,
                 "step": e.step,

@@ -197,3 +197,17 @@ def test_other_key_types_through_the_pipeline(write_config: WriteConfig, sqlite_
         assert app.pipeline.renew("backend").state == "published"
     finally:
         app.close()
+
+
+def test_history_has_millisecond_times_and_each_steps_duration(local_app: App) -> None:
+    import re
+
+    from certd.views import history_doc
+
+    result = local_app.pipeline.renew("edge")
+    assert result.outcome == "renewed"
+    doc = history_doc(local_app.pipeline, "edge")
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["at"]) for e in doc["events"])
+    done = next(e for e in doc["events"] if e["kind"] == "renewal.succeeded")
+    for step in ("plan", "key", "issue", "record", "check", "publish"):
+        assert re.search(rf"\b{step} \d+ ms\b", done["message"]), done["message"]
