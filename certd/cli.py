@@ -36,6 +36,7 @@ from certd.cli_base import (
 )
 from certd.cli_db import db_group
 from certd.cli_inspect import COMMANDS
+from certd.cli_lb import COMMANDS as LB_COMMANDS
 from certd.config import check_files, check_secret_modes, default_config_path
 from certd.db_faults import inventory_error
 from certd.entry import INVOKED_AT
@@ -226,7 +227,7 @@ def run_cmd(state: State, agent: bool) -> None:
     sys.exit(daemon.run())
 
 
-for _command in (*COMMANDS, db_group):
+for _command in (*COMMANDS, *LB_COMMANDS, db_group):
     cli.add_command(_command)
 
 
