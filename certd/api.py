@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Query
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from certd import __version__
 from certd.api_auth import Authenticate, ReadAuth
@@ -43,6 +43,22 @@ from certd.views import certificate_doc, list_doc
 __all__ = ["MAX_BODY", "ApiState", "create_api"]
 
 log = logging.getLogger("certd.api")
+
+# What /openapi.json declares beyond each route's success: every answer the API can give.
+_DETAIL = {"application/json": {"schema": {"type": "object", "properties": {"detail": {"type": "string"}},
+                                           "required": ["detail"]}}}
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Credentials missing or wrong (checked before routing)", "content": _DETAIL},
+    408: {"description": "Body not received in time", "content": _DETAIL},
+    413: {"description": "Body larger than 64 KiB", "content": _DETAIL},
+    431: {"description": "Request line and header fields too large, or too many", "content": _DETAIL},
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such certificate or job", "content": _DETAIL}}
+_UNHEALTHY: dict[int | str, dict[str, Any]] = {503: {"description": "Degraded (the body says why)", "content": {
+    "application/json": {"schema": {"type": "object", "required": ["status"]}}}}}
+_ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"content": {"application/json": {"schema": {
+    "type": "object", "required": ["job", "state"],
+    "properties": {"job": {"type": "string"}, "state": {"enum": ["queued", "running"]}}}}}}, **_NOT_FOUND}
 
 
 @dataclass
@@ -67,14 +83,15 @@ class ApiState:
 
 def create_api(state: ApiState) -> FastAPI:
     """Build the ASGI app; ``/openapi.json`` documents it."""
-    app = FastAPI(title="certd", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(title="certd", version=__version__, docs_url=None, redoc_url=None, responses=_REFUSALS)
 
-    @app.get("/healthz", summary="Scheduler alive and database reachable")
+    @app.get("/healthz", summary="Scheduler alive and database reachable", responses=_UNHEALTHY)
     def healthz() -> JSONResponse:
         doc = state.health()
         return JSONResponse(doc, status_code=200 if doc.get("status") == "ok" else 503)
 
-    @app.get("/readyz", summary="The estate: 503 naming every expired or critical certificate, else 200")
+    @app.get("/readyz", summary="The estate: 503 naming every expired or critical certificate, else 200",
+             responses=_UNHEALTHY)
     def readyz() -> JSONResponse:
         # The estate, not the process (that is /healthz): an unreadable inventory means "cannot say", so 503.
         try:
@@ -85,7 +102,7 @@ def create_api(state: ApiState) -> FastAPI:
                                 status_code=503)
         return JSONResponse(doc, status_code=200 if doc["status"] == "ok" else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -93,7 +110,7 @@ def create_api(state: ApiState) -> FastAPI:
     def certificates() -> dict[str, Any]:
         return list_doc(state.pipeline())
 
-    @app.get("/v1/certificates/{name}", summary="One certificate")
+    @app.get("/v1/certificates/{name}", summary="One certificate", responses=_NOT_FOUND)
     def certificate(name: str) -> dict[str, Any]:
         pipeline = state.pipeline()
         if name not in pipeline.config.certificates:
@@ -108,15 +125,17 @@ def create_api(state: ApiState) -> FastAPI:
         return JSONResponse({"job": job.id, "state": "running" if job.state == "running" else "queued"},
                             status_code=202)
 
-    @app.post("/v1/certificates/{name}/renew", status_code=202, summary="Renew now (like `certd renew --force`)")
+    @app.post("/v1/certificates/{name}/renew", status_code=202, summary="Renew now (like `certd renew --force`)",
+              responses=_ACCEPTED)
     def renew(name: str, if_due: bool = Query(False)) -> JSONResponse:
         return _submit(name, "renew", force=not if_due)
 
-    @app.post("/v1/certificates/{name}/deploy", status_code=202, summary="Re-run deploy + verify")
+    @app.post("/v1/certificates/{name}/deploy", status_code=202, summary="Re-run deploy + verify",
+              responses=_ACCEPTED)
     def deploy(name: str) -> JSONResponse:
         return _submit(name, "deploy", force=False)
 
-    @app.get("/v1/jobs/{job_id}", summary="A renew or deploy job and its result")
+    @app.get("/v1/jobs/{job_id}", summary="A renew or deploy job and its result", responses=_NOT_FOUND)
     def job(job_id: str) -> dict[str, Any]:
         found = state.scheduler.jobs.get(job_id)
         if found is None:
