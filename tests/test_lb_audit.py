@@ -291,6 +291,7 @@ backend app
     server plain 10.0.0.10:80 check  # expect: plaintext-backend
     server lost 10.0.0.11:443 ssl ca-file {tmp}/missing.pem sni str(k.in) check check-sni k.in  # expect: ca-file-unreadable
     server good 10.0.0.12:443 ssl verify required ca-file {bundle} sni str(l.in) verifyhost l.in check check-ssl check-sni l.in
+    server dynamic 10.0.0.14:443 ssl ca-file {bundle} sni req.hdr(host) check check-sni n.in
 
 backend handshake-only
     server no-httpchk 10.0.0.13:443 ssl ca-file {bundle} sni str(m.in) check check-sni m.in  # expect: check-not-http

@@ -251,7 +251,7 @@ class _Auditor:
                      "<the issuer's bundle_file>`")
             return
         self._ca_file(ln, label, ca)
-        if name is None:
+        if sni is None and "verifyhost" not in opts:  # a dynamic sni (req.hdr(host)) is checked too
             self.add(ln.no, Code.NO_NAME_CHECK, f"{label}: neither `sni str(NAME)` nor `verifyhost NAME`: HAProxy "
                      "verifies the chain but not the name, so any certificate the CA file trusts passes (another "
                      "backend's, or any website's with the system store)")
