@@ -38,7 +38,9 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_INVENTORY",
     "EXIT_OK",
+    "EXIT_UNKNOWN",
     "EXIT_USAGE",
+    "PluginCommand",
     "State",
     "die",
     "duration_option",
@@ -47,6 +49,7 @@ __all__ = [
     "exit_on_errors",
     "out",
     "pass_state",
+    "plugin_unknown",
     "print_results",
     "read_input",
     "run_many",
@@ -217,3 +220,31 @@ def read_input(option: str, path: Path, limit: int) -> bytes:
         die(f"{option} {path}: cannot read: {exc.strerror}", EXIT_USAGE)
     except ValueError as exc:
         die(f"{option} {path}: {exc}", EXIT_USAGE)
+
+
+EXIT_UNKNOWN = 3  # Nagios UNKNOWN; the same number as EXIT_INVENTORY, which is one cause of it
+
+
+class _PluginUsageError(click.UsageError):
+    exit_code = EXIT_UNKNOWN
+
+
+class PluginCommand(click.Command):
+    """A monitoring plugin's usage errors are UNKNOWN (3): click's 2 would read as CRITICAL to Nagios."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _PluginUsageError(exc.format_message(), exc.ctx) from exc
+
+
+def plugin_unknown(label: str, message: str, as_json: bool, empty: dict[str, Any]) -> NoReturn:
+    """End a plugin command with UNKNOWN: one line (``<label> UNKNOWN - why``) or a JSON document."""
+    line = "; ".join(" ".join(part.split()) for part in message.splitlines() if part.strip())
+    if as_json:
+        emit_json({"status": "unknown", "error": line, **empty, "counts": {}})
+    else:
+        click.echo(f"{label} UNKNOWN - {line}")
+    sys.exit(EXIT_UNKNOWN)

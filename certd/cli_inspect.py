@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 from rich.markup import escape
@@ -20,6 +20,7 @@ from certd.certs import certs_pem, load_pem_certs
 from certd.cli_base import (
     EXIT_FAILED,
     EXIT_USAGE,
+    PluginCommand,
     State,
     die,
     duration_option,
@@ -28,6 +29,7 @@ from certd.cli_base import (
     exit_on_errors,
     out,
     pass_state,
+    plugin_unknown,
     select,
     styled,
 )
@@ -153,34 +155,11 @@ def bundle_cmd(state: State, name: str, out_file: Path | None) -> None:
     err.print(f"wrote {out_file}")
 
 
-EXIT_UNKNOWN = 3  # Nagios UNKNOWN; the same number as EXIT_INVENTORY, which is one cause of it
-
-
-class _PluginUsageError(click.UsageError):
-    exit_code = EXIT_UNKNOWN
-
-
-class _PluginCommand(click.Command):
-    """A monitoring plugin's usage errors are UNKNOWN (3): click's 2 would read as CRITICAL to Nagios."""
-
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise _PluginUsageError(exc.format_message(), exc.ctx) from exc
-
-
 def _unknown(message: str, as_json: bool) -> NoReturn:
-    line = "; ".join(" ".join(part.split()) for part in message.splitlines() if part.strip())
-    if as_json:
-        emit_json({"status": "unknown", "error": line, "certificates": [], "counts": {}})
-    else:
-        click.echo(f"CERTD UNKNOWN - {line}")
-    sys.exit(EXIT_UNKNOWN)
+    plugin_unknown("CERTD", message, as_json, {"certificates": []})
 
 
-@click.command("check", cls=_PluginCommand)
+@click.command("check", cls=PluginCommand)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--warn-within", metavar="DURATION", default=None,
               help="Also warn when a certificate expires within DURATION (e.g. 14d), even if nothing failed.")

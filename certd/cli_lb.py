@@ -18,7 +18,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from certd.certs import rfc3339
-from certd.cli_base import EXIT_USAGE, State, die, duration_option, emit_json, err, exit_on_errors, out, pass_state
+from certd.cli_base import (
+    EXIT_USAGE,
+    PluginCommand,
+    State,
+    die,
+    duration_option,
+    emit_json,
+    err,
+    exit_on_errors,
+    out,
+    pass_state,
+    plugin_unknown,
+)
 from certd.clock import SystemClock
 from certd.config import load_config
 from certd.errors import CertdError
@@ -28,7 +40,6 @@ from certd.status import Severity
 
 __all__ = ["COMMANDS"]
 
-_EXIT_UNKNOWN = 3  # Nagios UNKNOWN, as in ``certd check``
 _STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.OK: "dim"}
 _LABEL = {Severity.CRITICAL: "critical", Severity.WARNING: "warning", Severity.OK: "note"}
 
@@ -76,28 +87,8 @@ def haproxy_config_cmd(state: State, edges: tuple[str, ...], backends: tuple[str
         click.echo(lines.text(), nl=False)
 
 
-class _UsageUnknown(click.UsageError):
-    exit_code = _EXIT_UNKNOWN
-
-
-class _PluginCommand(click.Command):
-    """Usage errors are UNKNOWN (3), as for ``certd check``: click's 2 would read as CRITICAL to Nagios."""
-
-    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
-                     **extra: Any) -> click.Context:
-        try:
-            return super().make_context(info_name, args, parent=parent, **extra)
-        except click.UsageError as exc:
-            raise _UsageUnknown(exc.format_message(), exc.ctx) from exc
-
-
 def _unknown(message: str, as_json: bool) -> NoReturn:
-    line = "; ".join(" ".join(part.split()) for part in message.splitlines() if part.strip())
-    if as_json:
-        emit_json({"status": "unknown", "error": line, "findings": [], "counts": {}})
-    else:
-        click.echo(f"CERTD AUDIT-LB UNKNOWN - {line}")
-    sys.exit(_EXIT_UNKNOWN)
+    plugin_unknown("CERTD AUDIT-LB", message, as_json, {"findings": []})
 
 
 def _summary(file: Path, kind: str, status: Severity, findings: list[Finding]) -> str:
@@ -118,7 +109,7 @@ def _live_table(report: list[dict[str, Any]]) -> Table:
     return table
 
 
-@click.command("audit-lb", cls=_PluginCommand)
+@click.command("audit-lb", cls=PluginCommand)
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option("--live", is_flag=True,
               help="Also connect to every TLS backend as the load balancer does (its SNI, its CA file) and report "
