@@ -8,15 +8,18 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from certd.certs import load_pem_certs
+from certd.certs import load_pem_certs, serial_hex
 from certd.db import create_db_engine, schema_is_current, upgrade
 from certd.keys import KeyType, generate_key, key_pem, load_key_pem
+from certd.publish import FILES, list_generations
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,38 +153,126 @@ def test_parallel_processes_make_one_order(cfg: Path) -> None:
     assert len(_versions(cfg)) == 2
 
 
-def _key_matches(out: Path) -> bool:
-    combined = (out / "combined.pem").read_bytes()
-    key = load_key_pem(combined)
-    leaf = load_pem_certs(combined)[0]
-    fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return key.public_key().public_bytes(*fmt) == leaf.public_key().public_bytes(*fmt)
+CRASH_CERTS = 6  # one worker per certificate, each killing its own renewals while the others run
+CRASH_KILLS = 200
+CRASH_CONFIG = '[daemon]\nlease_ttl = "1s"\n\n[issuers.local]\ntype = "local-ca"\ndir = "{tmp}/local-ca"\n' + "".join(
+    f'\n[certificates.c{i}]\nissuer = "local"\nnames = ["c{i}.crash.example.test"]\noutput_dir = "{{tmp}}/out/c{i}"\n'
+    for i in range(CRASH_CERTS))
+_SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+_ALEMBIC = threading.Lock()  # Alembic keeps its migration context in module globals: one upgrade per process at once
+
+
+def _whole_set(out: Path) -> str:
+    """``out`` holds one matching set, whichever way a reader opens it; its serial."""
+    generation = out / os.readlink(out / "..data")
+    files = {name: (generation / name).read_bytes() for name in FILES}
+    for name, data in files.items():
+        assert os.readlink(out / name) == f"..data/{name}", name
+        assert (out / name).read_bytes() == data, name  # the stable path shows the same generation
+    key = load_key_pem(files["privkey.pem"])
+    (leaf,) = load_pem_certs(files["cert.pem"])
+    assert key.public_key().public_bytes(*_SPKI) == leaf.public_key().public_bytes(*_SPKI), "key does not match cert"
+    assert files["fullchain.pem"].startswith(files["cert.pem"])
+    assert files["fullchain.pem"] == files["cert.pem"] + files["chain.pem"]
+    assert files["combined.pem"] == files["privkey.pem"] + files["fullchain.pem"]
+    return serial_hex(leaf)
+
+
+def _inventory_ok(url: str, name: str) -> set[str]:
+    """The database opens, upgrades and passes SQLite's own check; the serials it knows for ``name``."""
+    engine = create_db_engine(url)
+    try:
+        with _ALEMBIC:
+            upgrade(engine)
+            assert schema_is_current(engine)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA quick_check").scalar() == "ok"
+            rows = conn.exec_driver_sql("SELECT serial FROM versions WHERE certificate = ?", (name,))
+            return {row[0] for row in rows}
+    finally:
+        engine.dispose()
+
+
+def _renew_process(cfg: Path, name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg), "--log-level", "info", "renew", name,
+                             "--force", "--wait", "1m"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _until_started(proc: subprocess.Popen[bytes]) -> bool:
+    """Read its log until the renewal holds the lease (``renewal.started``); False if it ended first."""
+    assert proc.stderr is not None
+    return any(b'"renewal.started"' in line for line in iter(proc.stderr.readline, b""))
+
+
+def _timed_renewal(cfg: Path, name: str) -> tuple[float, float]:
+    """One whole renewal process: (seconds from start to exit, seconds from ``renewal.started`` to exit)."""
+    started = time.monotonic()
+    proc = _renew_process(cfg, name)
+    assert _until_started(proc)
+    holding = time.monotonic()
+    assert proc.wait(60) == 0
+    assert proc.stderr is not None
+    proc.stderr.close()
+    done = time.monotonic()
+    return done - started, done - holding
 
 
 @pytest.mark.slow
 def test_kill_9_at_random_points_leaves_a_consistent_state(write_config: WriteConfig, sqlite_url: str,
                                                            tmp_path: Path) -> None:
-    cfg = write_config(LOCAL_CA_CONFIG, db_url=sqlite_url)
-    certd("renew", "edge", config=cfg, check=True)
-    out = tmp_path / "out/edge"
-    rng = random.Random(7)
-    for _ in range(12):
-        proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg), "renew", "edge", "--force",
-                                 "--wait", "1s"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 1.2))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert _key_matches(out)
-        engine = create_db_engine(sqlite_url)
-        upgrade(engine)
-        assert schema_is_current(engine)
-        engine.dispose()
-    # After the crashes a normal renewal still works (expired leases are taken over).
-    time.sleep(0)
-    proc = certd("renew", "edge", "--force", "--wait", "3m", config=cfg)
+    """200 SIGKILLs of ``certd renew`` at random points, six certificates at once on one SQLite inventory.
+
+    Half the points fall anywhere in the process's life (startup, migrations, lease, renewal, exit), half
+    inside the renewal itself (after it took the lease). Each delay is a seeded random fraction of the
+    measured duration of that phase. After every kill: the output directory is one whole matching set of
+    a version the inventory knows, and the database opens, upgrades and passes ``quick_check``. At the end
+    a normal renewal of everything succeeds (the dead holders' leases are taken over) and nothing of the
+    dead processes is left behind.
+    """
+    cfg = write_config(CRASH_CONFIG, db_url=sqlite_url)
+    names = [f"c{i}" for i in range(CRASH_CERTS)]
+    timings = sorted(_timed_renewal(cfg, name) for name in names)
+    whole, renewal = timings[len(timings) // 2]  # the median process
+    rng = random.Random(20261201)
+    plans = [("anywhere" if (i // CRASH_CERTS) % 2 == 0 else "renewal", rng.random()) for i in range(CRASH_KILLS)]
+    outcomes: dict[str, int] = {"in flight": 0, "already exited": 0}
+    lock = threading.Lock()
+
+    def worker(index: int) -> None:
+        name = names[index]
+        out = tmp_path / "out" / name
+        for phase, fraction in plans[index::CRASH_CERTS]:
+            proc = _renew_process(cfg, name)
+            if phase == "anywhere":
+                time.sleep(fraction * whole)
+            elif _until_started(proc):
+                time.sleep(fraction * renewal)
+            running = proc.poll() is None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(60)
+            assert proc.stderr is not None
+            proc.stderr.close()
+            with lock:
+                outcomes["in flight" if running else "already exited"] += 1
+            serial = _whole_set(out)
+            assert serial in _inventory_ok(sqlite_url, name), f"{name}: files hold {serial}, unknown to the inventory"
+
+    with ThreadPoolExecutor(CRASH_CERTS) as pool:
+        for future in [pool.submit(worker, i) for i in range(CRASH_CERTS)]:
+            future.result()
+    assert sum(outcomes.values()) == CRASH_KILLS
+    assert outcomes["in flight"] >= CRASH_KILLS * 3 // 4, outcomes  # the kills really interrupted work
+
+    proc = certd("renew", "--all", "--force", "--wait", "1m", "--json", config=cfg)
     assert proc.returncode == 0, proc.stderr
-    assert _key_matches(out)
-    assert not any(p.name.startswith("..tmp-") for p in out.iterdir())
+    results = {r["name"]: r for r in json.loads(proc.stdout)["results"]}
+    assert {n: r["outcome"] for n, r in results.items()} == dict.fromkeys(names, "renewed")
+    for name in names:
+        out = tmp_path / "out" / name
+        assert _whole_set(out) == results[name]["serial"]
+        assert results[name]["serial"] in _inventory_ok(sqlite_url, name)
+        assert not any(p.name.startswith("..tmp-") for p in out.iterdir())
+        assert len(list_generations(out)) <= 1 + 3  # the current one and `keep` (3) for rollback
 
 
 def test_closed_stdout_is_quiet(cfg: Path) -> None:
