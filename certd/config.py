@@ -350,6 +350,8 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: cannot read config: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses once per level: a few hundred nested [ or { exhaust the stack
+        raise ConfigError(f"{path}: malformed TOML: nested too deeply") from exc
     base = path.resolve().parent
     errors: list[str] = []
     known = {"database", "daemon", "issuers", "certificates", "deploy"}
