@@ -101,3 +101,39 @@ def test_missing_referenced_files_are_warnings(write_config: WriteConfig, tmp_pa
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.toml")
+
+
+DEEP = "malformed TOML: nested too deeply"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param(b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n", DEEP, id="deep-arrays"),
+        pytest.param(b"a = " + b"{b = " * 3000 + b"1" + b"}" * 3000 + b"\n", DEEP, id="deep-tables"),
+        pytest.param(b'[database]\nurl = "\xff\xfe"\n', "cannot read config: 'utf-8' codec can't decode",
+                     id="not-utf8"),
+        pytest.param(b"[database]\nurl = 'x'\x00\n", "malformed TOML", id="nul-byte"),
+    ],
+)
+def test_a_config_file_that_is_not_toml_is_exit_2_naming_the_file(tmp_path: Path, content: bytes,
+                                                                   expected: str) -> None:
+    """Through the real CLI: one line naming the file, exit 2, no traceback, nothing created."""
+    from tests.test_cli import certd
+
+    path = tmp_path / "certd.toml"
+    path.write_bytes(content)
+    for command in (("check-config",), ("renew", "--all"), ("list",)):
+        proc = certd(*command, config=path)
+        assert proc.returncode == 2, (command, proc.stderr[-500:])
+        assert "Traceback" not in proc.stderr
+        assert proc.stderr.startswith(f"error: {path}: {expected}"), proc.stderr[:300]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["certd.toml"]
+
+
+def test_a_config_path_that_is_a_directory(tmp_path: Path) -> None:
+    from tests.test_cli import certd
+
+    proc = certd("list", config=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {tmp_path}: cannot read config: ")
+    assert "Is a directory" in proc.stderr and "Traceback" not in proc.stderr
