@@ -500,3 +500,34 @@ def test_rotate_key_without_a_key_file(write_config: WriteConfig, sqlite_url: st
     cfg = _config(write_config, sqlite_url)
     proc = _certd("db", "rotate-key", "--new-key-file", str(_key(tmp_path / "new.key")), config=cfg)
     assert proc.returncode == 2 and "database.key_file is not set" in proc.stderr
+
+
+# -- a url or key_file that cannot be an inventory ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "expected"),
+    [
+        pytest.param("mysql://certd@127.0.0.1/certd", 2, "database.url: unsupported database 'mysql'", id="mysql"),
+        pytest.param("not a url", 2, "database.url: not a SQLAlchemy URL", id="unparsable"),
+        pytest.param("sqlite:///{dir}", 3, "is not a regular file", id="sqlite-path-is-a-directory"),
+    ],
+)
+def test_a_url_that_is_no_inventory(write_config: WriteConfig, db_path: Path, url: str, code: int,
+                                    expected: str) -> None:
+    cfg = _config(write_config, url.replace("{dir}", str(db_path.parent)))
+    for command in COMMANDS:
+        proc = _certd(*command, config=cfg)
+        assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+    assert list(db_path.parent.iterdir()) == []
+
+
+def test_a_key_file_that_is_a_directory(write_config: WriteConfig, db_path: Path, tmp_path: Path) -> None:
+    (tmp_path / "keys").mkdir()
+    cfg = _config(write_config, f"sqlite:///{db_path}", key_file=tmp_path / "keys")
+    for command in [("check-config",), *COMMANDS]:
+        proc = _certd(*command, config=cfg)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{cfg}: database.key_file: cannot read {tmp_path / 'keys'}: Is a directory" in proc.stderr
+    assert not db_path.exists()
