@@ -80,7 +80,8 @@ def system_roots() -> tuple[x509.Certificate, ...]:
 
 def _split(endpoint: str) -> tuple[str, int]:
     host, _, port = endpoint.rpartition(":")
-    if not host or not port.isdigit():
+    # ASCII digits in range: getaddrinfo would take 65536 + P as port P, and int() refuses "²" after isdigit() took it
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"{endpoint!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 
