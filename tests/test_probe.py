@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,3 +152,68 @@ def test_diagnosis_names_the_certificate_and_the_cause() -> None:
     assert _diagnose([wild], "b.example.test", now) is None
     assert _diagnose([wild], "x.b.example.test", now) == (
         "the served certificate does not cover x.b.example.test (it covers *.example.test)")
+
+
+def _listener(answer: bytes | None) -> tuple[socket.socket, threading.Thread]:
+    """A TCP server on a free port that answers every connection with ``answer`` (or stays silent)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            held.append(conn)
+            if answer is not None:
+                conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        pytest.param(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", "handshake failed", id="plain-http"),
+        pytest.param(None, "timed out", id="silent"),
+        pytest.param(b"\x16\x03\x01\x00\x05garbage-after-a-tls-header" * 40, "handshake failed", id="garbage"),
+    ],
+)
+def test_probe_of_something_that_is_not_tls(answer: bytes | None, expected: str) -> None:
+    server, _ = _listener(answer)
+    try:
+        started = time.monotonic()
+        proc = certd_probe(f"127.0.0.1:{server.getsockname()[1]}", "--timeout", "2s", "--json")
+        assert time.monotonic() - started < 30  # bounded by --timeout, not by the peer
+    finally:
+        server.close()
+    assert proc.returncode == EXIT_FAILED, (proc.stdout, proc.stderr)
+    doc = json.loads(proc.stdout)
+    assert doc["verified"] is False and doc["chain"] == [] and doc["tls_version"] is None
+    assert doc["error"].startswith("handshake failed") and expected in doc["error"], doc["error"]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("endpoint", ["nohost", "[::1", ":443", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:\u00b2"])
+def test_probe_of_an_endpoint_that_is_not_host_port(endpoint: str) -> None:
+    proc = certd_probe(endpoint, "--json")
+    assert proc.returncode == EXIT_FAILED and "Traceback" not in proc.stderr, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["verified"] is False and doc["chain"] == [] and doc["error"], doc
+    if endpoint != "[::1":  # a host that does not resolve is a failed handshake, not a malformed endpoint
+        assert doc["error"] == f"{endpoint!r} is not HOST:PORT", doc["error"]
+
+
+def test_probe_of_a_port_past_65535_does_not_reach_another_port() -> None:
+    """getaddrinfo takes 65536 + P as port P: certd must refuse it, not report what P serves."""
+    server, _ = _listener(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+    try:
+        port = server.getsockname()[1]
+        proc = certd_probe(f"127.0.0.1:{port + 65536}", "--json")
+    finally:
+        server.close()
+    assert proc.returncode == EXIT_FAILED
+    assert json.loads(proc.stdout)["error"] == f"'127.0.0.1:{port + 65536}' is not HOST:PORT"
