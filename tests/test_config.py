@@ -64,6 +64,10 @@ def test_relative_paths_resolve_against_the_config_directory(write_config: Write
         ("[daemon]\nworkers = 0\n", "daemon.workers: Input should be greater than or equal to 1"),
         ("[daemon]\napi_listen = 'localhost'\n", "daemon.api_listen: 'localhost' is not HOST:PORT"),
     ],
+    ids=["toml-unclosed-table", "unknown-key", "unknown-section", "invalid-duration", "unknown-issuer",
+         "duplicate-name", "not-a-dns-name", "toml-duplicate-table", "output-dir-shared", "secret-inline",
+         "approle-without-files", "unknown-issuer-type", "key-type-the-issuer-cannot-issue", "wildcard-without-dns01",
+         "key-mode-world-readable", "renew-before-and-fraction", "zero-workers", "listen-not-host-port"],
 )
 def test_bad_config_names_file_and_key(write_config: WriteConfig, tmp_path: Path, body: str, expected: str) -> None:
     path = write_config(body)
