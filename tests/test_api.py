@@ -63,6 +63,7 @@ def _signed(path: str, body: bytes = b"", *, method: str = "POST", token: str = 
         {"X-Certd-Timestamp": "1", "X-Certd-Signature": "sha256=00"},
         {"X-Certd-Timestamp": "\u00b2".encode(), "X-Certd-Signature": "v1=" + "0" * 64},  # "²": isdigit(), no number
     ],
+    ids=["no-credentials", "wrong-bearer", "old-sha256-form", "superscript-timestamp"],
 )
 @pytest.mark.parametrize("name", ["edge", "does-not-exist"])
 def test_unauthenticated_writes_learn_nothing_and_do_nothing(api: Any, headers: dict[str, Any], name: str) -> None:
