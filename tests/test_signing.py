@@ -39,7 +39,8 @@ def test_a_good_signature_verifies_and_canonical_form_is_lower_case() -> None:
         (API_LABEL, "GET", PATH, b""),  # another method
         (API_LABEL, "POST", PATH, b"{}"),  # another body
         (WEBHOOK_LABEL, "POST", PATH, b""),  # a webhook's signature for the same request
-    ],
+    ],    ids=["other-certificate", "other-action", "other-query", "query-dropped", "other-method", "other-body",
+         "webhook-label"],
 )
 def test_signature_binds_label_method_path_query_and_body(label: str, method: str, path: str, body: bytes) -> None:
     headers = signed_headers(KEY, API_LABEL, "POST", PATH, b"", NOW)
@@ -62,7 +63,8 @@ def test_signature_binds_label_method_path_query_and_body(label: str, method: st
         ("1800000000", "sha256=" + "0" * 64, "sha256= signature form"),
         ("1800000000", "v1=" + "0" * 63, "not v1=<64 hex digits>"),
         ("1800000000", "v2=" + "0" * 64, "not v1=<64 hex digits>"),
-    ],
+    ],    ids=["superscript", "arabic-indic-digits", "leading-space", "fraction", "negative", "13-digits", "empty",
+         "too-old", "too-new", "sha256-form", "short-mac", "v2"],
 )
 def test_malformed_or_stale_is_refused_with_a_reason(stamp: str, signature: str | None, reason: str) -> None:
     sig = signature or sign(KEY, API_LABEL, "POST", PATH, 1800000000, b"")
