@@ -419,3 +419,69 @@ def test_first_start_publishes_then_deploy_completes_once_haproxy_runs(
         assert served_serial(server.port) == first.serial
     finally:
         app.close()
+
+
+class _FakeRuntimeSocket:
+    """A UNIX socket where HAProxy's should be: it accepts and stays silent, or answers ``reply`` to anything."""
+
+    def __init__(self, path: Path, reply: bytes | None) -> None:
+        self.path, self.reply = path, reply
+        self.commands: list[bytes] = []
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen()
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            if self.reply is None:
+                self._held.append(conn)  # never answers, never closes
+                continue
+            with conn:
+                conn.settimeout(2)
+                try:
+                    self.commands.append(conn.recv(65536))
+                    conn.sendall(self.reply)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self._server.close()
+        for conn in self._held:
+            conn.close()
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        pytest.param(None, "HAProxy runtime socket {sock} did not answer within 1s", id="silent"),
+        pytest.param(b"Unknown command. Please enter one of the following commands only :\n",
+                     "HAProxy refused set ssl cert", id="not-haproxy"),
+    ],
+)
+def test_a_runtime_socket_that_is_not_haproxy_fails_the_deploy_naming_it(
+    bootstrapped: str, write_config: WriteConfig, tmp_path: Path, reply: bytes | None, expected: str
+) -> None:
+    out = tmp_path / "out/edge"
+    sock = tmp_path / "fake.sock"
+    fake = _FakeRuntimeSocket(sock, reply)
+    app = open_app(write_config, with_target(BASE, haproxy_target(sock, out / "combined.pem", "1s")))
+    try:
+        started = time.monotonic()
+        result = app.pipeline.renew("edge", force=True)
+        assert time.monotonic() - started < 30
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        error = result.error or ""
+        assert expected.format(sock=sock) in error, error
+        assert "PRIVATE KEY" not in error and "BEGIN" not in error
+        row = app.inventory.certificate("edge")
+        assert row is not None and row.failures == 1 and (row.last_error or "").startswith("deploy: ")
+    finally:
+        app.close()
+        fake.close()
