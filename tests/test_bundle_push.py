@@ -26,13 +26,8 @@ NAME = "backend-1.internal"
 
 
 def _failed_checks(server: HaproxyServer) -> tuple[str, int]:
-    answer = server.runtime("show stat")
-    header = answer.splitlines()[0][2:].split(",")
-    for line in answer.splitlines()[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == "be_upstream" and row.get("svname") == "upstream":
-            return row["status"], int(row["chkfail"] or 0)
-    raise AssertionError(answer)
+    row = server.upstream_stat()
+    return row["status"], int(row["chkfail"] or 0)
 
 
 def test_bundle_change_is_pushed_into_haproxy_without_reload(

@@ -53,13 +53,8 @@ verify_timeout = "8s"
 
 
 def _stat(server: HaproxyServer) -> tuple[str, str]:
-    answer = server.runtime("show stat")
-    header = answer.splitlines()[0][2:].split(",")
-    for line in answer.splitlines()[1:]:
-        row = dict(zip(header, line.split(","), strict=False))
-        if row.get("pxname") == "be_upstream" and row.get("svname") == "upstream":
-            return row["status"], row["check_status"]
-    raise AssertionError(answer)
+    row = server.upstream_stat()
+    return row["status"], row["check_status"]
 
 
 def test_haproxy_check_confirms_a_rotation_and_a_rejected_one_is_rolled_back(

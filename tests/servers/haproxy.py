@@ -79,6 +79,16 @@ class HaproxyServer:
             self.stop()
             raise
 
+    def upstream_stat(self) -> dict[str, str]:
+        """``show stat`` for the re-encrypting backend's server: status, check_status, chkfail, ..."""
+        answer = self.runtime("show stat")
+        header = answer.splitlines()[0][2:].split(",")
+        for line in answer.splitlines()[1:]:
+            row = dict(zip(header, line.split(","), strict=False))
+            if row.get("pxname") == "be_upstream" and row.get("svname") == "upstream":
+                return row
+        raise AssertionError(f"no be_upstream/upstream in show stat: {answer}")
+
     def runtime(self, cmd: str, timeout: float = 10.0) -> str:
         """One command per connection (non-interactive mode): HAProxy answers, then closes, so EOF ends the reply.
 
