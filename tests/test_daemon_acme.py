@@ -58,6 +58,19 @@ class Handshakes:
         self._thread.join(10)
 
 
+def edge_behind_haproxy(pebble: PebbleServer, haproxy: HaproxyServer, tmp: Path, port: int, *, cert_extra: str,
+                        issuer_extra: str, daemon_extra: str = "") -> str:
+    """The daemon's config: the Pebble edge certificate deployed into ``haproxy`` and verified through it."""
+    roots = tmp / "pebble-roots.pem"
+    cert_extra += (f'deploy = ["lb"]\nverify = [{{ endpoint = "127.0.0.1:{haproxy.port}", sni = "{NAME}", '
+                   f'ca_bundle = "{roots}" }}]\n')
+    daemon = f'check_interval = "5s"\napi_listen = "127.0.0.1:{port}"\n{daemon_extra}'
+    body = acme_config(pebble, tmp, {"edge": [NAME]}, cert_extra=cert_extra, issuer_extra=issuer_extra).replace(
+        "[daemon]\n", "[daemon]\n" + daemon)
+    combined = tmp / "out/edge/combined.pem"
+    return body + f'\n[deploy.lb]\ntype = "haproxy"\nsocket = "{haproxy.socket}"\ncert = "{combined}"\n'
+
+
 def _x509(der: bytes) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
@@ -83,14 +96,9 @@ def test_run_renews_a_short_lived_acme_certificate_into_haproxy_repeatedly(
 
     port = free_port()
     (tmp_path / "api.token").write_text("token\n")
-    daemon_section = (f'check_interval = "5s"\napi_listen = "127.0.0.1:{port}"\n'
-                      f'api_token_file = "{tmp_path}/api.token"\n')
-    cert_extra += (f'deploy = ["lb"]\nverify = [{{ endpoint = "127.0.0.1:{haproxy.port}", sni = "{NAME}", '
-                   f'ca_bundle = "{roots}" }}]\nrollback = true\n')
-    body = acme_config(pebble, tmp_path, {"edge": [NAME]}, cert_extra=cert_extra, issuer_extra=limits).replace(
-        "[daemon]\n", "[daemon]\n" + daemon_section)
-    body += f'\n[deploy.lb]\ntype = "haproxy"\nsocket = "{haproxy.socket}"\ncert = "{combined}"\n'
-    config = write_config(body)
+    token = f'api_token_file = "{tmp_path}/api.token"\n'
+    config = write_config(edge_behind_haproxy(pebble, haproxy, tmp_path, port, issuer_extra=limits,
+                                              cert_extra=cert_extra + "rollback = true\n", daemon_extra=token))
 
     loop = Handshakes(haproxy.port, roots)
     daemon = Daemon(config, port, tmp_path / "daemon.log")

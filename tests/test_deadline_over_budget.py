@@ -24,7 +24,7 @@ from tests.servers.haproxy import HaproxyServer
 from tests.servers.pebble import PebbleServer
 from tests.servers.ports import free_port
 from tests.test_daemon import Daemon
-from tests.test_daemon_acme import Handshakes, _sample
+from tests.test_daemon_acme import Handshakes, _sample, edge_behind_haproxy
 from tests.test_issuer_acme import acme_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,13 +54,8 @@ def test_budget_never_lets_the_edge_expire(
     roots = tmp_path / "pebble-roots.pem"
 
     port = free_port()
-    daemon_section = f'check_interval = "5s"\napi_listen = "127.0.0.1:{port}"\n'
-    cert_extra += (f'deploy = ["lb"]\nverify = [{{ endpoint = "127.0.0.1:{haproxy.port}", sni = "{NAME}", '
-                   f'ca_bundle = "{roots}" }}]\n')
-    body = acme_config(pebble, tmp_path, {"edge": [NAME]}, cert_extra=cert_extra, issuer_extra=limits).replace(
-        "[daemon]\n", "[daemon]\n" + daemon_section)
-    body += f'\n[deploy.lb]\ntype = "haproxy"\nsocket = "{haproxy.socket}"\ncert = "{combined}"\n'
-    config = write_config(body)
+    config = write_config(edge_behind_haproxy(pebble, haproxy, tmp_path, port, cert_extra=cert_extra,
+                                              issuer_extra=limits))
 
     loop = Handshakes(haproxy.port, roots)
     daemon = Daemon(config, port, tmp_path / "daemon.log")
