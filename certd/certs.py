@@ -22,7 +22,6 @@ __all__ = [
     "certs_pem",
     "describe",
     "fingerprint",
-    "intermediates_only",
     "is_self_signed",
     "load_pem_certs",
     "not_after",
@@ -231,15 +230,6 @@ def build_chain(
         chain.append(current)
         used.add(current)
     return tuple(chain), tuple(c for c in pool if c not in used)
-
-
-def intermediates_only(chain: list[x509.Certificate] | tuple[x509.Certificate, ...]) -> tuple[x509.Certificate, ...]:
-    """Drop self-signed roots: servers send intermediates only (``chain.pem``).
-
-    This keeps the issuer's order and trusts it; ``build_chain`` is the one
-    that checks each link by signature.
-    """
-    return tuple(c for c in chain if not is_self_signed(c))
 
 
 def cert_names(cert: x509.Certificate) -> list[str]:

@@ -342,10 +342,5 @@ class Inventory:
                 s.execute(update(Certificate).where(Certificate.name.in_(names)).values(next_attempt_at=None))
             return names
 
-    def set_state(self, name: str, version_id: int, state: VersionState, now: datetime) -> None:
-        """Unfenced state change for operator commands that hold their own lease (e.g. revoke)."""
-        with self.sessions.begin() as s:
-            s.execute(update(Version).where(Version.id == version_id).values(state=state.value, updated_at=now))
-
     def names_of(self, rows: Iterable[Version | Certificate]) -> list[list[str]]:
         return [json.loads(r.names) for r in rows]
