@@ -68,7 +68,7 @@ class ApiState:
     pipeline: Callable[[], Pipeline]
     scheduler: Scheduler
     metrics: Metrics
-    token: Callable[[], str | None]
+    token: Callable[[], str | None]  # may raise api_auth.NoToken with the reason
     health: Callable[[], dict[str, Any]]
     ledger: SignatureLedger = field(init=False)
 

@@ -28,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
 
 from starlette.concurrency import run_in_threadpool
@@ -37,7 +38,28 @@ from certd.errors import InventoryError
 from certd.inventory.signatures import SignatureLedger
 from certd.signing import API_LABEL, WINDOW, BadSignature, verify
 
-__all__ = ["OPEN_PATHS", "Authenticate", "ReadAuth", "needs_credentials", "request_target"]
+__all__ = ["OPEN_PATHS", "Authenticate", "NoToken", "ReadAuth", "needs_credentials", "read_token", "request_target"]
+
+
+class NoToken(Exception):
+    """There is no usable API token; the text says why (not configured, unreadable, empty)."""
+
+
+def read_token(path: Path | None) -> str:
+    """The token, re-read at every call so an operator can rotate the file under a running daemon.
+
+    An empty or unreadable file is not "not configured": the operator set it and needs to hear what is wrong.
+    """
+    if path is None:
+        raise NoToken("no [daemon] api_token_file is configured: writes are disabled")
+    try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise NoToken(f"daemon.api_token_file {path} cannot be read ({exc.strerror or exc}): "
+                      "writes are refused") from None
+    if not token:
+        raise NoToken(f"daemon.api_token_file {path} is empty: writes are refused")
+    return token
 
 log = logging.getLogger("certd.api")
 
@@ -132,7 +154,10 @@ class Authenticate:
         await self.app(scope, replay, send)
 
     async def _check(self, scope: Scope, body: bytes) -> None:
-        token = self.token()
+        try:
+            token = self.token()
+        except NoToken as exc:
+            raise _Unauthorized(str(exc)) from None
         if not token:
             raise _Unauthorized("no [daemon] api_token_file is configured: writes are disabled")
         auth = _one(scope, b"authorization")

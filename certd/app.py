@@ -24,6 +24,7 @@ from certd.config import Config
 from certd.db import create_db_engine, schema_is_current, session_factory, upgrade
 from certd.db_faults import inventory_error
 from certd.deploy import build_targets
+from certd.errors import ConfigError
 from certd.inventory.keybox import KeyBox
 from certd.inventory.keycheck import verify_key
 from certd.inventory.leases import LeaseManager
@@ -65,7 +66,10 @@ class App:
     ) -> App:
         clock = clock or SystemClock()
         keybox = KeyBox.from_file(config.database.key_file)
-        engine = create_db_engine(config.database.url, busy_timeout=config.database.busy_timeout)
+        try:
+            engine = create_db_engine(config.database.url, busy_timeout=config.database.busy_timeout)
+        except ConfigError as exc:  # a bad database.url is the config file's fault: name it, like every key
+            raise ConfigError(f"{config.path}: {exc}") from exc
         try:
             if migrate:
                 upgrade(engine)

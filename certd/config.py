@@ -55,7 +55,7 @@ from certd.config_issuers import (
     default_rate_limits,
 )
 from certd.config_rules import check_files, check_secret_modes, cross_check, key_file_rules
-from certd.config_types import ConfigPath, Duration, HostPort, Model, PositiveDuration
+from certd.config_types import ConfigPath, DatabaseUrl, Duration, HostPort, Model, PositiveDuration, RuntimeSocket
 from certd.errors import ConfigError
 from certd.keys import KeyType
 
@@ -104,7 +104,7 @@ _SECRET_HINTS = {
 class DatabaseConfig(Model):
     """Where the inventory lives; ``key_file`` encrypts private keys stored in it."""
 
-    url: str = DEFAULT_DB_URL
+    url: DatabaseUrl = DEFAULT_DB_URL
     key_file: ConfigPath | None = None
     busy_timeout: Duration = timedelta(seconds=30)
 
@@ -192,7 +192,7 @@ class LbCheck(Model):
     check ``inter`` (HAProxy's default is 2s): certd waits for two checks.
     """
 
-    socket: str
+    socket: RuntimeSocket
     backend: str
     server: str
     interval: Duration = timedelta(seconds=2)

@@ -12,7 +12,7 @@ from pydantic import (
     model_validator,
 )
 
-from certd.config_types import ConfigPath, Duration, Model
+from certd.config_types import ConfigPath, Duration, Model, RuntimeSocket
 
 __all__ = [
     "DEPLOY_TYPES",
@@ -29,7 +29,7 @@ class HaproxyDeployConfig(Model):
     """HAProxy runtime API: ``set ssl cert`` + ``commit ssl cert``, no reload."""
 
     type: Literal["haproxy"]
-    socket: str
+    socket: RuntimeSocket
     cert: ConfigPath
     crt_list: ConfigPath | None = None
     # The ca-file HAProxy's server lines pin (an issuer's bundle_file): pushed live when the bundle changes.

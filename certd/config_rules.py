@@ -248,8 +248,8 @@ def key_file_rules(path: Path, key_file: Path | None) -> list[str]:
     return [] if parse_key(data) is not None else [f"{where}: {key_file} {KEY_HINT}"]
 
 
-_SECRET_KEYS = ("key_file", "api_token_file", "tsig_secret_file", "eab_hmac_key_file", "token_file", "secret_id_file",
-                "secret_file")
+_SECRET_KEYS = ("key_file", "api_token_file", "api_tls_key_file", "tsig_secret_file", "eab_hmac_key_file", "token_file",
+                "secret_id_file", "secret_file")
 
 
 def _readable_by(mode: int) -> str | None:
@@ -271,9 +271,13 @@ def check_secret_modes(config: Config) -> list[str]:
     lines = []
     for value, keys in refs.items():
         try:
-            mode = stat.S_IMODE(value.stat().st_mode)
+            info = value.stat()
+            empty = info.st_size < 4096 and stat.S_ISREG(info.st_mode) and not value.read_bytes().strip()
         except OSError:
             continue  # missing: check_files says so; unreadable: the command using it says so
+        if empty:
+            lines.append(f"{config.path}: {keys[0]}: {value} is empty: whatever needs this secret will be refused")
+        mode = stat.S_IMODE(info.st_mode)
         readers = _readable_by(mode)
         if readers:
             also = f" (also {', '.join(keys[1:])})" if keys[1:] else ""

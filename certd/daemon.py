@@ -34,6 +34,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 
 from certd.api import ApiState, create_api
+from certd.api_auth import NoToken, read_token
 from certd.api_limits import server_config
 from certd.app import App
 from certd.config import Config, check_secret_modes, load_config
@@ -89,15 +90,9 @@ class Daemon:
         with self._lock:
             return self.app.pipeline
 
-    def _token(self) -> str | None:
-        path = self.pipeline.config.daemon.api_token_file
-        if path is None:
-            return None
-        try:
-            return path.read_text().strip() or None
-        except OSError:
-            log.error("cannot read daemon.api_token_file %s: writes through the API are refused", path)
-            return None
+    def _token(self) -> str:
+        """Raises ``NoToken`` saying why there is none; the API answers 401 with that reason."""
+        return read_token(self.pipeline.config.daemon.api_token_file)
 
     def health(self) -> dict[str, Any]:
         database = True
@@ -190,8 +185,10 @@ class Daemon:
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
-        if self._token() is None:
-            log.warning("no usable [daemon] api_token_file: the HTTP API accepts reads only")
+        try:
+            self._token()
+        except NoToken as exc:
+            log.warning("%s; the HTTP API accepts reads only", exc)
         for line in check_secret_modes(self.pipeline.config):
             log.warning(line)
         state = ApiState(pipeline=lambda: self.pipeline, scheduler=self.scheduler, metrics=self.metrics,

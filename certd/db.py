@@ -22,6 +22,7 @@ leave here as one-line ``InventoryError``s naming the database; see
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -148,6 +149,9 @@ def _current_heads(engine: Engine, script: ScriptDirectory) -> set[str]:
     return heads
 
 
+_ALEMBIC_LOCK = threading.Lock()
+
+
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent, safe to run concurrently).
 
@@ -156,8 +160,9 @@ def upgrade(engine: Engine) -> None:
     """
     cfg = _alembic_config(engine)
     try:
-        _current_heads(engine, ScriptDirectory.from_config(cfg))
-        command.upgrade(cfg, "head")
+        with _ALEMBIC_LOCK:  # Alembic's op/context proxies are process globals: one migration per process at a time
+            _current_heads(engine, ScriptDirectory.from_config(cfg))
+            command.upgrade(cfg, "head")
     except CommandError as exc:  # another replica of a newer certd migrated between our look and Alembic's
         revision = str(exc).rpartition("identified by ")[2].strip("'\" ")
         cause = NEWER_SCHEMA.format(revision=revision) if "Can't locate revision" in str(exc) else str(exc)

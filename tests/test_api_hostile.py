@@ -310,3 +310,41 @@ def test_the_curl_example_in_the_docs_is_accepted(daemon: Daemon, tmp_path: Path
     done = subprocess.run(["bash", "-c", script.rstrip() + ' -s -o /dev/null -w "%{http_code}"'], capture_output=True,
                           text=True, timeout=30)
     assert done.stdout == "202", done
+
+
+@pytest.mark.parametrize("problem", ["empty", "unreadable"])
+def test_a_token_file_that_is_set_but_unusable_says_why(daemon: Daemon, tmp_path: Path, problem: str) -> None:
+    """Not "not configured": the operator set api_token_file, and the 401 and the log say what is wrong with it."""
+    token_file = tmp_path / "api.token"
+    if problem == "empty":
+        token_file.write_text("\n")
+        expected = f"daemon.api_token_file {token_file} is empty"
+    else:
+        token_file.unlink()
+        expected = f"daemon.api_token_file {token_file} cannot be read (No such file or directory)"
+    resp = requests.post(daemon.url + "/v1/certificates/a/renew", headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=5)
+    assert resp.status_code == 401 and expected in resp.text, resp.text
+    assert "not configured" not in resp.text
+    token_file.write_text(TOKEN)  # rotated back under the running daemon: accepted again, no restart
+    resp = requests.post(daemon.url + "/v1/certificates/a/renew", headers={"Authorization": f"Bearer {TOKEN}"},
+                         timeout=5)
+    assert resp.status_code == 202, resp.text
+
+
+def test_an_empty_token_file_is_named_at_start(write_config: WriteConfig, tmp_path: Path, sqlite_url: str) -> None:
+    port = free_port()
+    config = write_config(_config(f"127.0.0.1:{port}"), db_url=sqlite_url)
+    token_file = tmp_path / "api.token"
+    token_file.write_text("  \n")
+    token_file.chmod(0o600)
+    check = subprocess.run([sys.executable, "-m", "certd", "-c", str(config), "check-config"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and f"daemon.api_token_file: {token_file} is empty" in check.stderr, check.stderr
+    d = Daemon(config, port, tmp_path / "daemon.log")
+    try:
+        assert d.get("/healthz").status_code == 200
+    finally:
+        assert d.stop() == 0
+    assert f"daemon.api_token_file {token_file} is empty: writes are refused; the HTTP API accepts reads only" in (
+        tmp_path / "daemon.log").read_text()

@@ -35,6 +35,8 @@ issuer = "vault"
 names = ["api.example.test"]
 output_dir = "{tmp}/out/api"
 """
+HAPROXY = '\n[deploy.lb]\ntype = "haproxy"\nsocket = "%s"\ncert = "{tmp}/haproxy/edge.pem"\n'
+LB_CHECK = 'lb_checks = [{ socket = "%s", backend = "be_app", server = "backend1" }]'
 NGINX = '\n[deploy.nginx]\ntype = "signal"\npid_file = "{tmp}/nginx.pid"\nsignal = "%s"\n'
 
 
@@ -109,6 +111,17 @@ REJECTED = [
                  id="issuer-unknown-key"),
     pytest.param(_local(ISSUER, f'{ISSUER}\nkey = "dsa"'), "issuers.local.key", "Input should be",
                  id="issuer-invalid-key"),
+    # 10. ports out of range: 70000 would wrap or fail only at deploy time; "²" passes str.isdigit
+    pytest.param(_edge('deploy = ["lb"]', extra=HAPROXY % "127.0.0.1:70000"), "deploy.lb.socket",
+                 "a port from 1 to 65535", id="haproxy-socket-port-over-range"),
+    pytest.param(_edge('deploy = ["lb"]', extra=HAPROXY % "ipv4@127.0.0.1:0"), "deploy.lb.socket",
+                 "a port from 1 to 65535", id="haproxy-socket-port-zero"),
+    pytest.param(_edge('deploy = ["lb"]', extra=HAPROXY % ""), "deploy.lb.socket", "is empty",
+                 id="haproxy-socket-empty"),
+    pytest.param(_local(BACKEND_LIFETIME, f"{BACKEND_LIFETIME}\n{LB_CHECK % '127.0.0.1:99999'}"),
+                 "certificates.backend.lb_checks.0.socket", "a port from 1 to 65535", id="lb-check-port-over-range"),
+    pytest.param(_local(EDGE_OUT, EDGE_OUT, daemon='api_listen = "127.0.0.1:\u00b2"'), "daemon.api_listen",
+                 "a port from 1 to 65535", id="api-listen-superscript-port"),
 ]
 
 

@@ -321,6 +321,8 @@ def test_secret_files_others_can_read_are_warnings(write_config: WriteConfig, tm
     secrets = tmp_path / "secrets"
     secrets.mkdir()
     _key(secrets / "db.key")
+    _key(secrets / "api-tls.key")
+    (secrets / "api-tls.pem").write_text("not a secret\n")
     for name in ("api.token", "tsig.secret", "eab.key", "vault.token", "role_id", "secret_id", "hook.secret"):
         (secrets / name).write_text("secret\n")
     body = f"""
@@ -330,6 +332,8 @@ key_file = "{secrets}/db.key"
 
 [daemon]
 api_token_file = "{secrets}/api.token"
+api_tls_cert_file = "{secrets}/api-tls.pem"
+api_tls_key_file = "{secrets}/api-tls.key"
 
 [issuers.acme]
 type = "acme"
@@ -368,11 +372,13 @@ secret_file = "{secrets}/hook.secret"
         proc = _certd("check-config", *strict, config=cfg)
         assert proc.returncode == 0, proc.stderr
         warnings = [line for line in proc.stderr.splitlines() if "is readable by" in line]
-        for key in ("database.key_file", "daemon.api_token_file", "issuers.acme.tsig_secret_file",
+        for key in ("database.key_file", "daemon.api_token_file", "daemon.api_tls_key_file",
+                    "issuers.acme.tsig_secret_file",
                     "issuers.acme.eab_hmac_key_file", "issuers.vault.token_file", "issuers.approle.secret_id_file",
                     "deploy.hook.secret_file"):
             assert any(f"{cfg}: {key}: " in line for line in warnings), (key, proc.stderr)
-        assert len(warnings) == 7 and "role_id_file" not in proc.stderr  # a role id is not a secret
+        assert len(warnings) == 8 and "role_id_file" not in proc.stderr  # a role id is not a secret
+        assert "api_tls_cert_file" not in proc.stderr  # a certificate is public
         assert any("api.token is readable by its group (mode 0640)" in line for line in warnings)
     for path in secrets.iterdir():
         path.chmod(0o600)
@@ -516,10 +522,12 @@ def test_rotate_key_without_a_key_file(write_config: WriteConfig, sqlite_url: st
 def test_a_url_that_is_no_inventory(write_config: WriteConfig, db_path: Path, url: str, code: int,
                                     expected: str) -> None:
     cfg = _config(write_config, url.replace("{dir}", str(db_path.parent)))
-    for command in COMMANDS:
+    # A URL that cannot be one is the config file's fault: check-config refuses it too, naming the file.
+    for command in [("check-config",), *COMMANDS] if code == 2 else COMMANDS:
         proc = _certd(*command, config=cfg)
         assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
+        assert code != 2 or f"{cfg}: database.url: " in proc.stderr, proc.stderr
     assert list(db_path.parent.iterdir()) == []
 
 
@@ -531,3 +539,30 @@ def test_a_key_file_that_is_a_directory(write_config: WriteConfig, db_path: Path
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert f"{cfg}: database.key_file: cannot read {tmp_path / 'keys'}: Is a directory" in proc.stderr
     assert not db_path.exists()
+
+
+def test_upgrades_in_threads_of_one_process(tmp_path: Path) -> None:
+    """Alembic keeps its migration context in process globals; certd serialises upgrades so threads can't mix them."""
+    import threading
+
+    from certd.db import create_db_engine, schema_is_current, upgrade
+
+    engines = [create_db_engine(f"sqlite:///{tmp_path}/inv-{i % 3}.db") for i in range(6)]
+    errors: list[BaseException] = []
+
+    def run(engine: sa.Engine) -> None:
+        try:
+            upgrade(engine)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert errors == [] and all(schema_is_current(e) for e in engines)
+    finally:
+        for e in engines:
+            e.dispose()

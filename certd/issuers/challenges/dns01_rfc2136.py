@@ -45,6 +45,7 @@ import dns.tsig
 import dns.update
 
 from certd.config import AcmeIssuerConfig
+from certd.config_types import valid_port
 from certd.errors import ConfigError, IssuerError
 from certd.issuers.challenges.base import Challenge
 
@@ -78,8 +79,8 @@ def _txt(value: str) -> dns.rdtypes.ANY.TXT.TXT:
 
 def _split_server(server: str) -> tuple[str, int]:
     host, sep, port = server.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ConfigError(f"dns_server {server!r} is not HOST:PORT")
+    if not sep or not host or not valid_port(port):
+        raise ConfigError(f"dns_server {server!r} is not HOST:PORT with a port from 1 to 65535")
     return host.strip("[]"), int(port)
 
 
