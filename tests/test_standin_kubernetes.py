@@ -6,8 +6,10 @@ If these pass, a failure in ``test_deploy_kubernetes.py`` is certd's, not the st
 from __future__ import annotations
 
 import base64
+import json
 import ssl
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx2
@@ -262,3 +264,67 @@ def test_discovery_endpoints(k8s_standin: KubernetesStandin) -> None:
 def test_tls_is_verified_against_the_standin_ca(k8s_standin: KubernetesStandin) -> None:
     with pytest.raises(httpx2.ConnectError):
         httpx2.get(f"{k8s_standin.url}/version")  # the system store does not know the throwaway CA
+
+
+def review(standin: KubernetesStandin, token: str, *, audiences: list[str] | None = None,
+           bearer: str | None = None) -> httpx2.Response:
+    spec: dict[str, object] = {"token": token}
+    if audiences is not None:
+        spec["audiences"] = audiences
+    return httpx2.post(f"{standin.url}/apis/authentication.k8s.io/v1/tokenreviews", verify=ca_context(standin),
+                       headers={"Authorization": f"Bearer {standin.token if bearer is None else bearer}"},
+                       json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec})
+
+
+def jwt_claims(token: str) -> dict[str, object]:
+    payload = token.split(".")[1]
+    claims: dict[str, object] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
+def test_tokenreview_authenticates_a_minted_service_account_token(k8s_standin: KubernetesStandin) -> None:
+    jwt = k8s_standin.service_account_token("certd", "issuer", uid="uid-1", audiences=("openbao", "other"))
+    claims = jwt_claims(jwt)
+    assert claims["sub"] == "system:serviceaccount:certd:issuer"
+    assert claims["kubernetes.io"] == {"namespace": "certd", "serviceaccount": {"name": "issuer", "uid": "uid-1"}}
+    resp = review(k8s_standin, jwt, audiences=["openbao", "unrelated"])
+    assert resp.status_code == 201
+    body = resp.json()
+    assert (body["kind"], body["apiVersion"]) == ("TokenReview", "authentication.k8s.io/v1")
+    status = body["status"]
+    assert status["authenticated"] is True and "error" not in status
+    assert status["user"]["username"] == "system:serviceaccount:certd:issuer" and status["user"]["uid"] == "uid-1"
+    assert status["user"]["groups"] == ["system:serviceaccounts", "system:serviceaccounts:certd",
+                                        "system:authenticated"]
+    assert status["audiences"] == ["openbao"]  # the intersection, so an audience-aware caller can check it
+    recorded = [r for r in k8s_standin.requests if r.path.endswith("/tokenreviews")]
+    assert recorded and all(jwt not in repr(r) for r in recorded)
+
+
+def test_tokenreview_refuses_unknown_revoked_expired_and_wrong_audience_tokens(
+        k8s_standin: KubernetesStandin) -> None:
+    live = k8s_standin.service_account_token("certd", "issuer")
+    assert review(k8s_standin, live).json()["status"]["audiences"] == ["https://kubernetes.default.svc.cluster.local"]
+    forged = live.rsplit(".", 1)[0] + ".c2lnbmVkLWJ5LXNvbWVvbmUtZWxzZQ"  # the claims are right, the token is not
+    revoked = k8s_standin.service_account_token("certd", "issuer")
+    k8s_standin.revoke_service_account_token(revoked)
+    expired = k8s_standin.service_account_token("certd", "issuer", lifetime=timedelta(seconds=-1))
+    cases = {forged: "token not found", revoked: "has been invalidated", expired: "has expired"}
+    for token, why in cases.items():
+        status = review(k8s_standin, token).json()["status"]
+        assert "authenticated" not in status and status["user"] == {} and why in status["error"], status
+    status = review(k8s_standin, live, audiences=["openbao"]).json()["status"]
+    assert "authenticated" not in status and "is invalid for the target audiences" in status["error"]
+
+
+def test_tokenreview_needs_a_reviewer_and_a_token(k8s_standin: KubernetesStandin) -> None:
+    jwt = k8s_standin.service_account_token("certd", "issuer")
+    empty = review(k8s_standin, "")
+    assert empty.status_code == 400 and empty.json()["reason"] == "BadRequest"
+    assert review(k8s_standin, jwt, bearer="not-a-token").status_code == 401
+    as_sa = review(k8s_standin, jwt, bearer=jwt)  # authenticated as the service account, which may not review
+    assert as_sa.status_code == 403 and as_sa.json()["reason"] == "Forbidden"
+    assert 'User "system:serviceaccount:certd:issuer" cannot create resource "tokenreviews"' in as_sa.json()["message"]
+    groups = httpx2.get(f"{k8s_standin.url}/apis", verify=ca_context(k8s_standin),
+                        headers={"Authorization": f"Bearer {k8s_standin.token}"}).json()["groups"]
+    assert [g["name"] for g in groups] == ["authentication.k8s.io"]

@@ -16,18 +16,22 @@ writer touches, the way the docs describe it:
 * Validation as the apiserver does it for Secrets: ``kubernetes.io/tls`` needs ``tls.crt`` and ``tls.key``
   (422 ``Invalid``), ``type`` is immutable, so is ``data`` once ``immutable: true``, keys and labels must be
   well-formed, values must be base64, ``stringData`` is merged into ``data`` and never returned.
+* ``POST /apis/authentication.k8s.io/v1/tokenreviews`` (``kubernetes_tokenreview.py``), which OpenBao's
+  ``kubernetes`` auth method calls to check a service account JWT: only the stand-in's own token may create
+  TokenReviews (as if bound to ``system:auth-delegator``); a service account token as the bearer is 403.
 * Every error is a ``Status`` object (``status: Failure``, ``message``, ``reason``, ``details``, ``code``) sent
   as ``application/json``. Bearer-token authentication (401 ``Unauthorized`` without or with a wrong token;
   ``/version`` and ``/healthz`` are public, as with the default ``system:public-info-viewer`` binding) and an
   RBAC-like allow list per namespace and verb (403 ``Forbidden``), checked before the object is looked up.
 
 Test controls: ``url``, ``ca_bundle_path``, ``token``, ``user``, ``secrets`` (deep copies of what is stored),
-``secret_data()``, ``create_secret()`` (seed state as another writer would), ``inject_conflicts(n)`` and
+``secret_data()``, ``service_account_token()`` / ``revoke_service_account_token()`` (JWTs the TokenReview
+endpoint accepts), ``create_secret()`` (seed state as another writer would), ``inject_conflicts(n)`` and
 ``pending_conflicts``, ``allow_namespaces(*ns, verbs=...)``, ``allow_all_namespaces()``, ``requests`` /
 ``clear_requests()`` (what was asked and answered; never the token), ``kubeconfig(path)``, ``start()``/``stop()``.
 
 Deliberately left out: watch, JSON patch and server-side apply (415 here), ``deletecollection``, field selectors,
-managedFields, and any resource other than Secrets.
+managedFields, and any resource other than Secrets and TokenReviews.
 """
 
 from __future__ import annotations
@@ -47,13 +51,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.servers.tlsutil import issue_server_cert, make_ca, write_pem
+from tests.standins.kubernetes_tokenreview import API_AUDIENCE, TOKENREVIEWS_PATH, TokenAuthority
 
 __all__ = ["ALL_VERBS", "KubernetesStandin", "RecordedRequest", "StandinApiError"]
 
@@ -143,6 +148,7 @@ class _State:
     revision: int = 100
     conflicts: int = 0
     conflict_data: dict[str, str] | None = None
+    tokens: TokenAuthority = field(default_factory=TokenAuthority)
     log: list[RecordedRequest] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -274,7 +280,9 @@ class _Api:
         }
 
     def api_groups(self) -> dict[str, Any]:
-        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": []}
+        version = {"groupVersion": "authentication.k8s.io/v1", "version": "v1"}
+        return {"kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [{"name": "authentication.k8s.io", "versions": [version], "preferredVersion": version}]}
 
     # --- helpers ---------------------------------------------------------------------------------------------
     def _next_rv(self) -> str:
@@ -577,6 +585,8 @@ class _Handler(BaseHTTPRequestHandler):
             code, reply = exc.code, exc.status()
         except Exception as exc:  # a stand-in bug must show up as a 500 Status, not a dropped connection
             code, reply = 500, StandinApiError(500, "InternalError", f"stand-in error: {exc!r}").status()
+        if path == TOKENREVIEWS_PATH and isinstance(body, dict) and isinstance(body.get("spec"), dict):
+            body = {**body, "spec": {**body["spec"], "token": "[redacted]"}}  # a JWT is a credential
         with state.lock:
             state.log.append(RecordedRequest(self.command, path, query, content_type, body, code, user,
                                              reply.get("reason") if isinstance(reply, dict) else None))
@@ -592,8 +602,13 @@ class _Handler(BaseHTTPRequestHandler):
         return _secrets.compare_digest(header[len("Bearer "):].strip().encode(), state.token.encode())
 
     def _authenticate(self, state: _State, path: str) -> str | None:
-        if self._authenticate_header(self.headers.get("Authorization"), state):
+        header = self.headers.get("Authorization")
+        if self._authenticate_header(header, state):
             return state.user
+        if path == TOKENREVIEWS_PATH and header and header.startswith("Bearer "):
+            sa = state.tokens.live(header[len("Bearer "):].strip())
+            if sa is not None:  # authenticated as the service account; authorization is the route's business
+                return sa.username
         if path in _PUBLIC_PATHS:
             return None
         raise StandinApiError(401, "Unauthorized", "Unauthorized")
@@ -612,6 +627,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return 200, api.api_resources(), []
             if path == "/apis":
                 return 200, api.api_groups(), []
+        if path == TOKENREVIEWS_PATH:
+            return self._token_review(state, user, body)
         m = _SECRETS_PATH.match(path)
         if m is None:
             raise StandinApiError(404, "NotFound", "the server could not find the requested resource", {})
@@ -649,6 +666,19 @@ class _Handler(BaseHTTPRequestHandler):
             return api.patch(namespace, name, content_type or "", body, dry_run=dry_run)
         code, out = api.delete(namespace, name, dry_run=dry_run)
         return code, out, []
+
+    def _token_review(self, state: _State, user: str | None, body: Any) -> tuple[int, Any, list[str]]:
+        if self.command != "POST":
+            raise StandinApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested "
+                                  f"resource ({self.command})", {})
+        if user != state.user:
+            raise StandinApiError(403, "Forbidden", f'tokenreviews.authentication.k8s.io is forbidden: User "{user}" '
+                                  'cannot create resource "tokenreviews" in API group "authentication.k8s.io" at the '
+                                  "cluster scope", {"group": "authentication.k8s.io", "kind": "tokenreviews"})
+        try:
+            return 201, state.tokens.review(None if body is _UNDECODABLE else body), []
+        except ValueError as exc:
+            raise _bad_request(str(exc)) from None
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 
@@ -808,6 +838,16 @@ class KubernetesStandin:
     def allow_all_namespaces(self) -> None:
         with self._state.lock:
             self._state.rbac.rules = None
+
+    def service_account_token(self, namespace: str, name: str, *, uid: str | None = None,
+                              audiences: Iterable[str] = (API_AUDIENCE,),
+                              lifetime: timedelta = timedelta(hours=1)) -> str:
+        """A signed service account JWT (projected format) that TokenReviews authenticate until it expires."""
+        return self._state.tokens.mint(namespace, name, uid=uid, audiences=tuple(audiences), lifetime=lifetime)
+
+    def revoke_service_account_token(self, token: str) -> None:
+        """From now on TokenReviews answer this token as invalidated (as after deleting its service account)."""
+        self._state.tokens.revoke(token)
 
     def create_secret(self, namespace: str, obj: Mapping[str, Any]) -> dict[str, Any]:
         """Seed a Secret as another client would create it (validated, no auth, no injected conflict)."""
