@@ -20,6 +20,7 @@ from tests.servers.ari import AriFront
 from tests.servers.bind import BindServer
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.nginx import NginxServer
+from tests.servers.openbao import INSTALL_HINT, OpenBaoServer, bao_binary
 from tests.servers.pebble import PebbleServer
 from tests.servers.postgres import ENV_URL, PostgresCluster, drop_database, fresh_database, postgres_bindir
 
@@ -144,3 +145,25 @@ def ari_front(pebble: PebbleServer) -> Iterator[AriFront]:
     front = AriFront(pebble)
     yield front
     front.stop()
+
+
+def _require_openbao() -> None:
+    if bao_binary() is None:
+        pytest.skip(f"OpenBao not installed ({INSTALL_HINT})")
+
+
+@pytest.fixture(scope="session")
+def openbao() -> Iterator[OpenBaoServer]:
+    """Shared OpenBao (real server, unsealed, two-tier PKI, AppRole and Kubernetes auth). Never seal it: a test
+    that seals or otherwise breaks the server takes its own from ``openbao_factory``."""
+    _require_openbao()
+    server = OpenBaoServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def openbao_factory() -> Iterator[Callable[..., OpenBaoServer]]:
+    """openbao_factory(): a fresh OpenBao of the test's own, stopped when the test ends."""
+    _require_openbao()
+    yield from _factory(OpenBaoServer)
