@@ -25,6 +25,15 @@ Why it is built this way:
   the token under another worker's request. Per-thread clients keep connection
   reuse per worker, and the lock makes concurrent workers wait for one login
   instead of each starting their own.
+* Quiet when healthy: Vault roles take the CN and SANs from a CSR by default
+  (``use_csr_common_name``/``use_csr_sans``) and answer every ``sign`` that also
+  sends ``common_name``/``alt_names`` with two warnings. So the role is read
+  once an hour and only what the role will not take from the CSR is sent; if
+  the token may not read the role, the names are sent as before (correct for any
+  role). Vault's ``warnings`` are logged at debug: they describe the request,
+  not a fault. What an operator must hear about -- a certificate shorter than
+  the lifetime asked for, as when the role's ``max_ttl`` caps it -- certd checks
+  itself and logs as a warning.
 * Errors are converted in one place (``_converted``); only unavailability
   (sealed, 429, 5xx, connection errors, timeouts) is retried, with bounded
   exponential backoff, because a refused request fails the same way again.
@@ -38,7 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -52,6 +61,7 @@ from cryptography.hazmat.primitives import serialization
 from certd.certs import is_self_signed, load_pem_certs
 from certd.clock import Clock, SystemClock
 from certd.config import VaultIssuerConfig
+from certd.durations import format_duration
 from certd.errors import CertdError, IssuerError, IssuerUnavailable, tls_reason
 from certd.issuers.base import AccountStore, Issued, IssueRequest, RevocationReason
 from certd.keys import is_ip, load_key_pem
@@ -65,6 +75,18 @@ T = TypeVar("T")
 _RENEW_FRACTION = 2 / 3  # as Vault Agent's lifetime watcher: early enough to survive a failed renewal
 _EXPIRY_MARGIN = timedelta(seconds=5)  # replace a token slightly early, so it cannot lapse in flight
 _REDACTED = "[redacted]"
+_ROLE_REFRESH = timedelta(hours=1)  # a role edited under a running daemon is picked up within this time
+# How much shorter than asked a certificate may be before it is worth a warning: issuance time and clock skew
+# between certd and Vault, not a cap.
+_LIFETIME_SLACK = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class _NameSources:
+    """Whether the role takes the CN / the SANs from the CSR (Vault's defaults: both true)."""
+
+    csr_common_name: bool = True
+    csr_sans: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +135,8 @@ class VaultIssuer:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._token: _Token | None = None
+        self._role_lock = threading.Lock()
+        self._role: tuple[datetime, _NameSources | None] | None = None  # when read, and what (None: unreadable)
         self._mount = config.mount.strip("/")
         where = f"{config.url}, mount {self._mount}, role {config.role}"
         self._where = where + (f", namespace {config.namespace}" if config.namespace else "")
@@ -123,13 +147,16 @@ class VaultIssuer:
         dns = [n for n in request.names if not is_ip(n)]
         ips = [n for n in request.names if is_ip(n)]
         params: dict[str, Any] = {"format": "pem"}
-        # For sign, the role's use_csr_* defaults take CN and SANs from the CSR; the names are sent
-        # anyway so that issue, and roles with use_csr_sans = false, get exactly the same names.
-        if dns:
+        # issue has no CSR: it needs every name. sign sends only what the role will not take from the CSR.
+        sources = None if cfg.vault_generates_key else self._name_sources()
+        csr_has_cn = bool(request.csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME))
+        if dns and (sources is None or not sources.csr_common_name or not csr_has_cn):
             params["common_name"] = dns[0]
-            params["alt_names"] = ",".join(dns)
-        if ips:
-            params["ip_sans"] = ",".join(ips)
+        if sources is None or not sources.csr_sans:
+            if dns:
+                params["alt_names"] = ",".join(dns)
+            if ips:
+                params["ip_sans"] = ",".join(ips)
         if request.lifetime is not None:
             params["ttl"] = f"{max(1, int(request.lifetime.total_seconds()))}s"
         if cfg.vault_generates_key:
@@ -154,7 +181,57 @@ class VaultIssuer:
                                   reason="BadResponse") from exc
         log.info("issuer %s: Vault %s issued serial %x for %s (not after %s)", self.name, action,
                  leaf.serial_number, ", ".join(request.names), leaf.not_valid_after_utc.isoformat())
+        self._check_lifetime(request, leaf)
         return Issued(leaf=leaf, chain=chain, private_key=key)
+
+    def _check_lifetime(self, request: IssueRequest, leaf: x509.Certificate) -> None:
+        """Warn when Vault granted less than asked (it caps at the role's max_ttl, the mount's max lease TTL
+        or the CA's expiry, and says so only in a warning). Wall-clock time on purpose: Vault's notAfter is
+        its clock plus the TTL, so an injected test clock would make every certificate look wrong."""
+        if request.lifetime is None:
+            return
+        granted = leaf.not_valid_after_utc - datetime.now(UTC)
+        if granted < request.lifetime - max(_LIFETIME_SLACK, request.lifetime / 100):
+            log.warning("issuer %s: Vault issued serial %x for %s valid for only %s of the %s asked for (%s): "
+                        "the role's max_ttl, the mount's max lease TTL or the CA's own expiry caps it",
+                        self.name, leaf.serial_number, ", ".join(request.names),
+                        format_duration(timedelta(seconds=int(granted.total_seconds()))),
+                        format_duration(request.lifetime), self._where)
+
+    def _name_sources(self) -> _NameSources | None:
+        """The role's ``use_csr_*`` settings, read at most once per ``_ROLE_REFRESH``; None if unreadable.
+
+        A token allowed to sign need not be allowed to read the role: then (403, 404, 400) the names are sent
+        with every request, which is right for any role, at the price of Vault's warnings. Vault's refusal is
+        caught inside the call, so a 403 here neither triggers the re-login that a 403 on sign does (it is a
+        policy, not an expired token) nor hides a failed login or an unavailable Vault, which fail the issue
+        exactly as the sign itself would have.
+        """
+        with self._role_lock:
+            now = self._clock.now()
+            if self._role is not None and now - self._role[0] < _ROLE_REFRESH:
+                return self._role[1]
+            path = f"{quote(self._mount, safe='/')}/roles/{quote(self._config.role, safe='')}"
+            action = f"read of {path}"
+
+            def read(client: Any) -> Any:
+                try:
+                    return client.read(path)
+                except (hvac_errors.Forbidden, hvac_errors.InvalidPath, hvac_errors.InvalidRequest) as exc:
+                    return exc
+
+            response = self._call(action, read)
+            sources: _NameSources | None = None
+            if isinstance(response, dict):
+                data = self._data(action, response)
+                sources = _NameSources(csr_common_name=data.get("use_csr_common_name") is not False,
+                                       csr_sans=data.get("use_csr_sans") is not False)
+            else:
+                detail = "no such role" if response is None else self._redact(str(response).strip()[:200], ())
+                log.info("issuer %s: cannot read role %s at Vault %s (%s), so the names are sent with every sign "
+                         "request and Vault may warn about them", self.name, self._config.role, path, detail)
+            self._role = (now, sources)
+            return sources
 
     def revoke(self, certificate: x509.Certificate, reason: RevocationReason) -> None:
         serial = _vault_serial(certificate)
@@ -400,7 +477,9 @@ class VaultIssuer:
             raise IssuerError(self._msg(action, "Vault's answer has no data"), reason="BadResponse")
         warnings = response.get("warnings") or []
         for warning in [warnings] if isinstance(warnings, str) else warnings:
-            log.warning("issuer %s: Vault warned on %s (%s): %s", self.name, action, self._where, warning)
+            # Debug, not warning: Vault warns about the request's shape (names it ignored, a TTL it capped);
+            # what matters to an operator is checked by certd itself (_check_lifetime).
+            log.debug("issuer %s: Vault warned on %s (%s): %s", self.name, action, self._where, warning)
         return data
 
     def _certs(self, action: str, pems: Any) -> list[x509.Certificate]:
