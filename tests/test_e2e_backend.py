@@ -1,5 +1,6 @@
-"""The end-to-end encrypted path: Vault (stand-in) issues a backend certificate, real nginx serves it,
-real HAProxy re-encrypts to it verifying against ``certd bundle`` with SNI."""
+"""The end-to-end encrypted path: a real OpenBao (Vault API) issues a backend certificate from its intermediate,
+real nginx serves it, real HAProxy re-encrypts to it verifying against ``certd bundle`` (the pinned OpenBao root)
+with SNI."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from typing import Any
 
 import pytest
 import requests
+from cryptography import x509
 
 from certd.certs import load_pem_certs, serial_hex
+from tests.servers.openbao import OpenBaoServer
 from tests.servers.tlsutil import issue_server_cert, make_ca, write_server_files
 
 REPO = Path(__file__).resolve().parent.parent
 NAME = "backend-1.internal.test"
+ROLE = "backend-internal"
 
 
 def certd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -40,7 +44,7 @@ ca_bundle = "{vault.ca_bundle_path}"
 roots = "{tmp}/vault-root.pem"
 bundle_file = "{tmp}/pinned/backend-ca.pem"
 mount = "pki"
-role = "backend"
+role = "{ROLE}"
 auth = "approle"
 role_id_file = "{tmp}/role_id"
 secret_id_file = "{tmp}/secret_id"
@@ -53,20 +57,25 @@ output_dir = "{tmp}/out/backend-1"
 {deploy}"""
 
 
-def test_vault_backend_behind_haproxy(vault_standin: Any, nginx_factory: Any, haproxy_factory: Any,
+def setup_openbao(vault: OpenBaoServer, tmp: Path) -> None:
+    vault.add_role(ROLE, allowed_domains="internal.test", allow_subdomains=True, key_type="any", max_ttl="24h")
+    _, role_id, secret_id = vault.approle()
+    (tmp / "role_id").write_text(role_id + "\n")
+    (tmp / "secret_id").write_text(secret_id + "\n")
+    (tmp / "vault-root.pem").write_text(vault.root_pem())
+
+
+def test_vault_backend_behind_haproxy(openbao: OpenBaoServer, nginx_factory: Any, haproxy_factory: Any,
                                       sqlite_url: str, tmp_path: Path) -> None:
-    vault = vault_standin
-    vault.add_role("backend", allowed_domains=["internal.test"], allow_subdomains=True, key_type="any",
-                   max_ttl=86400)
-    vault.add_approle("role-1", "secret-1", token_ttl=3600)
-    (tmp_path / "role_id").write_text("role-1\n")
-    (tmp_path / "secret_id").write_text("secret-1\n")
-    (tmp_path / "vault-root.pem").write_text(vault.root_pem())
+    vault = openbao
+    setup_openbao(vault, tmp_path)
     bootstrap = tmp_path / "bootstrap.toml"
     bootstrap.write_text(_config(vault, tmp_path, sqlite_url, None))
 
     first = certd(bootstrap, "renew", "backend-1", "--json")
     assert first.returncode == 0, first.stderr
+    logged = [json.loads(line) for line in first.stderr.splitlines() if line.startswith("{")]
+    assert [r for r in logged if r["level"] in ("warning", "error")] == []  # a healthy renewal is quiet
     out = tmp_path / "out/backend-1"
     nginx = nginx_factory(out / "fullchain.pem", out / "privkey.pem")
     full = tmp_path / "certd.toml"
@@ -77,6 +86,9 @@ def test_vault_backend_behind_haproxy(vault_standin: Any, nginx_factory: Any, ha
     pinned = load_pem_certs(bundle.read_bytes())
     assert any(c.subject == c.issuer for c in pinned)  # the pinned root, no system store
     assert len(pinned) == 2
+    assert {c.subject.rfc4514_string() for c in pinned} == {
+        x509.load_pem_x509_certificate(vault.root_pem().encode()).subject.rfc4514_string(),
+        x509.load_pem_x509_certificate(vault.intermediate_pem().encode()).subject.rfc4514_string()}
     assert (tmp_path / "pinned/backend-ca.pem").read_bytes() == bundle.read_bytes()  # issuer bundle_file
 
     edge_ca = make_ca("edge test CA")
@@ -99,22 +111,17 @@ def test_vault_backend_behind_haproxy(vault_standin: Any, nginx_factory: Any, ha
     assert serial_hex(served) == renewed["serial"]
     assert requests.get(f"https://127.0.0.1:{lb.port}/", verify=str(edge["ca"]), timeout=10).status_code == 200
 
-    # Revocation at Vault by serial, without a replacement.
+    # Revocation at Vault by serial, without a replacement: OpenBao's CRL lists it.
     revoked = certd(full, "revoke", "backend-1", "--no-replace", "--json")
     assert revoked.returncode == 0, revoked.stderr
-    assert any(s.replace(":", "").lower().lstrip("0") == renewed["serial"].lstrip("0")
-               for s in vault.revoked_serials)
+    assert vault.crl().get_revoked_certificate_by_serial_number(served.serial_number) is not None
 
 
 @pytest.mark.parametrize("field", ["sealed", "wrong-secret"])
-def test_vault_failures_leave_the_old_certificate(vault_standin: Any, sqlite_url: str, tmp_path: Path,
-                                                  field: str) -> None:
-    vault = vault_standin
-    vault.add_role("backend", allowed_domains=["internal.test"], allow_subdomains=True, key_type="any")
-    vault.add_approle("role-1", "secret-1")
-    (tmp_path / "role_id").write_text("role-1")
-    (tmp_path / "secret_id").write_text("secret-1")
-    (tmp_path / "vault-root.pem").write_text(vault.root_pem())
+def test_vault_failures_leave_the_old_certificate(openbao: OpenBaoServer, openbao_factory: Any, sqlite_url: str,
+                                                  tmp_path: Path, field: str) -> None:
+    vault = openbao_factory() if field == "sealed" else openbao  # never seal the shared server
+    setup_openbao(vault, tmp_path)
     cfg = tmp_path / "certd.toml"
     cfg.write_text(_config(vault, tmp_path, sqlite_url, None))
     assert certd(cfg, "renew", "backend-1").returncode == 0
