@@ -23,6 +23,7 @@ __all__ = [
     "describe",
     "fingerprint",
     "is_self_signed",
+    "issued_by",
     "load_pem_certs",
     "not_after",
     "not_before",
@@ -162,7 +163,7 @@ def describe(cert: x509.Certificate) -> str:
     return f"{subject} (serial {serial_hex(cert)})"
 
 
-def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
+def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     """Issuer name matches and the signature verifies with the parent's key."""
     try:
         child.verify_directly_issued_by(parent)
@@ -178,7 +179,7 @@ def is_self_signed(cert: x509.Certificate) -> bool:
             return False
     except _PARSE_ERRORS:
         return False
-    return _issued_by(cert, cert)
+    return issued_by(cert, cert)
 
 
 def build_chain(
@@ -219,7 +220,7 @@ def build_chain(
             named = by_subject.get(current.issuer, [])
         except _PARSE_ERRORS:
             break
-        parents = [c for c in named if c not in used and _issued_by(current, c)]
+        parents = [c for c in named if c not in used and issued_by(current, c)]
         if not parents:
             break
         onward = [c for c in parents if not is_self_signed(c)]

@@ -34,6 +34,7 @@ from certd.cli_base import (
     select,
     stdout_closed,
 )
+from certd.cli_ca import ca_group
 from certd.cli_db import db_group
 from certd.cli_inspect import COMMANDS
 from certd.cli_lb import COMMANDS as LB_COMMANDS
@@ -227,7 +228,7 @@ def run_cmd(state: State, agent: bool) -> None:
     sys.exit(daemon.run())
 
 
-for _command in (*COMMANDS, *LB_COMMANDS, db_group):
+for _command in (*COMMANDS, *LB_COMMANDS, db_group, ca_group):
     cli.add_command(_command)
 
 

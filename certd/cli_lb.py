@@ -59,10 +59,14 @@ def _backend(value: str) -> tuple[str, str]:
               help="A certificate a backend at HOST:PORT serves: one server line, pinned to its issuer's "
                    "bundle_file (repeatable).")
 @click.option("--bind", default=":443", show_default=True, metavar="ADDR", help="Where the edge listens.")
+@click.option("--client-cert", metavar="NAME",
+              help="A certificate HAProxy presents to the backends (crt on each server line): backends can then "
+                   "require mutual TLS, and HAProxy applies a pushed ca-file live (it does so only for server "
+                   "lines with a client certificate).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @pass_state
 def haproxy_config_cmd(state: State, edges: tuple[str, ...], backends: tuple[str, ...], bind: str,
-                       as_json: bool) -> None:
+                       client_cert: str | None, as_json: bool) -> None:
     """HAProxy lines for the re-encrypting setup: the edge's bind, a verified server line per backend.
 
     The edge bind serves each --edge certificate's combined.pem (TLS >= 1.2, HSTS, X-Forwarded-Proto,
@@ -71,13 +75,14 @@ def haproxy_config_cmd(state: State, edges: tuple[str, ...], backends: tuple[str
     Paste the output into haproxy.cfg, or load it as one more -f file.
     """
     with exit_on_errors():
-        lines = haproxy_lines(state.config, list(edges), [_backend(b) for b in backends], bind=bind)
+        lines = haproxy_lines(state.config, list(edges), [_backend(b) for b in backends], bind=bind,
+                              client_cert=client_cert)
     for s in lines.servers:
         if not s.ca_file.exists():
             err.print(f"[yellow]warning:[/] {escape(str(s.ca_file))} (bundle_file of {escape(s.name)}'s issuer) "
                       f"does not exist yet: HAProxy will not start without it; `certd renew {escape(s.name)}` "
                       f"writes it, or `certd bundle {escape(s.name)} --out {escape(str(s.ca_file))}`")
-    for crt in lines.crts:
+    for crt in (*lines.crts, *{s.client_crt for s in lines.servers if s.client_crt}):
         if not crt.exists():
             err.print(f"[yellow]warning:[/] {escape(str(crt))} does not exist yet: issue it first "
                       "(`certd renew`), then start HAProxy (docs/deploy.md, \"First start\")")

@@ -46,11 +46,13 @@ class ServerLine:
     address: str
     server_name: str
     ca_file: Path
+    client_crt: Path | None = None  # HAProxy's client certificate: also what lets a new ca-file apply live
 
     @property
     def line(self) -> str:
         n = self.server_name
-        return (f"server {self.name} {self.address} ssl verify required ca-file {self.ca_file} sni str({n}) "
+        crt = f" crt {self.client_crt}" if self.client_crt else ""
+        return (f"server {self.name} {self.address} ssl verify required ca-file {self.ca_file}{crt} sni str({n}) "
                 f"verifyhost {n} check check-ssl check-sni {n}")
 
 
@@ -112,7 +114,8 @@ class HaproxyLines:
             if self.crts else None,
             "backend": {"name": POOL, "lines": self.backend[1:],
                         "servers": [{"name": s.name, "certificate": s.name, "address": s.address,
-                                     "server_name": s.server_name, "ca_file": str(s.ca_file), "line": s.line}
+                                     "server_name": s.server_name, "ca_file": str(s.ca_file),
+                                     "crt": str(s.client_crt) if s.client_crt else None, "line": s.line}
                                     for s in self.servers]}
             if self.servers else None,
             "snippet": self.text(),
@@ -140,7 +143,7 @@ def _known(config: Config, name: str, option: str) -> None:
 
 
 def haproxy_lines(config: Config, edges: list[str], backends: list[tuple[str, str]], *,
-                  bind: str = ":443") -> HaproxyLines:
+                  bind: str = ":443", client_cert: str | None = None) -> HaproxyLines:
     """The lines for ``edges`` (certificate names) and ``backends`` ((certificate name, HOST:PORT)).
 
     Raises ``ConfigError`` for an unknown certificate, an address that is not HOST:PORT, a backend whose
@@ -150,6 +153,10 @@ def haproxy_lines(config: Config, edges: list[str], backends: list[tuple[str, st
         raise ConfigError("give --edge NAME and/or --backend NAME=HOST:PORT")
     for name in edges:
         _known(config, name, "--edge")
+    client_crt = None
+    if client_cert is not None:
+        _known(config, client_cert, "--client-cert")
+        client_crt = config.certificates[client_cert].output_dir / "combined.pem"
     servers: list[ServerLine] = []
     for name, address in backends:
         _known(config, name, "--backend")
@@ -162,7 +169,7 @@ def haproxy_lines(config: Config, edges: list[str], backends: list[tuple[str, st
                 f"--backend {name}: its issuer {issuer} has no bundle_file, so there is no CA file for HAProxy to pin. "
                 f"Set bundle_file = \"/etc/haproxy/certd/{issuer}-ca.pem\" under [issuers.{issuer}]: certd keeps it "
                 f"current on every renewal (write it now with `certd bundle {name} --out <that path>`)")
-        servers.append(ServerLine(name, address, _server_name(config, name), bundle))
+        servers.append(ServerLine(name, address, _server_name(config, name), bundle, client_crt))
     if len({s.name for s in servers}) != len(servers):
         raise ConfigError("--backend: each certificate once (a server line is named after its certificate)")
     crts = tuple(config.certificates[n].output_dir / "combined.pem" for n in dict.fromkeys(edges))

@@ -55,7 +55,7 @@ from certd.outcome import Attempt, Fault, Operation, Outcome, Result, as_step_er
 from certd.policy import Current, Verdict, Wanted, evaluate, hard_deadline, min_remaining, pick_renew_at
 from certd.recorder import Recorder
 from certd.rollout import Material, Prober, Rollout
-from certd.trust import refresh_bundle_file, trust_bundle
+from certd.trust import anchors, ensure_trusted, refresh_bundle_file, trust_bundle
 from certd.x509check import Expectations, check_certificate, usable_chain
 
 __all__ = ["Outcome", "Pipeline", "Prober", "Result"]
@@ -147,7 +147,7 @@ class Pipeline:
     def trust_bundle(self, name: str) -> list[x509.Certificate]:
         """Intermediates and pinned roots of ``name``'s issuer: what a load balancer pins."""
         cfg = self.cert_config(name)
-        return trust_bundle(name, cfg.issuer, self.issuer(cfg.issuer), self.inventory)
+        return trust_bundle(name, cfg.issuer, self.issuer(cfg.issuer), self.inventory, self.config)
 
     def refresh_renewal_info(self) -> list[str]:
         """Follow moved ARI windows (see ``ari_refresh``); the certificates whose renewal time moved."""
@@ -238,6 +238,9 @@ class Pipeline:
             self.inventory.update_version(attempt.beat.lease, attempt.version_id, self.clock.now(),
                                           state=VersionState.CHECKED.value)
         material = Material(issued.leaf, chain, key_pem(key), tuple(roots or ()))
+        with attempt.step("trust"):  # the load balancers trust the new CA before any server presents it
+            ensure_trusted(self.config, name, cfg.issuer, issuer, self.inventory, self.recorder, rid,
+                           anchors(issued.leaf, chain, roots or ()), self.rollout.targets.values())
         state, pending = self.rollout.release(attempt, material)
         self.recorder.success(attempt)
         refresh_bundle_file(self.config, name, cfg.issuer, issuer, self.inventory, self.recorder, rid,

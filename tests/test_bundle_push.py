@@ -6,6 +6,10 @@ overlap left from a CA rotation); a renewal rewrites the bundle, and certd
 pushes it with ``set``/``commit ssl ca-file``: HAProxy holds the new bundle
 without a reload, its pid unchanged, and its health checks of the backend
 never fail.
+
+HAProxy 2.6 applies a committed ca-file to a server line only when that line
+has a client certificate (``crt``); without one the commit "succeeds" and
+changes nothing (``Status: Unused``). certd refuses such a push and says so.
 """
 
 from __future__ import annotations
@@ -30,10 +34,8 @@ def _failed_checks(server: HaproxyServer) -> tuple[str, int]:
     return row["status"], int(row["chkfail"] or 0)
 
 
-def test_bundle_change_is_pushed_into_haproxy_without_reload(
-    write_config: WriteConfig, tmp_path: Path, nginx_factory: Any, haproxy_factory: Any,
-) -> None:
-    work = make_workdir("bundlepush")
+def _setup(write_config: WriteConfig, tmp_path: Path, tag: str) -> tuple[Path, Path, Path, Path, dict[str, Path]]:
+    work = make_workdir(tag)
     lb_dir, nginx_dir = work / "lb", work / "nginx"
     lb_dir.mkdir()
     nginx_dir.mkdir()
@@ -67,6 +69,14 @@ lifetime = "1h"
 output_dir = "{work}/out/backend"
 deploy = ["nginx"]
 """)
+    return work, config, bundle, lb_dir, edge
+
+
+def test_bundle_change_is_pushed_into_haproxy_without_reload(
+    write_config: WriteConfig, tmp_path: Path, nginx_factory: Any, haproxy_factory: Any,
+) -> None:
+    work, config, bundle, lb_dir, edge = _setup(write_config, tmp_path, "bundlepush")
+    nginx_dir = work / "nginx"
     app = App.open(load_config(config))
     try:
         assert app.pipeline.renew("backend").outcome == "renewed"
@@ -76,7 +86,8 @@ deploy = ["nginx"]
         nginx = nginx_factory(work / "out/backend/fullchain.pem", work / "out/backend/privkey.pem", workdir=nginx_dir)
         haproxy: HaproxyServer = haproxy_factory(
             edge["combined"], backend_server=f"127.0.0.1:{nginx.port}", backend_ca_file=bundle,
-            backend_sni=f'"{NAME}"', backend_options=f"verifyhost {NAME} check check-ssl check-sni {NAME} inter 200ms",
+            backend_sni=f'"{NAME}"', backend_options=f"verifyhost {NAME} check check-ssl check-sni {NAME} inter 200ms"
+            f" crt {edge['combined']}",  # a client certificate: without one HAProxy does not apply a new ca-file
             workdir=lb_dir,
         )
         assert app.pipeline.deploy("backend").outcome == "deployed"
@@ -95,5 +106,30 @@ deploy = ["nginx"]
         status, failed_after = _failed_checks(haproxy)
         assert status.startswith("UP") and failed_after == failed_before  # no health check failed
         assert haproxy._proc.proc.poll() is None and haproxy.pid == haproxy._proc.pid  # no reload
+    finally:
+        app.close()
+
+
+def test_a_ca_file_haproxy_would_not_apply_live_is_refused_with_the_fix(
+    write_config: WriteConfig, tmp_path: Path, nginx_factory: Any, haproxy_factory: Any,
+) -> None:
+    """HAProxy 2.6 commits a ca-file used by server lines without ``crt``, then keeps verifying with the old one."""
+    work, config, bundle, lb_dir, edge = _setup(write_config, tmp_path, "bundleunused")
+    app = App.open(load_config(config))
+    try:
+        assert app.pipeline.renew("backend").outcome == "renewed"
+        nginx = nginx_factory(work / "out/backend/fullchain.pem", work / "out/backend/privkey.pem",
+                              workdir=work / "nginx")
+        haproxy: HaproxyServer = haproxy_factory(
+            edge["combined"], backend_server=f"127.0.0.1:{nginx.port}", backend_ca_file=bundle,
+            backend_sni=f'"{NAME}"', backend_options=f"verifyhost {NAME} check check-ssl check-sni {NAME} inter 200ms",
+            workdir=lb_dir,
+        )
+        assert app.pipeline.deploy("backend").outcome == "deployed"
+        renewed = app.pipeline.renew("backend", force=True)
+        assert renewed.outcome == "renewed", renewed  # the certificate itself rolled out: the bundle is a warning
+        failed = [e.message for e in app.inventory.events("backend") if e.kind == "bundle.push_failed"]
+        assert failed and "Status: Unused" in failed[-1] and "add `crt FILE` to the server lines" in failed[-1], failed
+        assert "transaction" not in haproxy.runtime("show ssl ca-file")  # nothing was left half-pushed
     finally:
         app.close()

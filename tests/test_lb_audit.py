@@ -130,7 +130,7 @@ class GeneratedHaproxy(HaproxyServer):
         deadline = time.monotonic() + timeout
         status = ""
         while time.monotonic() < deadline:
-            status = self.check_status(backend, server)
+            status = self.check_status(backend, server).removeprefix("* ")  # "* X": a check is running now
             if want(status):
                 return status
             time.sleep(0.1)

@@ -37,6 +37,9 @@ import threading
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+
+from certd.certs import load_pem_certs
 from certd.config import HaproxyDeployConfig
 from certd.deploy.base import DeployContext
 from certd.deploy.haproxy_runtime import RuntimeApi
@@ -219,6 +222,23 @@ class HaproxyTarget:
             )
         return f"haproxy: committed serial {ctx.serial} to {self._path}{via} via {self._config.socket}"
 
+    def _ca_file_in_use(self, path: Path, where: str) -> None:
+        """Refuse a push HAProxy would accept and then not apply.
+
+        Measured on HAProxy 2.6: a committed ca-file reaches a ``server`` line
+        only when that line also has a client certificate (``crt``); without
+        one ``show ssl ca-file`` says ``Status: Unused``, the commit succeeds,
+        and the servers keep verifying against the old CAs until a reload --
+        exactly when a CA rotation needs the new one.
+        """
+        shown = self._command(f"show ssl ca-file {where}\n")
+        if re.search(r"^Status: Unused", shown, re.MULTILINE):
+            raise DeployError(
+                f"deploy {self.name}: HAProxy has ca-file {path} loaded but no server or bind line uses it live "
+                "(Status: Unused): HAProxy applies a new ca-file only to server lines that also have a client "
+                "certificate; add `crt FILE` to the server lines that pin it (certd haproxy-config --client-cert "
+                "NAME) or reload HAProxy after each bundle change", reason="CaFileNotLive")
+
     def push_ca_file(self, path: Path, pem: bytes) -> str | None:
         """Replace a ``ca-file`` HAProxy loaded (``set``/``commit ssl ca-file``) when it is ours; no reload.
 
@@ -230,6 +250,7 @@ class HaproxyTarget:
             return None
         where = _escape(str(path))
         with _socket_lock(self._config.socket):
+            self._ca_file_in_use(path, where)
             answer = self._command(f"set ssl ca-file {where} <<\n{_payload(pem)}\n")
             if "transaction created" not in answer.lower() and "transaction updated" not in answer.lower():
                 with contextlib.suppress(DeployError):
@@ -241,8 +262,13 @@ class HaproxyTarget:
                     self._command(f"abort ssl ca-file {where}\n")
                 raise DeployError(f"deploy {self.name}: HAProxy refused commit ssl ca-file {path}: {_quote(answer)}")
             shown = self._command(f"show ssl ca-file {where}\n")
-        loaded = len(re.findall(r"^Certificate #\d+", shown, re.MULTILINE))
-        return f"haproxy: ca-file {path} now holds {loaded} certificate(s) via {self._config.socket}"
+        # Confirmed by fingerprint, not by count: a CA rotation promotes only once every sink holds the new CA.
+        loaded = {m.upper() for m in re.findall(r"^SHA1 FingerPrint: ([0-9A-Fa-f]+)", shown, re.MULTILINE)}
+        pushed = {c.fingerprint(hashes.SHA1()).hex().upper() for c in load_pem_certs(pem)}  # noqa: S303 - HAProxy shows SHA1
+        if pushed - loaded:
+            raise DeployError(f"deploy {self.name}: after commit, HAProxy's ca-file {path} holds {len(loaded)} "
+                              f"certificate(s), missing {len(pushed - loaded)} of the {len(pushed)} pushed")
+        return f"haproxy: ca-file {path} now holds {len(loaded)} certificate(s) via {self._config.socket}"
 
 
 def build(name: str, config: HaproxyDeployConfig) -> HaproxyTarget:

@@ -24,6 +24,7 @@ from certd.keys import KeyType, PrivateKey
 __all__ = [
     "AccountStore",
     "CaChain",
+    "CaRotation",
     "IssueRequest",
     "Issued",
     "Issuer",
@@ -143,6 +144,33 @@ class CaChain(Protocol):
     """
 
     def ca_chain(self) -> list[x509.Certificate]: ...
+
+
+@runtime_checkable
+class CaRotation(Protocol):
+    """Optional: certd can move the issuer to a new CA (``certd ca rotate``; see ``ca_rotation``).
+
+    Three states, kept by the issuer so every process sees them: a *staged*
+    next CA (pinned, not signing), the *current* CA (signing), and *retired*
+    CAs (not signing, still pinned while a served certificate needs them).
+    ``ca_chain`` includes the staged CA and ``roots`` every root of the three.
+    """
+
+    def rotation_state(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+        """(the staged CA's certificates, or []; the retired CAs' certificates)."""
+        ...
+
+    def stage_rotation(self) -> list[x509.Certificate]:
+        """Make (or find) the next CA; idempotent. Its certificates, intermediate first."""
+        ...
+
+    def promote_rotation(self) -> list[x509.Certificate]:
+        """The staged CA signs from now on; the one before is retired. The retired certificates."""
+        ...
+
+    def drop_retired(self, keep: set[str]) -> list[x509.Certificate]:
+        """Forget retired CAs none of whose certificates' fingerprints are in ``keep``; those dropped."""
+        ...
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certd.certs import certs_pem, load_pem_certs, rfc3339, serial_hex
+from certd.certs import certs_pem, fingerprint, is_self_signed, load_pem_certs, rfc3339, serial_hex
 from certd.clock import Clock, SystemClock
 from certd.config import LocalCAIssuerConfig
 from certd.durations import format_duration
@@ -79,6 +80,7 @@ class LocalCA:
         self._dir = config.dir
         self._lock = threading.Lock()
         self._loaded: tuple[x509.Certificate, x509.Certificate, PrivateKey] | None = None
+        self._loaded_gen: tuple[int, int] | None = None
         self._clock: Clock = clock or SystemClock()
 
     # -- files -----------------------------------------------------------------
@@ -96,14 +98,23 @@ class LocalCA:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    def _generation(self) -> tuple[int, int] | None:
+        """Which intermediate is on disk: ``certd ca rotate`` in another process replaces it."""
+        try:
+            st = (self._dir / "intermediate.pem").stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
     def _ensure(self) -> tuple[x509.Certificate, x509.Certificate, PrivateKey]:
         with self._lock:
-            if self._loaded is None:
+            if self._loaded is None or self._loaded_gen != self._generation():
                 try:
                     with self._flock():
                         if not (self._dir / "intermediate.key").exists():
-                            self._create()
+                            self._create(self._dir)
                         self._loaded = self._load()
+                        self._loaded_gen = self._generation()
                 except OSError as exc:
                     raise IssuerError(
                         f"issuer {self.name}: cannot use local CA directory {self._dir}: {exc.strerror}",
@@ -117,7 +128,7 @@ class LocalCA:
         key = load_key_pem((self._dir / "intermediate.key").read_bytes())
         return root, inter, key
 
-    def _create(self) -> None:
+    def _create(self, into: Path) -> None:
         now = self._clock.now()
         root_key = generate_key(self._config.key)
         cn = self._config.common_name
@@ -154,10 +165,11 @@ class LocalCA:
             .sign(root_key, signing_hash(root_key))
         )
         # The root key signs only the intermediate; it is kept for re-issuing one.
-        _write_private(self._dir / "root.key", key_pem(root_key))
-        self.root_path.write_bytes(certs_pem([root]))
-        (self._dir / "intermediate.pem").write_bytes(certs_pem([inter]))
-        _write_private(self._dir / "intermediate.key", key_pem(inter_key))
+        into.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_private(into / "root.key", key_pem(root_key))
+        (into / "root.pem").write_bytes(certs_pem([root]))
+        (into / "intermediate.pem").write_bytes(certs_pem([inter]))
+        _write_private(into / "intermediate.key", key_pem(inter_key))
 
     # -- Issuer ----------------------------------------------------------------
     def issue(self, request: IssueRequest) -> Issued:
@@ -221,9 +233,66 @@ class LocalCA:
             fh.write(line)
 
     def roots(self) -> list[x509.Certificate]:
-        return [self._ensure()[0]]
+        """The signing root, then a staged one, then retired ones: served certificates may chain to any."""
+        staged, retired = self.rotation_state()
+        return [self._ensure()[0], *(c for c in staged + retired if is_self_signed(c))]
 
     def ca_chain(self) -> list[x509.Certificate]:
-        """Intermediate then root: what a load balancer pins for backends of this CA."""
+        """Intermediate then root, and a staged CA's: what a load balancer pins for backends of this CA."""
         root, inter, _ = self._ensure()
-        return [inter, root]
+        return [inter, root, *self.rotation_state()[0]]
+
+    # -- CaRotation ------------------------------------------------------------
+    # Layout: the signing CA in dir/, a staged one in dir/next/, retired ones in dir/retired/<root serial>/
+    # (certificates only: their keys are deleted at retirement, so nothing can be signed under them again).
+    @staticmethod
+    def _chain_in(where: Path) -> list[x509.Certificate]:
+        try:
+            return [*load_pem_certs((where / "intermediate.pem").read_bytes()),
+                    *load_pem_certs((where / "root.pem").read_bytes())]
+        except OSError:
+            return []
+
+    def rotation_state(self) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+        retired_dir = self._dir / "retired"
+        retired = [c for d in sorted(retired_dir.iterdir()) for c in self._chain_in(d)] if retired_dir.is_dir() else []
+        return self._chain_in(self._dir / "next"), retired
+
+    def stage_rotation(self) -> list[x509.Certificate]:
+        self._ensure()
+        with self._flock():
+            staged = self._dir / "next"
+            if not (staged / "intermediate.key").exists():
+                shutil.rmtree(staged, ignore_errors=True)  # a half-made one from a crash
+                self._create(staged.with_name("next.tmp"))
+                os.replace(staged.with_name("next.tmp"), staged)
+        return self._chain_in(self._dir / "next")
+
+    def promote_rotation(self) -> list[x509.Certificate]:
+        self._ensure()
+        with self._flock():
+            staged = self._dir / "next"
+            if not (staged / "intermediate.key").exists():
+                raise IssuerError(f"issuer {self.name}: no staged CA to promote", reason="NoStagedCA",
+                                  retryable=False)
+            old = self._chain_in(self._dir)
+            retired = self._dir / "retired" / serial_hex(old[-1])
+            retired.mkdir(parents=True, exist_ok=True, mode=0o700)
+            for part in ("root.pem", "intermediate.pem"):
+                shutil.copy2(self._dir / part, retired / part)
+            for part in ("root.key", "root.pem", "intermediate.key", "intermediate.pem"):
+                os.replace(staged / part, self._dir / part)  # the .pem last: _generation() sees the new CA
+            staged.rmdir()
+        self._ensure()
+        return old
+
+    def drop_retired(self, keep: set[str]) -> list[x509.Certificate]:
+        dropped: list[x509.Certificate] = []
+        with self._flock():
+            retired_dir = self._dir / "retired"
+            for where in sorted(retired_dir.iterdir()) if retired_dir.is_dir() else []:
+                certs = self._chain_in(where)
+                if not any(fingerprint(c) in keep for c in certs):
+                    shutil.rmtree(where)
+                    dropped += certs
+        return dropped
