@@ -1,6 +1,8 @@
 """A HashiCorp Vault stand-in: a real HTTP(S) server for the part of Vault's API certd uses.
 
-There is no Vault in the package registries, so tests talk to this instead. It
+certd's Vault issuer is tested against a real OpenBao (``tests/servers/openbao.py``);
+this stand-in remains only for what a real server cannot be made to do on demand
+(injected 429/5xx, slow answers: see ``tests/test_issuer_vault_faults.py``). It
 is written from Vault's API documentation (``api-docs/system/health``,
 ``api-docs/auth/{approle,kubernetes,token}``, ``api-docs/secret/pki``) and, where
 the docs are vague, from what Vault's handlers actually answer (the messages
