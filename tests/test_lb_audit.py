@@ -536,3 +536,32 @@ def test_unknown_when_the_file_cannot_be_judged(tmp_path: Path) -> None:
     assert certd("audit-lb", str(prose), config=tmp_path / "absent.toml").returncode == 3
     helptext = certd("--help").stdout
     assert "audit-lb" in helptext and "haproxy-config" in helptext
+
+
+def test_client_cert_makes_the_pushed_ca_file_live_and_the_audit_notes_its_absence(
+    estate: Estate, haproxy_workdir: Any
+) -> None:
+    """HAProxy applies a pushed ca-file only to server lines with ``crt``: generated with --client-cert, no note."""
+    pushing = estate.tmp / "pushing.toml"
+    pushing.write_text(estate.config.read_text() + f"""
+[deploy.lb]
+type = "haproxy"
+socket = "{estate.tmp}/lb.sock"
+cert = "{estate.tmp}/out/edge/combined.pem"
+ca_file = "{estate.bundle}"
+""")
+    port = free_port()
+    snippet = _generate(estate, port, "--client-cert", "edge")
+    assert f"ca-file {estate.bundle} crt {estate.tmp}/out/edge/combined.pem sni" in snippet
+    lb = haproxy_workdir(_BASE_CFG, snippet, port)
+    assert lb.wait_check("backends", "backend-1", lambda s: s == "L7OK") == "L7OK"
+    code, doc = audit(lb.generated, config=pushing)
+    assert (code, doc["findings"]) == (0, []), doc
+
+    plain = lb.generated.with_name("plain.cfg")
+    plain.write_text(_generate(estate, port))
+    code, doc = audit(plain, config=pushing)
+    assert code == 0 and [(f["code"], f["severity"]) for f in doc["findings"]] == [("ca-file-not-live", "ok")], doc
+    assert "no client `crt`" in doc["findings"][0]["message"]
+    code, doc = audit(plain, config=estate.config)  # certd pushes nothing there: nothing to note
+    assert (code, doc["findings"]) == (0, []), doc

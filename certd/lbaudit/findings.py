@@ -75,6 +75,7 @@ class Code(StrEnum):
     CHECK_NOT_HTTP = "check-not-http"  # the check only proves a handshake, not GET /healthz
     TLS_BELOW_12 = "tls-below-1.2"  # the edge accepts TLS 1.0 or 1.1
     TLS_MIN_IMPLICIT = "tls-min-implicit"  # no minimum stated; the build's default decides (a note)
+    CA_FILE_NOT_LIVE = "ca-file-not-live"  # no client crt: a pushed ca-file is not applied until a reload (a note)
     NO_HSTS = "no-hsts"  # no Strict-Transport-Security at the edge
     NO_FORWARDED_PROTO = "no-forwarded-proto"  # backends cannot tell the client used HTTPS
     NO_REQUEST_ID = "no-request-id"  # no X-Request-ID to join the load balancer's and the backend's logs
@@ -104,6 +105,7 @@ SEVERITY: dict[Code, Severity] = {
     Code.NO_FORWARDED_PROTO: Severity.WARNING,
     Code.NO_REQUEST_ID: Severity.WARNING,
     Code.TLS_MIN_IMPLICIT: Severity.OK,
+    Code.CA_FILE_NOT_LIVE: Severity.OK,
 }
 
 
@@ -140,6 +142,7 @@ class TlsBackend:
     name: str | None
     ca_file: Path | str | None
     verify: bool
+    client_crt: bool | None = None  # HAProxy: the server line has `crt` (None: not HAProxy, or not known)
 
     def as_json(self) -> dict[str, Any]:
         return {"line": self.line, "label": self.label, "endpoints": list(self.endpoints), "sni": self.sni,

@@ -239,7 +239,7 @@ class _Auditor:
         endpoint = addr if addr.rpartition(":")[2].isdigit() else f"{addr}:443"
         ca = self._ca_path(opts.get("ca-file"))
         self.backends.append(TlsBackend(ln.no, label, (endpoint,), literal, name if verify != "none" else None, ca,
-                                        verify != "none"))
+                                        verify != "none", client_crt="crt" in opts))
         if verify == "none":
             where = server_verify.no if server_verify else 0
             why = ("`verify none`" if opts.get("verify") else

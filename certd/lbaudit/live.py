@@ -17,7 +17,7 @@ from typing import Any
 from cryptography import x509
 
 from certd.certs import cert_names, load_pem_certs, rfc3339, serial_hex
-from certd.config import Config
+from certd.config import Config, HaproxyDeployConfig
 from certd.errors import CheckFailed
 from certd.inputs import CERT_LIMIT, read_bounded
 from certd.lbaudit.findings import SYSTEM_CA, Audit, Code, Finding, TlsBackend, covers, unreadable
@@ -49,6 +49,13 @@ def config_findings(audit: Audit, config: Config) -> list[Finding]:
             found.append(Finding(b.line, Code.CA_FILE_NOT_BUNDLE, f"{b.label}: pins {b.ca_file}, but certd keeps "
                                  f"the bundle of {names}'s issuer in {', '.join(str(p) for p in bundles)}: a copy "
                                  "goes stale when the CA changes; point the CA file there"))
+    pushed = {d.ca_file.resolve() for d in config.deploy.values() if isinstance(d, HaproxyDeployConfig) and d.ca_file}
+    for b in audit.backends:
+        if b.client_crt is False and isinstance(b.ca_file, Path) and b.ca_file.resolve() in pushed:
+            found.append(Finding(b.line, Code.CA_FILE_NOT_LIVE, f"{b.label}: certd pushes {b.ca_file} live, but "
+                                 "this server line has no client `crt`, and HAProxy applies a new ca-file only to "
+                                 "server lines with one: a CA rotation would need a reload here; add `crt <HAProxy's "
+                                 "client certificate>` (certd haproxy-config --client-cert NAME)"))
     return found
 
 
