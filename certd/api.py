@@ -27,17 +27,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from certd import __version__
-from certd.api_auth import Authenticate, ReadAuth
+from certd.api_auth import AUTHENTICATED, Authenticate, ReadAuth
 from certd.api_limits import MAX_BODY, BodyLimit
 from certd.inventory.signatures import SignatureLedger
 from certd.metrics import Metrics
 from certd.monitor import readyz_doc
 from certd.pipeline import Pipeline
 from certd.scheduler import Scheduler
+from certd.scrub import public_message
 from certd.views import certificate_doc, list_doc
 
 __all__ = ["MAX_BODY", "ApiState", "create_api"]
@@ -81,6 +82,11 @@ class ApiState:
         return self.pipeline().config.daemon.api_read_auth
 
 
+def _public(request: Request) -> bool:
+    """No credentials were checked for this request: it gets no hook output (``scrub.public_message``)."""
+    return not request.scope.get("state", {}).get(AUTHENTICATED, False)
+
+
 def create_api(state: ApiState) -> FastAPI:
     """Build the ASGI app; ``/openapi.json`` documents it."""
     app = FastAPI(title="certd", version=__version__, docs_url=None, redoc_url=None, responses=_REFUSALS)
@@ -107,16 +113,17 @@ def create_api(state: ApiState) -> FastAPI:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/certificates", summary="Every certificate (same document as `certd list --json`)")
-    def certificates() -> dict[str, Any]:
-        return list_doc(state.pipeline())
+    def certificates(request: Request) -> dict[str, Any]:
+        return list_doc(state.pipeline(), public=_public(request))
 
     @app.get("/v1/certificates/{name}", summary="One certificate", responses=_NOT_FOUND)
-    def certificate(name: str) -> dict[str, Any]:
+    def certificate(name: str, request: Request) -> dict[str, Any]:
         pipeline = state.pipeline()
         if name not in pipeline.config.certificates:
             raise HTTPException(status_code=404, detail=f"no certificate named {name}")
         inv = pipeline.inventory
-        return certificate_doc(pipeline, name, inv.certificate(name), inv.current_version(name))
+        return certificate_doc(pipeline, name, inv.certificate(name), inv.current_version(name),
+                               public=_public(request))
 
     def _submit(name: str, kind: str, force: bool) -> JSONResponse:
         if name not in state.pipeline().config.certificates:
@@ -136,11 +143,14 @@ def create_api(state: ApiState) -> FastAPI:
         return _submit(name, "deploy", force=False)
 
     @app.get("/v1/jobs/{job_id}", summary="A renew or deploy job and its result", responses=_NOT_FOUND)
-    def job(job_id: str) -> dict[str, Any]:
+    def job(job_id: str, request: Request) -> dict[str, Any]:
         found = state.scheduler.jobs.get(job_id)
         if found is None:
             raise HTTPException(status_code=404, detail="no such job")
-        return found.as_json()
+        doc = found.as_json()
+        if _public(request) and isinstance(doc.get("result"), dict):
+            doc["result"]["error"] = public_message(doc["result"].get("error"))
+        return doc
 
     # Added last = runs first: limits, then authentication, then the routes.
     app.add_middleware(Authenticate, token=state.token, read_auth=state.read_auth, ledger=state.ledger)

@@ -38,7 +38,11 @@ from certd.errors import InventoryError
 from certd.inventory.signatures import SignatureLedger
 from certd.signing import API_LABEL, WINDOW, BadSignature, verify
 
-__all__ = ["OPEN_PATHS", "Authenticate", "NoToken", "ReadAuth", "needs_credentials", "read_token", "request_target"]
+__all__ = ["AUTHENTICATED", "OPEN_PATHS", "Authenticate", "NoToken", "ReadAuth", "needs_credentials", "read_token",
+           "request_target"]
+
+
+AUTHENTICATED = "certd_authenticated"  # key in the ASGI scope's state once credentials were checked
 
 
 class NoToken(Exception):
@@ -144,6 +148,7 @@ class Authenticate:
             log.error("API %s %s: %s", scope["method"], scope["path"], exc)
             await _answer(send, 503, "cannot check the signature against the inventory", challenge=False)
             return
+        scope.setdefault("state", {})[AUTHENTICATED] = True  # routes show callers with credentials more
         pending = [body]
 
         async def replay() -> Message:
@@ -156,8 +161,10 @@ class Authenticate:
     async def _check(self, scope: Scope, body: bytes) -> None:
         try:
             token = self.token()
-        except NoToken as exc:
-            raise _Unauthorized(str(exc)) from None
+        except NoToken as exc:  # the reason names a path on this host: for the log, not for the caller
+            log.warning("API %s %s refused: %s", scope["method"], scope["path"], exc)
+            raise _Unauthorized("the server has no usable API token, so it refuses every authenticated request "
+                                "(its log says why)") from None
         if not token:
             raise _Unauthorized("no [daemon] api_token_file is configured: writes are disabled")
         auth = _one(scope, b"authorization")

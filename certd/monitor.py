@@ -26,6 +26,7 @@ from certd.durations import format_duration
 from certd.errors import InventoryError
 from certd.inventory.models import Certificate, Version
 from certd.pipeline import Pipeline
+from certd.scrub import public_message
 from certd.status import Assessment, Severity, Status, assess
 
 __all__ = ["check_doc", "check_summary", "open_inventory", "readyz_doc"]
@@ -136,11 +137,12 @@ def check_summary(doc: dict[str, Any]) -> str:
 def readyz_doc(pipeline: Pipeline) -> dict[str, Any]:
     """``GET /readyz``: ``degraded`` naming every expired or critical certificate, else ``ok``.
 
-    Unauthenticated, so each entry carries only what an outage page needs: no keys, no hook output
-    beyond ``last_error`` as stored.
+    Unauthenticated, so each entry carries only what an outage page needs: no keys, and ``last_error``
+    without what a hook said (``scrub.public_message``).
     """
     check = check_doc(pipeline)
-    bad = [{"name": e["name"], "status": e["status"], "not_after": e["not_after"], "last_error": e["last_error"]}
+    bad = [{"name": e["name"], "status": e["status"], "not_after": e["not_after"],
+            "last_error": public_message(e["last_error"])}
            for e in check["certificates"] if e["severity"] == Severity.CRITICAL.value]
     # Failing or expiring with time left: not a reason to pull the instance, but named so an alert can say so.
     warnings = [{"name": e["name"], "status": e["status"], "not_after": e["not_after"]}

@@ -55,6 +55,7 @@ from certd.outcome import Attempt, Fault, Operation, Outcome, Result, as_step_er
 from certd.policy import Current, Verdict, Wanted, evaluate, hard_deadline, min_remaining, pick_renew_at
 from certd.recorder import Recorder
 from certd.rollout import Material, Prober, Rollout
+from certd.scrub import held_secrets, refreshed
 from certd.trust import anchors, ensure_trusted, refresh_bundle_file, trust_bundle
 from certd.x509check import Expectations, check_certificate, usable_chain
 
@@ -90,7 +91,7 @@ class Pipeline:
         self._issuers: dict[str, Issuer] = {}
         self._issuers_lock = threading.Lock()
         self._rng = rng or random.SystemRandom()
-        self.recorder = Recorder(inventory, clock, self._rng, metrics)
+        self.recorder = Recorder(inventory, clock, self._rng, metrics, secrets=refreshed(lambda: held_secrets(config)))
         self.hold = Hold(leases, inventory, clock, self._finished)
         self.rollout = Rollout(inventory, targets, prober, self.recorder, clock)
 

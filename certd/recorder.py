@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 
@@ -24,6 +24,7 @@ from certd.inventory.store import Inventory
 from certd.metrics import Metrics
 from certd.outcome import Attempt, Result, StepError
 from certd.policy import hard_deadline, retry_at
+from certd.scrub import scrub
 
 __all__ = ["Recorder"]
 
@@ -42,14 +43,23 @@ _CLEARS_STEPS = {"deploy": ("deploy", "verify"), "install": ("publish", "deploy"
 class Recorder:
     """Events, metrics and outcomes for one inventory."""
 
-    def __init__(self, inventory: Inventory, clock: Clock, rng: random.Random, metrics: Metrics | None) -> None:
+    def __init__(self, inventory: Inventory, clock: Clock, rng: random.Random, metrics: Metrics | None,
+                 secrets: Callable[[], tuple[str, ...]] = tuple) -> None:
         self.inventory = inventory
         self.clock = clock
         self.metrics = metrics
         self._rng = rng
+        self._secrets = secrets  # scrub.held_secrets of the config: replaced by *** in all that is written
+
+    def secrets(self) -> tuple[str, ...]:
+        return self._secrets()
+
+    def clean(self, text: str) -> str:
+        return scrub(text, self._secrets())
 
     def event(self, name: str, kind: str, message: str, rid: str | None, *, step: str | None = None,
               level: str = "info") -> None:
+        message = self.clean(message)
         log.log(logging.INFO if level == "info" else logging.WARNING if level == "warning" else logging.ERROR,
                 "%s: %s: %s", name, kind, message, extra={"certificate": name, "renewal_id": rid, "event": kind})
         self.inventory.event(name, kind, message, self.clock.now(), renewal_id=rid, step=step, level=level)
@@ -87,6 +97,9 @@ class Recorder:
     def failure(self, attempt: Attempt, exc: StepError) -> Result:
         """Record a failed operation (see the module docstring) and return its Result."""
         err, name, now = exc.error, attempt.name, self.clock.now()
+        if err.message != (cleaned := self.clean(err.message)):
+            err.message = cleaned
+            err.args = (cleaned,)
         if attempt.version_id is not None and attempt.beat is not None and not isinstance(err, LeaseLost):
             try:
                 self.inventory.update_version(attempt.beat.lease, attempt.version_id, now,

@@ -152,7 +152,7 @@ class Rollout:
             certificate=name, serial=material.serial, names=tuple(cfg.names), leaf=material.leaf,
             chain=material.chain, roots=material.roots, key_pem=material.key_pem,
             fullchain_pem=files["fullchain.pem"], combined_pem=files["combined.pem"],
-            paths=PublishedPaths.under(cfg.output_dir),
+            paths=PublishedPaths.under(cfg.output_dir), secrets=self.recorder.secrets(),
         )
         pending: list[str] = []
         lb_before = [baseline(check) for check in cfg.lb_checks]  # HAProxy's counters before the rotation

@@ -14,6 +14,7 @@ from typing import Any
 from certd.certs import rfc3339, rfc3339_ms
 from certd.inventory.models import Certificate, Version
 from certd.pipeline import Pipeline
+from certd.scrub import public_message
 from certd.status import assess
 
 __all__ = ["certificate_doc", "history_doc", "list_doc", "plan_doc"]
@@ -21,7 +22,7 @@ __all__ = ["certificate_doc", "history_doc", "list_doc", "plan_doc"]
 
 def certificate_doc(
     pipeline: Pipeline, name: str, row: Certificate | None, version: Version | None, *,
-    now: datetime | None = None,
+    now: datetime | None = None, public: bool = False,
 ) -> dict[str, Any]:
     """One entry of ``list``; ``status`` and ``severity`` come from ``certd/status.py``, as everywhere."""
     cfg = pipeline.config.certificates.get(name)
@@ -39,20 +40,22 @@ def certificate_doc(
         "not_after": rfc3339(version.not_after) if version else None,
         "renew_at": rfc3339(version.renew_at) if version else None,
         "hard_deadline": rfc3339(found.hard_deadline),
-        "last_error": row.last_error if row else None,
+        "last_error": (public_message(row.last_error) if public else row.last_error) if row else None,
         "failures": row.failures if row else 0,
         "next_attempt_at": rfc3339(row.next_attempt_at) if row else None,
     }
 
 
-def list_doc(pipeline: Pipeline) -> dict[str, Any]:
-    """Every certificate in the config, then retired ones still in the inventory."""
+def list_doc(pipeline: Pipeline, *, public: bool = False) -> dict[str, Any]:
+    """Every certificate in the config, then retired ones still in the inventory (``public``: for readers
+    without credentials, so no hook output)."""
     inv = pipeline.inventory
     rows = {r.name: r for r in inv.certificates()}
     versions = inv.current_versions()
     names = list(pipeline.config.certificates) + sorted(n for n in rows if n not in pipeline.config.certificates)
     now = pipeline.clock.now()
-    return {"certificates": [certificate_doc(pipeline, n, rows.get(n), versions.get(n), now=now) for n in names]}
+    return {"certificates": [certificate_doc(pipeline, n, rows.get(n), versions.get(n), now=now, public=public)
+                             for n in names]}
 
 
 def plan_doc(pipeline: Pipeline) -> dict[str, Any]:

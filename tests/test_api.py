@@ -234,7 +234,11 @@ def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
             scheduler.refresh_metrics(names)
             one = client.get("/v1/certificates/backend").json()
             assert (one["status"], one["severity"]) == ("failing", "warning")
-            assert one["last_error"].endswith("[hook] backend pool refused the reload")  # as stored
+            # An unauthenticated read: the failure, not what the hook said (that is in certd history)
+            assert one["last_error"].startswith("deploy: deploy hook: command sh exited 1 (its output:"), one
+            assert "pool refused" not in one["last_error"]
+            stored = app.inventory.certificate("backend")
+            assert stored is not None and (stored.last_error or "").endswith("[hook] backend pool refused the reload")
             assert client.get("/readyz").status_code == 200  # failing with time left is a warning, not unready
             flags = _flags(client.get("/metrics").text, "backend")
             assert (flags["failing"], flags["critical"], flags["expired"]) == (1, 0, 0)

@@ -78,7 +78,8 @@ def test_exit_codes_follow_the_worst_certificate(cfg: Path, tmp_path: Path) -> N
     assert (code, line) == (1, "CERTD WARNING - 1 failing (broken) | ok=2 warning=1 critical=0")
     entries = {e["name"]: e for e in doc["certificates"]}
     assert entries["broken"]["severity"] == "warning"
-    assert entries["broken"]["last_error"] == "deploy: deploy refuses: command sh exited 1: [refuses] pool busy"
+    assert entries["broken"]["last_error"] == ("deploy: deploy refuses: command sh exited 1 | output: "
+                                               "[refuses] pool busy")
     listing = certd("list", config=cfg, check=True).stdout
     assert "[refuses]" in listing  # shown as stored, not eaten as markup
 

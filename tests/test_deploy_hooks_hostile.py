@@ -198,7 +198,7 @@ def test_error_names_only_the_last_stderr_line_truncated(write_config: WriteConf
     try:
         result = app.pipeline.renew("edge")
         error = result.error or ""
-        assert f"command {sys.executable} exited 3: " + "x" * 200 + "…" in error, error
+        assert f"command {sys.executable} exited 3 | output: " + "x" * 200 + "…" in error, error
         assert "first" not in error and "noise" not in error and "x" * 201 not in error
     finally:
         app.close()
@@ -211,7 +211,7 @@ def test_non_utf8_output_on_success_is_a_success(write_config: WriteConfig) -> N
         result = app.pipeline.renew("edge")
         assert (result.outcome, result.state) == ("renewed", "deployed"), result.error
         done = [e.message for e in app.inventory.events("edge") if e.kind == "deploy.done"]
-        assert any("exited 0: caf\ufffd \ufffd\ufffd reloaded" in m for m in done), done
+        assert any("exited 0 | output: caf\ufffd \ufffd\ufffd reloaded" in m for m in done), done
     finally:
         app.close()
 
@@ -264,7 +264,7 @@ def test_secret_cut_in_half_by_the_output_bound_is_still_redacted(
             result = app.pipeline.renew("edge")
         assert result.outcome == "renewed", result.error
         done = [e.message for e in app.inventory.events("edge") if e.kind == "deploy.done"]
-        assert any("exited 0: …***BBB" in m for m in done), done
+        assert any("exited 0 | output: …***BBB" in m for m in done), done
         for kept in (*done, caplog.text):
             assert "lue-xyz" not in kept and "s3cret" not in kept
     finally:
@@ -275,3 +275,51 @@ def test_pass_env_names_are_validated(write_config: WriteConfig) -> None:
     with pytest.raises(ConfigError) as raised:
         _app(write_config, _command_table('["true"]', 'pass_env = ["NOT A NAME"]\n'))
     assert "pass_env" in str(raised.value)
+
+
+def test_secrets_certd_holds_are_scrubbed_and_unauthenticated_reads_show_no_hook_output(
+    write_config: WriteConfig, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hook under ``set -x`` prints the API token and a webhook secret it read itself: none of it is kept."""
+    from fastapi.testclient import TestClient
+
+    from certd.api import ApiState, create_api
+    from certd.metrics import Metrics
+    from certd.scheduler import Scheduler
+
+    token, hook_secret = "api-token-Zq81xL0p", "webhook-secret-7Hn2vK"
+    (tmp_path / "api.token").write_text(token + "\n")
+    (tmp_path / "hook.secret").write_text(hook_secret)
+    for name in ("api.token", "hook.secret"):
+        (tmp_path / name).chmod(0o600)
+    script = "echo \"+ curl -H Authorization: Bearer $(cat {tmp}/api.token) -d $(cat {tmp}/hook.secret)\" >&2; exit 4"
+    extra = ('\n[daemon]\napi_token_file = "{tmp}/api.token"\n'
+             '\n[deploy.hook]\ntype = "webhook"\nurl = "https://127.0.0.1:9/x"\nsecret_file = "{tmp}/hook.secret"\n')
+    app = _app(write_config, _command_table(f"[\"sh\", \"-c\", '{script}']") + extra)
+    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=1, metrics=(metrics := Metrics()))
+    try:
+        with caplog.at_level(logging.DEBUG):
+            result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert "exited 4 | output: + curl -H Authorization: Bearer *** -d ***" in (result.error or ""), result
+        row = app.inventory.certificate("edge")
+        stored = [row.last_error or "", *(e.message for e in app.inventory.events("edge"))]
+        for leaked in (token, hook_secret):
+            assert not any(leaked in text for text in stored), stored
+            assert leaked not in caplog.text
+
+        state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: token,
+                         health=lambda: {"status": "ok"})
+        client = TestClient(create_api(state))
+        public = {c["name"]: c for c in client.get("/v1/certificates").json()["certificates"]}["edge"]
+        assert "command sh exited 4" in public["last_error"] and "curl" not in public["last_error"], public
+        assert "(its output: authenticated reads and `certd history`)" in public["last_error"]
+        one = client.get("/v1/certificates/edge").json()
+        assert "curl" not in one["last_error"]
+        authed = client.get("/v1/certificates/edge", headers={"Authorization": f"Bearer {token}"})
+        assert authed.status_code == 200  # reads are public here; credentials still get the whole line
+        # Public reads do not check credentials, so they get the public view: the line is for the CLI and history.
+        assert "curl" not in authed.json()["last_error"]
+    finally:
+        scheduler.shutdown()
+        app.close()

@@ -92,7 +92,7 @@ def test_command_gets_the_environment_and_its_output_is_recorded(write_config: W
         result = app.pipeline.renew("edge")
         assert result.outcome == "renewed", result.error
         assert (tmp_path / "seen").read_text().split() == ["edge", str(result.serial), str(tmp_path / "out/edge")]
-        assert any("exited 0: reloaded-ok" in e.message for e in app.inventory.events("edge"))
+        assert any("exited 0 | output: reloaded-ok" in e.message for e in app.inventory.events("edge"))
     finally:
         app.close()
 

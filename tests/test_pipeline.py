@@ -132,7 +132,7 @@ def test_failed_deploy_rolls_back(write_config: WriteConfig, db_url: str, tmp_pa
         flag.touch()
         second = app.pipeline.renew("edge", force=True)
         assert (second.outcome, second.failed_step) == ("failed", "deploy")
-        assert "exited 3: broken" in (second.error or "")
+        assert "exited 3 | output: broken" in (second.error or "")
         served = load_pem_certs((tmp_path / "out/edge/cert.pem").read_bytes())[0]
         assert serial_hex(served) == first.serial
         current = app.inventory.current_version("edge")

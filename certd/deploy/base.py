@@ -61,6 +61,7 @@ class DeployContext:
     fullchain_pem: bytes
     combined_pem: bytes
     paths: PublishedPaths
+    secrets: tuple[str, ...] = ()  # every secret certd holds (scrub.held_secrets): never to be echoed
 
 
 @runtime_checkable

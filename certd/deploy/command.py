@@ -14,13 +14,17 @@ event log and the logs. So:
   credentials the hook has no business seeing;
 - it runs in a session (and process group) of its own, and at ``timeout``
   the whole group gets SIGTERM, then SIGKILL, so a hook that forked leaves
-  nothing behind; a hook that exits on time is done, and whatever it started
-  in the background is its own business;
+  nothing behind (a child that calls ``setsid`` itself has left the group on
+  purpose and is not found: run such hooks as a systemd unit); a hook that
+  exits on time is done, and whatever it started in the background is its
+  own business;
 - its output is read as bytes, at most the last ``_KEEP`` bytes of each
   stream are kept, decoded leniently (a hook printing Latin-1 still
   succeeds), and every value that came from ``env``/``pass_env`` is
-  replaced by ``***`` before anything is kept; the full tail goes to the
-  debug log only, and the error names at most one short line of stderr;
+  replaced by ``***`` before anything is kept (and the recorder replaces every
+  secret certd holds, ``certd/scrub.py``); the full tail goes to the debug log
+  only, and the error quotes at most one short line of stderr, after
+  ``scrub.OUTPUT_MARK``, so reads without credentials never show it;
 - exit 0 is not enough: the published files must still be there and hold
   what was published (a hook that deleted or rewrote them broke the server
   it was meant to reload).
@@ -44,6 +48,7 @@ from typing import IO
 from certd.config import CommandDeployConfig
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError
+from certd.scrub import OUTPUT_MARK
 
 __all__ = ["CommandTarget"]
 
@@ -249,7 +254,8 @@ class CommandTarget:
         self._config = config
 
     def deploy(self, ctx: DeployContext) -> str:
-        env, secrets = _hook_environment(ctx, self._config, os.environ)
+        env, own = _hook_environment(ctx, self._config, os.environ)
+        secrets = tuple(sorted({*own, *ctx.secrets}, key=len, reverse=True))
         argv = self._config.argv
         cmd = _one_line(argv[0])
         timeout = self._config.timeout.total_seconds()
@@ -265,7 +271,7 @@ class CommandTarget:
         log.debug("deploy %s: command %s returned %s\nstdout: %s\nstderr: %s", self.name, cmd,
                   "timeout" if outcome.returncode is None else outcome.returncode, stdout, stderr)
         said = _one_line(stderr)
-        detail = f": {said}" if said else ""
+        detail = f"{OUTPUT_MARK}{said}" if said else ""  # the mark keeps it out of unauthenticated reads
         if outcome.returncode is None:
             raise DeployError(
                 f"deploy {self.name}: command {cmd} timed out after {timeout:g}s (its process group was killed)"
@@ -280,7 +286,7 @@ class CommandTarget:
         if damage is not None:
             raise DeployError(f"deploy {self.name}: command {cmd} exited 0 but {damage}")
         said = _one_line(stdout) or said
-        return f"command {cmd} exited 0" + (f": {said}" if said else "")
+        return f"command {cmd} exited 0" + (f"{OUTPUT_MARK}{said}" if said else "")
 
 
 def build(name: str, config: CommandDeployConfig) -> CommandTarget:
