@@ -6,6 +6,7 @@ Shared helpers and exit codes live in ``cli_base``; the reading commands in
 
 from __future__ import annotations
 
+import errno
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from certd.cli_base import (
     err,
     exit_on_errors,
     out,
+    output_failed,
     pass_state,
     print_results,
     read_input,
@@ -132,6 +134,10 @@ def deploy_cmd(state: State, names: tuple[str, ...], all_: bool, as_json: bool) 
     """Re-run deploy and verify for the current version."""
     chosen = select(state, names, all_)
     app = state.app()
+    if not all_:  # asked by name for what was never issued: a usage error, and nothing is recorded
+        never = [n for n in chosen if app.inventory.current_version(n) is None]
+        if never:
+            die(f"nothing issued yet for {', '.join(never)}: `certd renew {' '.join(never)}` first", EXIT_USAGE)
     bulk = len(chosen) > 1 and err.is_terminal and not as_json
     results = run_many(chosen, app.pipeline.deploy, app.config.daemon.workers, "deploying", bulk)
     print_results(results, as_json)
@@ -232,6 +238,9 @@ for _command in (*COMMANDS, *LB_COMMANDS, db_group, ca_group):
     cli.add_command(_command)
 
 
+_OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG}  # stdout to /dev/full, a full disk, a dead tty
+
+
 def main() -> None:
     """Console entry point."""
     try:
@@ -244,3 +253,7 @@ def main() -> None:
         raise
     except BrokenPipeError:
         stdout_closed()
+    except OSError as exc:
+        if exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        output_failed(exc)

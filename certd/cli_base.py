@@ -48,6 +48,7 @@ __all__ = [
     "err",
     "exit_on_errors",
     "out",
+    "output_failed",
     "pass_state",
     "plugin_unknown",
     "print_results",
@@ -159,6 +160,18 @@ def stdout_closed() -> NoReturn:
         pass
     os._exit(_EXIT_PIPE)
 
+
+
+def output_failed(exc: OSError) -> NoReturn:
+    """stdout could not be written (``certd list > /dev/full``): one line on stderr, exit 1, no traceback."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.stderr.write(f"error: cannot write the output: {exc.strerror or exc}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    os._exit(EXIT_FAILED)
 
 
 def run_many(

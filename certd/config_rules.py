@@ -272,9 +272,17 @@ def check_secret_modes(config: Config) -> list[str]:
     for value, keys in refs.items():
         try:
             info = value.stat()
-            empty = info.st_size < 4096 and stat.S_ISREG(info.st_mode) and not value.read_bytes().strip()
         except OSError:
-            continue  # missing: check_files says so; unreadable: the command using it says so
+            continue  # missing: check_files says so
+        if stat.S_ISDIR(info.st_mode):
+            lines.append(f"{config.path}: {keys[0]}: {value} is a directory, not a file holding the secret")
+            continue
+        try:
+            empty = info.st_size < 4096 and stat.S_ISREG(info.st_mode) and not value.read_bytes().strip()
+        except OSError as exc:
+            lines.append(f"{config.path}: {keys[0]}: {value} cannot be read by this user ({exc.strerror}): "
+                         "whatever needs this secret will be refused if certd runs as this user")
+            continue
         if empty:
             lines.append(f"{config.path}: {keys[0]}: {value} is empty: whatever needs this secret will be refused")
         mode = stat.S_IMODE(info.st_mode)

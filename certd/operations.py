@@ -27,7 +27,7 @@ from certd.inventory.models import VersionState
 from certd.issuers.base import KeyRollover, RevocationReason
 from certd.keys import PrivateKey, key_pem, load_key_pem
 from certd.outcome import Attempt, Result, as_step_error
-from certd.publish import current_generation, published_serial
+from certd.publish import FILES, Generation, current_generation, published_serial
 from certd.rollout import Material
 from certd.x509check import check_certificate, usable_chain
 
@@ -40,10 +40,15 @@ __all__ = ["deploy", "import_certificate", "install", "needs_install", "revoke",
 def deploy(p: Pipeline, attempt: Attempt) -> Result:
     """Re-run deploy + verify for the current version, from the files this host has."""
     name, cfg, version = attempt.name, attempt.cfg, attempt.old
+    if version is None:  # nothing to deploy is not a failure: recording one would back off the first issue
+        return Result(name, "skipped", renewal_id=attempt.rid, reason="NothingIssued",
+                      error=f"nothing issued yet: `certd renew {name}` first")
     with attempt.step("deploy", at="files"):
         gen = current_generation(cfg.output_dir)
-        if version is None or gen is None:
-            raise DeployError(f"certificate {name}: nothing published yet (run `certd renew {name}` first)")
+        if gen is None:
+            raise DeployError(f"certificate {name}: nothing published on this host yet (`certd renew {name}` "
+                              "publishes it, or `certd run --agent` installs it)")
+        _repair_links(p, attempt, gen)
         try:
             key = gen.read("privkey.pem")
         except OSError as exc:
@@ -57,6 +62,26 @@ def deploy(p: Pipeline, attempt: Attempt) -> Result:
     p.recorder.success(attempt)
     return Result(name, "deployed", serial=version.serial, state=state, renewal_id=attempt.rid,
                   reason="DeployPending" if pending else None)
+
+
+def _repair_links(p: Pipeline, attempt: Attempt, gen: Generation) -> None:
+    """Stable names a hook (or a person) deleted are re-linked to the current generation before any target runs.
+
+    Without this every target would run against missing files and the error would blame whichever ran;
+    when the generation itself lost a file there is nothing to link to, and the renewal that fixes it is named.
+    """
+    out = attempt.cfg.output_dir
+    broken = [f for f in FILES if not (out / f).exists()]
+    if not broken:
+        return
+    lost = [f for f in FILES if not (gen.path / f).is_file()]
+    if lost:
+        raise DeployError(f"certificate {attempt.name}: {', '.join(lost)} missing from {out} and from its "
+                          f"generation {gen.name}: `certd renew {attempt.name} --force` publishes a fresh set",
+                          retryable=False)
+    p.rollout.publisher(attempt.cfg).switch(gen)
+    p.recorder.event(attempt.name, "publish.repaired", f"re-linked {', '.join(broken)} in {out} to {gen.name} "
+                     "(they had been removed)", attempt.rid, step="deploy", level="warning")
 
 
 def revoke(p: Pipeline, attempt: Attempt, reason: RevocationReason) -> Result:

@@ -349,3 +349,24 @@ def test_an_empty_token_file_is_named_at_start(write_config: WriteConfig, tmp_pa
         assert d.stop() == 0
     assert f"daemon.api_token_file {token_file} is empty: writes are refused; the HTTP API accepts reads only" in (
         tmp_path / "daemon.log").read_text()
+
+
+def test_a_token_file_that_is_a_directory_or_unreadable_is_named_by_check_config(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    from tests.test_database_faults import _certd, _unprivileged
+
+    (tmp_path / "dir.token").mkdir()
+    cfg = write_config(f'[database]\nurl = "sqlite:///{tmp_path}/certd.db"\n\n[daemon]\n'
+                       f'api_token_file = "{tmp_path}/dir.token"\n')
+    proc = _certd("check-config", config=cfg)
+    assert proc.returncode == 0 and f"daemon.api_token_file: {tmp_path}/dir.token is a directory" in proc.stderr
+    assert "readable by" not in proc.stderr, proc.stderr
+    unread = tmp_path / "unread.token"
+    unread.write_text("tok\n")
+    unread.chmod(0)
+    cfg.write_text(cfg.read_text().replace("dir.token", "unread.token"))
+    _unprivileged()  # skips where file modes cannot be made to bind
+    proc = _certd("check-config", config=cfg, unprivileged=True)  # root without the capabilities that bypass modes
+    assert proc.returncode == 0, proc.stderr
+    assert f"daemon.api_token_file: {unread} cannot be read by this user (Permission denied)" in proc.stderr

@@ -275,6 +275,17 @@ def test_kill_9_at_random_points_leaves_a_consistent_state(write_config: WriteCo
         assert len(list_generations(out)) <= 1 + 3  # the current one and `keep` (3) for rollback
 
 
+def test_output_to_a_full_device_is_one_error_line(cfg: Path) -> None:
+    """``certd list > /dev/full``: exit 1 and one line, no traceback."""
+    certd("renew", "edge", config=cfg, check=True)
+    for args in (("list",), ("list", "--json"), ("history", "edge")):
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "certd", "-c", str(cfg), *args], cwd=REPO, stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=60)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr == "error: cannot write the output: No space left on device\n", proc.stderr
+
+
 def test_closed_stdout_is_quiet(cfg: Path) -> None:
     """``certd history NAME | head -1``: no traceback, no error text, the shell's SIGPIPE status (141)."""
     for _ in range(6):

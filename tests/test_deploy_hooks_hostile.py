@@ -100,6 +100,17 @@ def test_kernel_thread_is_refused(write_config: WriteConfig, tmp_path: Path) -> 
         app.close()
 
 
+def test_pid_one_is_named_as_init_and_never_signalled(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "app.pid").write_text("1\n")
+    app = _app(write_config, _signal_table())
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert f"pid file {tmp_path / 'app.pid'} names pid 1 (init): certd never signals it" in (result.error or "")
+    finally:
+        app.close()
+
+
 def test_the_process_that_wrote_the_file_is_signalled(
     write_config: WriteConfig, tmp_path: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:
@@ -323,3 +334,53 @@ def test_secrets_certd_holds_are_scrubbed_and_unauthenticated_reads_show_no_hook
     finally:
         scheduler.shutdown()
         app.close()
+
+
+def test_deploy_after_a_hook_deleted_the_files_relinks_them_before_any_target_runs(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    marker = tmp_path / "saw.txt"
+    deleting = "rm -f \"$CERTD_PRIVKEY\" \"$CERTD_FULLCHAIN\""
+    checking = f"test -s \"$CERTD_PRIVKEY\" && test -s \"$CERTD_FULLCHAIN\" && echo ok > {marker}"
+    app = _app(write_config, _command_table(f"[\"sh\", \"-c\", '{deleting}']"))
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert "privkey.pem is missing" in (result.error or "")
+    finally:
+        app.close()
+    out = tmp_path / "out/edge"
+    assert not (out / "privkey.pem").exists()
+    config = tmp_path / "certd.toml"
+    config.write_text(config.read_text().replace(deleting, checking))
+    app = App.open(load_config(config))
+    try:
+        done = app.pipeline.deploy("edge")
+        assert done.outcome == "deployed", done
+        assert marker.read_text() == "ok\n"  # the hook ran with the files back in place
+        repaired = [e.message for e in app.inventory.events("edge") if e.kind == "publish.repaired"]
+        assert repaired and "privkey.pem, fullchain.pem" in repaired[0], repaired
+        assert (out / "privkey.pem").is_symlink() and (out / "privkey.pem").read_bytes()
+        row = app.inventory.certificate("edge")
+        assert row is not None and row.last_error is None  # the deploy failure is cleared
+    finally:
+        app.close()
+
+
+def test_deploy_of_a_never_issued_certificate_is_a_usage_error_that_records_nothing(
+    write_config: WriteConfig, tmp_path: Path
+) -> None:
+    from tests.test_cli import certd
+
+    config = write_config('[database]\nurl = "sqlite:///{tmp}/certd.db"\n' + LOCAL_CA_CONFIG)
+    proc = certd("deploy", "edge", config=config)
+    assert proc.returncode == 2 and "nothing issued yet for edge" in proc.stderr, proc.stderr
+    app = App.open(load_config(config))
+    try:
+        assert app.pipeline.deploy("edge").outcome == "skipped"  # the API's and the daemon's path
+        row = app.inventory.certificate("edge")
+        assert row is None or (row.failures == 0 and row.last_error is None and row.next_attempt_at is None)
+    finally:
+        app.close()
+    listed = certd("deploy", "--all", config=config)
+    assert listed.returncode == 0, listed.stderr

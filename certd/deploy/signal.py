@@ -153,6 +153,9 @@ class SignalTarget:
             raise DeployError(f"deploy {self.name}: cannot read pid file {pid_file}: {exc.strerror}") from exc
         finally:
             os.close(fd)
+        if _PID_RE.fullmatch(text) and int(text) == 1:
+            raise DeployError(f"deploy {self.name}: pid file {pid_file} names pid 1 (init): certd never signals "
+                              "it; is this the pid file the server writes?", retryable=False)
         if not _PID_RE.fullmatch(text) or not 1 < int(text) <= _PID_MAX:
             raise DeployError(f"deploy {self.name}: pid file {pid_file} does not hold a pid")
         return int(text), st.st_mtime
