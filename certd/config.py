@@ -232,6 +232,9 @@ class CertificateConfig(Model):
     renew_before: Duration | None = None
     renew_fraction: float | None = Field(None, gt=0, lt=1)
     lifetime: Duration | None = None
+    # Usages the issued certificate must allow (checked, the CA's profile decides): a backend that also
+    # authenticates to others with it (mutual TLS) needs "clientAuth".
+    ext_key_usage: list[Literal["serverAuth", "clientAuth"]] = Field(default_factory=list)
     output_dir: ConfigPath
     deploy: list[str] = Field(default_factory=list)
     verify: list[VerifyEndpoint] = Field(default_factory=list)

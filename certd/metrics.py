@@ -65,6 +65,10 @@ class Metrics:
             "certd_deploy_total", "Deploy target runs by result.", ["name", "target", "result"], registry=r
         )
         self.probes = Counter("certd_probe_total", "Verify probes by result.", ["name", "result"], registry=r)
+        self.lifetime_shortened = Counter(
+            "certd_lifetime_shortened_total", "Certificates the CA issued for less than the lifetime asked.",
+            ["name", "issuer"], registry=r,
+        )
         self.issuer_requests = Counter(
             "certd_issuer_requests_total", "Issue/revoke calls to issuers by result.", ["issuer", "result"],
             registry=r,

@@ -57,7 +57,7 @@ from certd.recorder import Recorder
 from certd.rollout import Material, Prober, Rollout
 from certd.scrub import held_secrets, refreshed
 from certd.trust import anchors, ensure_trusted, refresh_bundle_file, trust_bundle
-from certd.x509check import Expectations, check_certificate, usable_chain
+from certd.x509check import Expectations, check_certificate, shortened_lifetime, usable_chain
 
 __all__ = ["Outcome", "Pipeline", "Prober", "Result"]
 
@@ -235,6 +235,9 @@ class Pipeline:
             expect = self.expectations(cfg, roots, issued.leaf)
             for warning in check_certificate(issued.leaf, chain, key, expect, self.clock.now()):
                 self.recorder.event(name, "check.warning", warning, rid, step="check", level="warning")
+            shortened = shortened_lifetime(issued.leaf, chain, cfg.lifetime, expect.cap)
+            if shortened is not None:  # usable, but renewals come sooner than planned: said once per renewal
+                self.recorder.lifetime_shortened(name, cfg.issuer, shortened, rid)
             assert attempt.beat is not None
             self.inventory.update_version(attempt.beat.lease, attempt.version_id, self.clock.now(),
                                           state=VersionState.CHECKED.value)
@@ -278,8 +281,7 @@ class Pipeline:
         self.recorder.issuer_request(cfg.issuer, True)
         return issued
 
-    @staticmethod
-    def expectations(cfg: CertificateConfig, roots: list[x509.Certificate] | None,
+    def expectations(self, cfg: CertificateConfig, roots: list[x509.Certificate] | None,
                      leaf: x509.Certificate | None = None) -> Expectations:
         """What ``check`` demands: a new certificate must outlive its own renewal window (short ones: a tenth).
 
@@ -287,7 +289,16 @@ class Pipeline:
         """
         lifetime = cfg.lifetime or (leaf.not_valid_after_utc - leaf.not_valid_before_utc if leaf else None)
         return Expectations(names=tuple(cfg.names), key_type=cfg.key, roots=tuple(roots) if roots else None,
-                            min_remaining=min_remaining(lifetime, cfg.renew_before))
+                            min_remaining=min_remaining(lifetime, cfg.renew_before), lifetime=cfg.lifetime,
+                            ext_key_usage=tuple(cfg.ext_key_usage), cap=self.lifetime_cap(cfg.issuer))
+
+    def lifetime_cap(self, issuer_name: str) -> str:
+        """What can make ``issuer_name`` sign for less than asked, for the message that says it did."""
+        icfg = self.config.issuers.get(issuer_name)
+        if icfg is not None and icfg.type == "vault":
+            return (f"Vault role {getattr(icfg, 'role', '?')}'s max_ttl or the mount's max lease TTL "
+                    f"at {getattr(icfg, 'url', '?')}")
+        return "the CA's maximum lifetime"
 
     def _add_version(self, attempt: Attempt, issuer: Issuer, leaf: x509.Certificate,
                      chain: tuple[x509.Certificate, ...], key: PrivateKey) -> int:

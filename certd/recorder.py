@@ -89,6 +89,11 @@ class Recorder:
             self.metrics.renewals.labels(name, issuer, "success" if ok else "failure").inc()
             self.metrics.renewal_duration.labels(issuer, "success" if ok else "failure").observe(seconds)
 
+    def lifetime_shortened(self, name: str, issuer: str, message: str, rid: str | None) -> None:
+        self.event(name, "check.lifetime_shortened", message, rid, step="check", level="warning")
+        if self.metrics is not None:
+            self.metrics.lifetime_shortened.labels(name, issuer).inc()
+
     def step_time(self, operation: str, step: str, seconds: float) -> None:
         if self.metrics is not None:
             self.metrics.step_duration.labels(operation, step).observe(seconds)

@@ -18,6 +18,7 @@ from enum import StrEnum
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certd.certs import build_chain, cert_names, is_self_signed
@@ -39,6 +40,8 @@ class CheckReason(StrEnum):
     CHAIN = "ChainInvalid"
     NOT_YET_VALID = "NotYetValid"
     VALIDITY = "ValidityTooShort"
+    TRUNCATED = "LifetimeShortenedByCA"
+    EKU = "ExtendedKeyUsageMissing"
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class Expectations:
     key_type: KeyType | None
     roots: tuple[x509.Certificate, ...] | None
     min_remaining: timedelta = timedelta(minutes=1)
+    lifetime: timedelta | None = None  # asked for; None: the CA chooses (ACME)
+    ext_key_usage: tuple[str, ...] = ()  # "serverAuth", "clientAuth": what the certificate must allow
+    cap: str = "a Vault role's or mount's max_ttl, or the CA's fixed maximum"  # what may cap the lifetime, named
 
 
 def _fail(reason: CheckReason, message: str) -> CheckFailed:
@@ -115,6 +121,39 @@ def verify_chain(
     return [warning]
 
 
+_EKU_OIDS = {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH, "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
+
+
+def shortened_lifetime(leaf: x509.Certificate, chain: Sequence[x509.Certificate], asked: timedelta | None,
+                       cap: str = "a Vault role's or mount's max_ttl, or the CA's fixed maximum") -> str | None:
+    """How and why the CA gave less than ``asked`` (None: it did not).
+
+    Measured on the certificate itself (notAfter - notBefore, the CA's own clock), with a slack of a
+    minute or 1% for backdating. The failure behind cert-manager #7157/#7741: Vault's
+    ``leaf_not_after_behavior = truncate`` cut certificates at the CA's expiry and the client ordered
+    again at once, thousands of times.
+    """
+    if asked is None:
+        return None
+    got = leaf.not_valid_after_utc - leaf.not_valid_before_utc
+    if got >= asked - max(timedelta(minutes=1), asked / 100):
+        return None
+    issuer = chain[0] if chain else None
+    if issuer is not None and abs(leaf.not_valid_after_utc - issuer.not_valid_after_utc) <= timedelta(seconds=2):
+        cause = (f"cut at the issuing CA's own expiry ({issuer.subject.rfc4514_string()} expires "
+                 f"{issuer.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}): the CA must be renewed first")
+    else:
+        cause = f"capped by the CA ({cap})"
+    return f"the CA issued it for {format_duration(got)} of the {format_duration(asked)} asked: {cause}"
+
+
+def _ekus(leaf: x509.Certificate) -> set[x509.ObjectIdentifier] | None:
+    try:
+        return set(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return None  # no EKU extension: every usage is allowed (RFC 5280 4.2.1.12)
+
+
 def check_certificate(
     leaf: x509.Certificate,
     chain: tuple[x509.Certificate, ...],
@@ -132,9 +171,20 @@ def check_certificate(
     missing = [n for n in expect.names if _name_key(n) not in have]
     if missing:
         raise _fail(CheckReason.NAMES, f"certificate does not cover {', '.join(missing)}")
+    ekus = _ekus(leaf)
+    lacking = [u for u in expect.ext_key_usage if ekus is not None and _EKU_OIDS[u] not in ekus]
+    if lacking:
+        raise _fail(CheckReason.EKU, f"certificate does not allow {', '.join(lacking)} (extended key usage), which "
+                    "ext_key_usage asks for: the CA's profile leaves it out (a Vault role's ext_key_usage, "
+                    "server_flag/client_flag)")
     if leaf.not_valid_before_utc > now + _CLOCK_SKEW:
         raise _fail(CheckReason.NOT_YET_VALID, f"certificate is not valid before {leaf.not_valid_before_utc}")
     remaining = leaf.not_valid_after_utc - now
+    shortened = shortened_lifetime(leaf, chain, expect.lifetime, expect.cap)
+    if remaining < expect.min_remaining and shortened is not None:
+        raise _fail(CheckReason.TRUNCATED, f"{shortened}; valid for {format_duration(max(remaining, timedelta(0)))} "
+                    f"more, it would be due for renewal at once (it needs {format_duration(expect.min_remaining)}), "
+                    "so certd does not order again until the cause is fixed or lifetime is lowered")
     if remaining < expect.min_remaining:
         raise _fail(
             CheckReason.VALIDITY,
