@@ -19,12 +19,12 @@ from pydantic import (
     ConfigDict,
     ValidationInfo,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from certd.durations import format_duration, parse_duration
 
-__all__ = ["ConfigPath", "Duration", "HostPort", "Model", "PositiveDuration"]
+__all__ = ["ConfigPath", "Duration", "HostPort", "Model", "PositiveDuration", "check_database_url"]
 
 
 def _duration(value: Any) -> timedelta:
@@ -74,15 +74,44 @@ def _runtime_socket(value: str) -> str:
     return value
 
 
-def _database_url(url: str) -> str:
-    """Checked with the config, so check-config refuses it; the message never echoes the URL (a password)."""
+_SQLITE_FORMS = ("sqlite:///relative/path (against the config file's directory) or "
+                 "sqlite:////absolute/path")
+
+
+def check_database_url(url: str) -> URL:
+    """The parsed URL, or ``ValueError`` saying why it cannot hold certd's inventory.
+
+    Never echoes the URL (it may carry a password). Shared by the config
+    validator (so check-config refuses what every command would) and
+    ``create_db_engine`` (for callers that build an engine from a bare URL).
+    """
     try:
-        backend = make_url(url).get_backend_name()
+        parsed = make_url(url)
     except ArgumentError:
-        raise ValueError("not a SQLAlchemy URL (e.g. sqlite:///var/lib/certd/certd.db or "
+        raise ValueError("not a SQLAlchemy URL (e.g. sqlite:////var/lib/certd/certd.db or "
                          "postgresql+psycopg://certd@db/certd)") from None
+    except ValueError:  # make_url's int() of a port that is not a number
+        raise ValueError("the port is not a number from 1 to 65535") from None
+    backend = parsed.get_backend_name()
     if backend not in ("sqlite", "postgresql"):
         raise ValueError(f"unsupported database {backend!r} (sqlite or postgresql)")
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"port {parsed.port} is not from 1 to 65535")
+    if backend == "sqlite":
+        if parsed.host or parsed.username or parsed.password or parsed.port is not None:
+            raise ValueError(f"a SQLite URL names a file, not a host: {_SQLITE_FORMS}")
+        database = parsed.database or ""
+        in_memory = (database in ("", ":memory:") or database.startswith("file::memory:")
+                     or parsed.query.get("mode") == "memory")
+        if in_memory:
+            raise ValueError("an in-memory SQLite database cannot hold the inventory from one command to the "
+                             f"next: name a file, {_SQLITE_FORMS}")
+    return parsed
+
+
+def _database_url(url: str) -> str:
+    """Checked with the config, so check-config refuses it; the message never echoes the URL (a password)."""
+    check_database_url(url)
     return url
 
 

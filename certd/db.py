@@ -35,10 +35,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from certd.config_types import check_database_url
 from certd.db_faults import NEWER_SCHEMA, inventory_error, prepare_sqlite_file, safe_url
 from certd.errors import ConfigError, InventoryError
 
@@ -61,9 +61,9 @@ def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30
     creates it (0600) when missing: ``InventoryError`` otherwise.
     """
     try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"database.url: not a SQLAlchemy URL: {safe_url(url)}") from exc
+        parsed = check_database_url(url)
+    except ValueError as exc:  # load_config refuses these first; this is for a URL given some other way
+        raise ConfigError(f"database.url: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
         db = parsed.database
         if db and db != ":memory:" and not db.startswith("file:"):

@@ -34,6 +34,7 @@ from tests.servers.postgres import PostgresCluster, postgres_bindir
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cret"
+IN_MEMORY = "an in-memory SQLite database cannot hold the inventory from one command to the next"
 MISMATCH = "this key_file does not match the one the inventory was sealed with"
 COMMANDS = [("list",), ("renew", "--all"), ("db", "upgrade")]
 
@@ -517,6 +518,17 @@ def test_rotate_key_without_a_key_file(write_config: WriteConfig, sqlite_url: st
         pytest.param("mysql://certd@127.0.0.1/certd", 2, "database.url: unsupported database 'mysql'", id="mysql"),
         pytest.param("not a url", 2, "database.url: not a SQLAlchemy URL", id="unparsable"),
         pytest.param("sqlite:///{dir}", 3, "is not a regular file", id="sqlite-path-is-a-directory"),
+        pytest.param("sqlite://", 2, IN_MEMORY, id="sqlite-in-memory-empty"),
+        pytest.param("sqlite:///:memory:", 2, IN_MEMORY, id="sqlite-in-memory"),
+        pytest.param("sqlite:///file::memory:?uri=true", 2, IN_MEMORY, id="sqlite-in-memory-uri"),
+        pytest.param("sqlite://relative.db", 2, "a SQLite URL names a file, not a host: sqlite:///relative/path "
+                     "(against the config file's directory) or sqlite:////absolute/path", id="sqlite-host-part"),
+        pytest.param(f"postgresql+psycopg://x:{SECRET}@127.0.0.1:99999/db", 2, "port 99999 is not from 1 to 65535",
+                     id="postgres-port-out-of-range"),
+        pytest.param(f"postgresql+psycopg://x:{SECRET}@127.0.0.1:0/db", 2, "port 0 is not from 1 to 65535",
+                     id="postgres-port-zero"),
+        pytest.param(f"postgresql+psycopg://x:{SECRET}@127.0.0.1:5o32/db", 2, "the port is not a number from 1",
+                     id="postgres-port-not-a-number"),
     ],
 )
 def test_a_url_that_is_no_inventory(write_config: WriteConfig, db_path: Path, url: str, code: int,
@@ -528,6 +540,12 @@ def test_a_url_that_is_no_inventory(write_config: WriteConfig, db_path: Path, ur
         assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and expected in proc.stderr, proc.stderr
         assert code != 2 or f"{cfg}: database.url: " in proc.stderr, proc.stderr
+        assert SECRET not in proc.stdout + proc.stderr
+    if code == 2:  # the monitoring plugin: a config it cannot use is UNKNOWN (3), never WARNING (1)
+        check = _certd("check", config=cfg)
+        assert check.returncode == 3 and check.stdout.startswith("CERTD UNKNOWN - "), check.stdout + check.stderr
+        assert f"{cfg}: database.url: " in check.stdout and expected in check.stdout, check.stdout
+        assert SECRET not in check.stdout + check.stderr
     assert list(db_path.parent.iterdir()) == []
 
 
