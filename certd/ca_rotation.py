@@ -37,7 +37,7 @@ from cryptography import x509
 
 from certd.certs import certs_pem, describe, fingerprint, load_pem_certs
 from certd.errors import CertdError, ConfigError
-from certd.issuers.base import CaRotation
+from certd.issuers.base import CaChain, CaRotation, Issuer
 from certd.outcome import Result
 from certd.pipeline import Pipeline
 from certd.publish import write_file_atomic
@@ -114,9 +114,12 @@ def rotate(pipeline: Pipeline, issuer_name: str, *, batch: int = 10,
         raise ConfigError(f"no issuer named {issuer_name} (known: {known})")
     issuer = pipeline.issuer(issuer_name)
     if not isinstance(issuer, CaRotation):
+        if isinstance(issuer, CaChain):  # Vault: the CA operator switched the mount's issuer; certd follows
+            return _follow(pipeline, issuer_name, issuer, batch, progress)
         kind = pipeline.config.issuers[issuer_name].type
         raise ConfigError(f"issuer {issuer_name} ({kind}) cannot be rotated by certd: its CA belongs to the CA "
-                          "operator; certd pins whatever chain it serves (see docs/load-balancer.md)")
+                          "operator and publishes no CA chain of its own; certd pins whatever chain each renewal "
+                          "brings (see docs/load-balancer.md)")
     report = RotationReport(issuer_name)
     staged, retired = issuer.rotation_state()
     if not staged and not retired:
@@ -134,6 +137,38 @@ def rotate(pipeline: Pipeline, issuer_name: str, *, batch: int = 10,
         retired_now = issuer.promote_rotation()
         report.say("promote", f"the new CA signs from now on; retired {describe(retired_now[0])}")
     _, retired = issuer.rotation_state()
+    if not _reissue(pipeline, issuer_name, retired, batch, progress, report):
+        return report
+    keep = {fingerprint(c) for c in issuer_bundle(pipeline.config, issuer_name, issuer, pipeline.inventory)}
+    for cert in issuer.drop_retired(keep):
+        report.say("unpin", f"forgot {describe(cert)}")
+    return report
+
+
+def _follow(pipeline: Pipeline, issuer_name: str, issuer: Issuer, batch: int,
+            progress: Callable[[Result], None] | None) -> RotationReport:
+    """A CA that rotates itself (Vault's default issuer switched, a new intermediate): pin, re-issue, unpin.
+
+    "Old" is every CA a served certificate chains to that the issuer no longer publishes.
+    """
+    report = RotationReport(issuer_name)
+    chain = issuer.ca_chain() if isinstance(issuer, CaChain) else []
+    current = {fingerprint(c) for c in chain}
+    served = issuer_bundle(pipeline.config, issuer_name, issuer, pipeline.inventory)
+    old = [c for c in served if fingerprint(c) not in current]
+    report.say("stage", f"the CA signs with {describe(chain[0])}; {len(old)} old CA certificate(s) still pinned"
+               if chain else "the CA publishes no chain")
+    if not _pin(pipeline, issuer_name, issuer, report, "pin"):
+        report.say("pin", "stopped before re-issuing: fix the sink and run `certd ca rotate` again")
+        return report
+    _reissue(pipeline, issuer_name, old, batch, progress, report)
+    return report
+
+
+def _reissue(pipeline: Pipeline, issuer_name: str, retired: list[x509.Certificate], batch: int,
+             progress: Callable[[Result], None] | None, report: RotationReport) -> bool:
+    """Re-issue what is served under ``retired`` in batches, then unpin; False when it stopped before the end."""
+    issuer = pipeline.issuer(issuer_name)
     todo = _still_on_retired(pipeline, issuer_name, retired)
     report.say("reissue", f"{len(todo)} certificate(s) served under the old CA")
     workers = max(1, min(batch, pipeline.config.daemon.workers))
@@ -150,18 +185,13 @@ def rotate(pipeline: Pipeline, issuer_name: str, *, batch: int = 10,
             report.ok = False
             report.say("reissue", "stopped: " + "; ".join(f"{r.name}: {r.error}" for r in failed)
                        + " — the old CA stays pinned; run `certd ca rotate` again once fixed")
-            return report
+            return False
     left = _still_on_retired(pipeline, issuer_name, retired)
     if left:
         report.ok = False
         report.say("unpin", f"not yet: still served under the old CA: {', '.join(left)}")
-        return report
-    if not _pin(pipeline, issuer_name, issuer, report, "unpin"):
-        return report
-    keep = {fingerprint(c) for c in issuer_bundle(pipeline.config, issuer_name, issuer, pipeline.inventory)}
-    for cert in issuer.drop_retired(keep):
-        report.say("unpin", f"forgot {describe(cert)}")
-    return report
+        return False
+    return _pin(pipeline, issuer_name, issuer, report, "unpin")
 
 
 def rotation_status(pipeline: Pipeline, issuer_name: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ __all__ = ["ca_group"]
 
 @click.group("ca")
 def ca_group() -> None:
-    """CA rotation for issuers whose CA certd runs (the local CA)."""
+    """CA rotation with a trust overlap: the local CA's, or following a Vault mount's new issuer."""
 
 
 @ca_group.command("rotate")
@@ -34,10 +34,12 @@ def ca_group() -> None:
 def ca_rotate(state: State, issuer: str, batch: int, as_json: bool) -> None:
     """Move ISSUER to a new CA without a failed handshake, or resume a rotation that stopped.
 
-    Stages a new CA, pins old and new in the issuer's bundle_file and pushes it to every load
-    balancer that pins it (HAProxy ca_file; each must confirm), then lets the new CA sign,
+    Local CA: stages a new CA, pins old and new in the issuer's bundle_file and pushes it to every
+    load balancer that pins it (HAProxy ca_file; each must confirm), then lets the new CA sign,
     re-issues every certificate still served under the old CA in batches, and drops the old CA
-    from the bundle only when no served certificate needs it. Safe to run again after a failure.
+    from the bundle only when no served certificate needs it. Vault: after the CA operator switched
+    the mount's default issuer (and the new root is in `roots`), the same without stage and promote.
+    Safe to run again after a failure.
     """
     from certd.ca_rotation import rotate
 

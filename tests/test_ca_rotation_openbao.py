@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from certd.certs import load_pem_certs
@@ -85,9 +86,11 @@ def _new_root_and_intermediate(bao: OpenBaoServer) -> tuple[str, str]:
     return str(root["data"]["certificate"]), str(new)
 
 
+@pytest.mark.parametrize("how", ["renewal", "ca-rotate"])
 def test_a_new_root_at_openbao_is_pinned_before_the_backend_serves_under_it(
-    openbao_factory: Any, nginx_factory: Any, haproxy_factory: Any, tmp_path: Path,
+    openbao_factory: Any, nginx_factory: Any, haproxy_factory: Any, tmp_path: Path, how: str,
 ) -> None:
+    """``renewal``: found at the next renewal; ``ca-rotate``: `certd ca rotate` pins, re-issues in batches, unpins."""
     bao: OpenBaoServer = openbao_factory()  # its own server: the test switches the mount's default issuer
     bao.add_role("backend", allowed_domains="internal.test", allow_subdomains=True, key_type="any", max_ttl="24h")
     (tmp_path / "token").write_text(bao.root_token + "\n")
@@ -130,10 +133,17 @@ def test_a_new_root_at_openbao_is_pinned_before_the_backend_serves_under_it(
     with _Traffic(f"https://127.0.0.1:{haproxy.port}/", edge["ca"]) as traffic:
         time.sleep(0.5)
         bao.api("pki/config/issuers", {"default": new_issuer})  # the CA operator switches
-        renewed = certd(config, "renew", "backend-1", "--force", "--json")
+        if how == "renewal":
+            renewed = certd(config, "renew", "backend-1", "--force", "--json")
+        else:
+            renewed = certd(config, "ca", "rotate", "internal", "--json")
         time.sleep(1)
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
-    result = json.loads(renewed.stdout)["results"][0]
+    doc = json.loads(renewed.stdout)
+    result = doc["results"][0] if how == "renewal" else doc["renewals"][0]
+    if how == "ca-rotate":
+        assert [p["phase"] for p in doc["phases"]][:2] == ["stage", "pin"], doc["phases"]
+        assert doc["phases"][-1]["phase"] == "unpin" and doc["ok"], doc
     assert (result["outcome"], result["state"]) == ("renewed", "served"), result
     assert traffic.failed == 0 and traffic.sent > 10, (traffic.sent, traffic.errors[:5])
     stat = haproxy.upstream_stat()
@@ -144,7 +154,8 @@ def test_a_new_root_at_openbao_is_pinned_before_the_backend_serves_under_it(
     assert served.issuer.rfc4514_string() == "CN=certd test OpenBao intermediate 2027"
     history = json.loads(certd(config, "history", "backend-1", "--json").stdout)
     kinds = [e["kind"] for e in reversed(history["events"]) if e.get("renewal_id") == result["renewal_id"]]
-    assert kinds.index("bundle.pushed") < kinds.index("deploy.done"), kinds  # pinned before nginx reloaded
+    if how == "renewal":  # pinned before nginx reloaded (with ca rotate, the pin phase came before the renewal)
+        assert kinds.index("bundle.pushed") < kinds.index("deploy.done"), kinds
     new_pins = {c.subject.rfc4514_string() for c in load_pem_certs(bundle.read_bytes())}
     assert new_pins == {"CN=certd test OpenBao root 2027", "CN=certd test OpenBao intermediate 2027"}, new_pins
     assert haproxy.runtime(f"show ssl ca-file {bundle}").count("Certificate #") == 2
