@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from cryptography import x509
 
@@ -92,14 +92,31 @@ def revoke(p: Pipeline, attempt: Attempt, reason: RevocationReason) -> Result:
                       renewal_id=attempt.rid, reason="NothingIssued")
     with attempt.step("revoke", at="issuer"):
         issuer = p.issuer(version.issuer if version.issuer in p.config.issuers else attempt.cfg.issuer)
+    dropped: str | None = None
     with attempt.step("revoke"):
-        issuer.revoke(load_pem_certs(version.cert_pem.encode())[0], reason)
+        leaf = load_pem_certs(version.cert_pem.encode())[0]
+        if isinstance(issuer, _ReportsDroppedReason):
+            dropped = issuer.revoke_reporting(leaf, reason)
+        else:
+            issuer.revoke(leaf, reason)
         assert attempt.beat is not None
         p.inventory.update_version(attempt.beat.lease, version.id, p.clock.now(), state=VersionState.REVOKED.value)
     p.recorder.success(attempt)
-    p.recorder.event(name, "revoke.done", f"serial {version.serial} revoked ({reason})", attempt.rid, step="revoke",
+    if dropped is not None:
+        p.recorder.event(name, "revoke.reason_dropped", f"serial {version.serial}: {dropped}", attempt.rid,
+                         step="revoke", level="warning")
+    said = f"{reason}" if dropped is None else f"no reason: the CA refused {reason}"
+    p.recorder.event(name, "revoke.done", f"serial {version.serial} revoked ({said})", attempt.rid, step="revoke",
                      level="warning")
-    return Result(name, "revoked", serial=version.serial, state=VersionState.REVOKED.value, renewal_id=attempt.rid)
+    return Result(name, "revoked", serial=version.serial, state=VersionState.REVOKED.value, renewal_id=attempt.rid,
+                  reason="ReasonDropped" if dropped is not None else None)
+
+
+@runtime_checkable
+class _ReportsDroppedReason(Protocol):
+    """An issuer whose CA may refuse the revocation reason (ACME ``badRevocationReason``) and revoke without it."""
+
+    def revoke_reporting(self, certificate: x509.Certificate, reason: RevocationReason) -> str | None: ...
 
 
 def import_certificate(p: Pipeline, name: str, cert_pem: bytes, key_pem_data: bytes,

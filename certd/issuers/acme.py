@@ -85,6 +85,12 @@ class _NewOrder(messages.NewOrder):
     replaces: str | None = jose_field("replaces", omitempty=True)
 
 
+class _Revocation(messages.Revocation):
+    """``revokeCert`` whose ``reason`` may be left out (``acme.messages.Revocation`` always sends one)."""
+
+    reason: int | None = jose_field("reason", omitempty=True)  # type: ignore[assignment]
+
+
 def cert_id(certificate: x509.Certificate) -> str:
     """RFC 9773 certificate identifier: base64url(AKI keyIdentifier) "." base64url(DER serial)."""
     try:
@@ -241,15 +247,46 @@ class AcmeIssuer:
         return self._choose_chain(request.certificate, fullchains)
 
     def revoke(self, certificate: x509.Certificate, reason: RevocationReason) -> None:
+        self.revoke_reporting(certificate, reason)
+
+    def revoke_reporting(self, certificate: x509.Certificate, reason: RevocationReason) -> str | None:
+        """Revoke with ``reason`` (RFC 8555 section 7.6); returns why the reason was dropped, or None.
+
+        A CA that refuses reason codes (``badRevocationReason``: OpenBao takes only 0 or none) gets the request
+        once more without a reason: the certificate must stop being trusted, which matters more than the reason
+        code in the CRL. That the reason was dropped is logged at warning and returned, for the event.
+        """
         with self._converted(None, "revoke"):
             client = self._client()
             try:
-                client.revoke(certificate, reason.code)
+                self._post_revocation(client, certificate, reason.code)
+                return None
             except messages.Error as err:
                 if err.code == "alreadyRevoked":
                     log.info("%s: serial %x was already revoked", self.name, certificate.serial_number)
-                    return
-                raise
+                    return None
+                if err.code != "badRevocationReason":
+                    raise
+                refused = _problem(err)
+            try:
+                self._post_revocation(client, certificate, None)
+            except messages.Error as err:
+                if err.code != "alreadyRevoked":
+                    raise
+                log.info("%s: serial %x was already revoked", self.name, certificate.serial_number)
+                return None  # nothing was revoked now, so no reason was dropped now
+            note = f"the CA refused reason {reason} ({refused}); revoked without a reason"
+            if reason is RevocationReason.UNSPECIFIED:  # an absent reasonCode means unspecified: nothing lost
+                log.info("%s: serial %x: %s", self.name, certificate.serial_number, note)
+                return None
+            log.warning("%s: serial %x: %s", self.name, certificate.serial_number, note)
+            return note
+
+    @staticmethod
+    def _post_revocation(client: acme_client.ClientV2, certificate: x509.Certificate, code: int | None) -> None:
+        response = client._post(client.directory["revokeCert"], _Revocation(certificate=certificate, reason=code))
+        if response.status_code != 200:
+            raise acme_errors.ClientError(f"revocation answered HTTP {response.status_code}, not 200")
 
     # -- RenewalInfo (RFC 9773) ------------------------------------------------------
     def cert_id(self, certificate: x509.Certificate) -> str:

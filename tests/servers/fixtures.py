@@ -167,3 +167,41 @@ def openbao_factory() -> Iterator[Callable[..., OpenBaoServer]]:
     """openbao_factory(): a fresh OpenBao of the test's own, stopped when the test ends."""
     _require_openbao()
     yield from _factory(OpenBaoServer)
+
+
+# -- OpenBao's ACME server (tests/servers/openbao_acme.py): a second ACME implementation beside Pebble ---------
+
+@pytest.fixture
+def port80() -> None:
+    """OpenBao validates HTTP-01 only on port 80: skip, saying why, when 127.0.0.1:80 cannot be bound."""
+    from tests.servers.openbao_acme import port80_free
+
+    if (why := port80_free()) is not None:
+        pytest.skip(why)
+
+
+def _openbao_acme(server: OpenBaoServer, mount: str, **kwargs: Any) -> Iterator[Any]:
+    from tests.servers.openbao_acme import OpenBaoAcme
+
+    acme = OpenBaoAcme(server, mount, **kwargs)
+    yield acme
+    acme.close()
+
+
+@pytest.fixture(scope="session")
+def openbao_acme(openbao: OpenBaoServer) -> Iterator[Any]:
+    """ACME on the shared OpenBao's ``pki-acme`` mount (its own intermediate under ``pki-root``), no EAB."""
+    yield from _openbao_acme(openbao, "pki-acme")
+
+
+@pytest.fixture(scope="session")
+def openbao_acme_eab(openbao: OpenBaoServer) -> Iterator[Any]:
+    """ACME on ``pki-acme-eab`` with ``eab_policy=always-required``; ``new_eab()`` hands out bindings."""
+    yield from _openbao_acme(openbao, "pki-acme-eab", eab_required=True)
+
+
+@pytest.fixture(scope="session")
+def openbao_acme_dns(openbao: OpenBaoServer, bind: BindServer) -> Iterator[Any]:
+    """ACME on ``pki-acme-dns`` resolving through ``bind`` (``dns_resolver``): DNS-01 sees certd's TXT records."""
+    require("named", "tsig-keygen", package="bind9 bind9-utils")
+    yield from _openbao_acme(openbao, "pki-acme-dns", dns_resolver=bind.address)
