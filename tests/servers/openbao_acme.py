@@ -14,8 +14,10 @@ or changing the resolver on one never changes what another test sees; the shared
 
 What OpenBao does: HTTP-01 on port 80 of the identifier (only port 80; resolved with the system resolver, or with
 ``dns_resolver``, which is then used for HTTP-01 names too), DNS-01 through ``dns_resolver``, IP identifiers,
-EAB (``pki/acme/new-eab``). What it does not: ARI (no ``renewalInfo``), revocation reason codes
-(``badRevocationReason``).
+EAB (``<mount>/acme/new-eab``). What it does not: ARI (no ``renewalInfo``), revocation reason codes
+(``badRevocationReason``), account key change (``keyChange`` is listed but answers 404). Quirks: an IP-only order
+needs the address in the role's ``allowed_domains`` (OpenBao makes it the CN and checks it as a host name; it also
+adds it as a DNS SAN); a wrong EAB HMAC is a 500 (``serverInternal``); a failing HTTP-01 is retried ~100 s.
 """
 
 from __future__ import annotations
