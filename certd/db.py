@@ -13,8 +13,10 @@ for several replicas; there Alembic upgrades take an advisory lock so two
 replicas starting together migrate once.
 
 Faults an operator can cause (a damaged or read-only file, a lock held past
-``busy_timeout``, a server that refuses us, a schema from a newer certd)
-leave here as one-line ``InventoryError``s naming the database; see
+``busy_timeout``, a server that refuses us, a schema from a newer certd, a
+database that holds another program's tables or certd's without their
+Alembic revision) leave here as one-line ``InventoryError``s naming the
+database, before anything is migrated into it; see
 ``db_faults.py``, which also keeps a new SQLite database and its ``-wal`` and
 ``-shm`` at 0600.
 """
@@ -34,13 +36,15 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from certd.config_types import check_database_url
 from certd.db_faults import NEWER_SCHEMA, inventory_error, prepare_sqlite_file, safe_url
 from certd.errors import ConfigError, InventoryError
+from certd.inventory.models import Base
 
 __all__ = ["Sessions", "create_db_engine", "migrations_dir", "schema_is_current", "session_factory", "upgrade"]
 
@@ -137,15 +141,50 @@ def _read_only(engine: Engine) -> Engine:
     return engine.execution_options(**{_READ_ONLY: True})
 
 
+# Every table any certd revision creates (migrations only add tables; their downgrades drop them), and the
+# oldest ones, which a database from a newer certd still holds: how it differs from another Alembic project's.
+_CERTD_TABLES = frozenset(Base.metadata.tables)
+_FIRST_TABLES = frozenset({"certificates", "versions", "events", "leases", "accounts"})
+_VERSION_TABLE = "alembic_version"
+
+
+def _not_ours(url: URL, tables: set[str], heads: set[str], unknown: list[str]) -> str | None:
+    """Why this database is not certd's to migrate or read (``None``: empty, or certd's at a known revision)."""
+    foreign = sorted(tables - _CERTD_TABLES - {_VERSION_TABLE})
+    if unknown:  # a revision certd does not know, and not a newer certd's (it would hold certd's first tables)
+        shown = foreign or [_VERSION_TABLE]
+    elif heads or not (tables - {_VERSION_TABLE}):
+        return None
+    elif foreign:
+        shown = foreign
+    else:
+        state = "is empty" if _VERSION_TABLE in tables else "is missing"
+        return (f"database {safe_url(url)}: certd's tables exist but {_VERSION_TABLE} {state}: their schema "
+                "revision is unknown (an interrupted or hand-made setup); restore the database from a backup or "
+                "point database.url at an empty database")
+    listed = ", ".join(shown[:5]) + (", …" if len(shown) > 5 else "")
+    revision = f"; its {_VERSION_TABLE} is at {', '.join(unknown)}" if unknown else ""
+    return (f"database {safe_url(url)}: holds tables that are not certd's ({listed}{revision}): point "
+            "database.url at an empty or certd database")
+
+
 def _current_heads(engine: Engine, script: ScriptDirectory) -> set[str]:
-    """The database's Alembic heads; ``InventoryError`` for one this certd does not know (a newer certd's)."""
+    """The database's Alembic heads; ``InventoryError`` for one this certd does not know (a newer certd's).
+
+    Also refuses a database that is not certd's: tables of another program (without an Alembic
+    revision of certd's), or certd's tables whose revision was lost. Migrating into it would mix
+    certd's schema into someone else's database.
+    """
     with _read_only(engine).connect() as conn:
+        tables = set(inspect(conn).get_table_names())
         heads = set(MigrationContext.configure(conn).get_current_heads())
     known = {rev.revision for rev in script.walk_revisions()}
     unknown = sorted(heads - known)
-    if unknown:
+    if unknown and tables >= _FIRST_TABLES:
         raise InventoryError(f"database {safe_url(engine.url)}: {NEWER_SCHEMA.format(revision=', '.join(unknown))}",
                              reason="SchemaTooNew", retryable=False)
+    if (why := _not_ours(engine.url, tables, heads, unknown)) is not None:
+        raise InventoryError(why, reason="NotCertdsDatabase", retryable=False)
     return heads
 
 

@@ -214,6 +214,62 @@ def test_schema_from_a_newer_certd(write_config: WriteConfig, db_url: str) -> No
     engine.dispose()
 
 
+# -- a database that is not certd's -----------------------------------------------------------------------
+
+
+def _tables(url: str) -> dict[str, list[tuple[object, ...]]]:
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return {t: [tuple(r) for r in conn.execute(sa.text(f"SELECT * FROM {t}"))]
+                    for t in sorted(sa.inspect(conn).get_table_names())}
+    finally:
+        engine.dispose()
+
+
+def _sql(url: str, *statements: str) -> None:
+    engine = sa.create_engine(url, poolclass=NullPool)
+    with engine.begin() as conn:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+    engine.dispose()
+
+
+FOREIGN = "holds tables that are not certd's"
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        pytest.param(["CREATE TABLE users (id int)", "INSERT INTO users VALUES (1)"],
+                     f"{FOREIGN} (users): point database.url at an empty or certd database", id="foreign-tables"),
+        pytest.param(["CREATE TABLE users (id int)", "CREATE TABLE orders (id int)",
+                      "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL)",
+                      "INSERT INTO alembic_version VALUES ('3f2a9c1d7b4e')"],
+                     f"{FOREIGN} (orders, users; its alembic_version is at 3f2a9c1d7b4e): point database.url at an "
+                     "empty or certd database", id="another-alembic-project"),
+        pytest.param(["UPGRADE", "DELETE FROM alembic_version"],
+                     "certd's tables exist but alembic_version is empty: their schema revision is unknown",
+                     id="empty-alembic-version"),
+    ],
+)
+def test_a_database_that_is_not_certds(write_config: WriteConfig, db_url: str, setup: list[str],
+                                       expected: str) -> None:
+    """Refused with exit 3 before certd migrates into it (nor reads it): the database is left exactly as it was."""
+    cfg = _config(write_config, db_url)
+    if setup[0] == "UPGRADE":
+        assert _certd("db", "upgrade", config=cfg).returncode == 0
+        setup = setup[1:]
+    _sql(db_url, *setup)
+    before = _tables(db_url)
+    shown = make_url(db_url).render_as_string(hide_password=True)
+    for command in [*COMMANDS, ("renew", "edge", "--force"), ("history", "edge")]:
+        _one_db_error(_certd(*command, config=cfg), f"database {shown}: {expected}")
+    check = _certd("check", config=cfg)
+    assert check.returncode == 3 and check.stdout.startswith("CERTD UNKNOWN - ") and expected in check.stdout
+    assert _tables(db_url) == before
+
+
 # -- PostgreSQL that will not have us ---------------------------------------------------------------------
 
 
