@@ -36,7 +36,7 @@ from typing import Any
 from cryptography import x509
 
 from certd.certs import certs_pem, describe, fingerprint, load_pem_certs
-from certd.errors import CertdError, ConfigError
+from certd.errors import ConfigError
 from certd.issuers.base import CaChain, CaRotation, Issuer
 from certd.outcome import Result
 from certd.pipeline import Pipeline
@@ -196,11 +196,21 @@ def _reissue(pipeline: Pipeline, issuer_name: str, retired: list[x509.Certificat
 
 def rotation_status(pipeline: Pipeline, issuer_name: str) -> dict[str, Any]:
     """For ``certd ca status``: the CA that signs, a staged one, retired ones, and who is served under which."""
+    if issuer_name not in pipeline.config.issuers:
+        known = ", ".join(sorted(pipeline.config.issuers)) or "none"
+        raise ConfigError(f"no issuer named {issuer_name} (known: {known})")
     issuer = pipeline.issuer(issuer_name)
-    if not isinstance(issuer, CaRotation):
-        raise CertdError(f"issuer {issuer_name} is not rotated by certd")
-    staged, retired = issuer.rotation_state()
-    chain = issuer.ca_chain() if hasattr(issuer, "ca_chain") else []
+    if not isinstance(issuer, CaChain):
+        raise ConfigError(f"issuer {issuer_name} publishes no CA chain of its own: `certd bundle NAME` shows "
+                          "what its certificates chain to")
+    chain = issuer.ca_chain()
+    if isinstance(issuer, CaRotation):
+        staged, retired = issuer.rotation_state()
+    else:  # Vault: "retired" is what served certificates chain to that the mount no longer publishes
+        now = {fingerprint(c) for c in chain}
+        staged = []
+        retired = [c for c in issuer_bundle(pipeline.config, issuer_name, issuer, pipeline.inventory)
+                   if fingerprint(c) not in now]
     current = [c for c in chain if fingerprint(c) not in {fingerprint(s) for s in staged}]
     return {
         "issuer": issuer_name,

@@ -136,6 +136,8 @@ def test_a_new_root_at_openbao_is_pinned_before_the_backend_serves_under_it(
         if how == "renewal":
             renewed = certd(config, "renew", "backend-1", "--force", "--json")
         else:
+            before = json.loads(certd(config, "ca", "status", "internal", "--json").stdout)
+            assert before["on_retired"] == ["backend-1"] and len(before["retired"]) == 2, before
             renewed = certd(config, "ca", "rotate", "internal", "--json")
         time.sleep(1)
     assert renewed.returncode == 0, renewed.stdout + renewed.stderr
@@ -160,3 +162,5 @@ def test_a_new_root_at_openbao_is_pinned_before_the_backend_serves_under_it(
     assert new_pins == {"CN=certd test OpenBao root 2027", "CN=certd test OpenBao intermediate 2027"}, new_pins
     assert haproxy.runtime(f"show ssl ca-file {bundle}").count("Certificate #") == 2
     assert x509.load_pem_x509_certificate(new_root.encode()).subject.rfc4514_string() in new_pins
+    after = json.loads(certd(config, "ca", "status", "internal", "--json").stdout)
+    assert after["on_retired"] == [] and after["retired"] == [], after
