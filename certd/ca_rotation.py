@@ -106,13 +106,17 @@ def _pin(pipeline: Pipeline, issuer_name: str, issuer: Any, report: RotationRepo
     return True
 
 
-def rotate(pipeline: Pipeline, issuer_name: str, *, batch: int = 10,
-           progress: Callable[[Result], None] | None = None) -> RotationReport:
-    """Run (or resume) the rotation of ``issuer_name``; see the module docstring."""
+def _issuer(pipeline: Pipeline, issuer_name: str) -> Issuer:
     if issuer_name not in pipeline.config.issuers:
         known = ", ".join(sorted(pipeline.config.issuers)) or "none"
         raise ConfigError(f"no issuer named {issuer_name} (known: {known})")
-    issuer = pipeline.issuer(issuer_name)
+    return pipeline.issuer(issuer_name)
+
+
+def rotate(pipeline: Pipeline, issuer_name: str, *, batch: int = 10,
+           progress: Callable[[Result], None] | None = None) -> RotationReport:
+    """Run (or resume) the rotation of ``issuer_name``; see the module docstring."""
+    issuer = _issuer(pipeline, issuer_name)
     if not isinstance(issuer, CaRotation):
         if isinstance(issuer, CaChain):  # Vault: the CA operator switched the mount's issuer; certd follows
             return _follow(pipeline, issuer_name, issuer, batch, progress)
@@ -196,10 +200,7 @@ def _reissue(pipeline: Pipeline, issuer_name: str, retired: list[x509.Certificat
 
 def rotation_status(pipeline: Pipeline, issuer_name: str) -> dict[str, Any]:
     """For ``certd ca status``: the CA that signs, a staged one, retired ones, and who is served under which."""
-    if issuer_name not in pipeline.config.issuers:
-        known = ", ".join(sorted(pipeline.config.issuers)) or "none"
-        raise ConfigError(f"no issuer named {issuer_name} (known: {known})")
-    issuer = pipeline.issuer(issuer_name)
+    issuer = _issuer(pipeline, issuer_name)
     if not isinstance(issuer, CaChain):
         raise ConfigError(f"issuer {issuer_name} publishes no CA chain of its own: `certd bundle NAME` shows "
                           "what its certificates chain to")

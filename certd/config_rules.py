@@ -248,7 +248,7 @@ def key_file_rules(path: Path, key_file: Path | None) -> list[str]:
     return [] if parse_key(data) is not None else [f"{where}: {key_file} {KEY_HINT}"]
 
 
-_SECRET_KEYS = ("key_file", "api_token_file", "api_tls_key_file", "tsig_secret_file", "eab_hmac_key_file", "token_file",
+SECRET_KEYS = ("key_file", "api_token_file", "api_tls_key_file", "tsig_secret_file", "eab_hmac_key_file", "token_file",
                 "secret_id_file", "secret_file")
 
 
@@ -264,7 +264,7 @@ def check_secret_modes(config: Config) -> list[str]:
     sections += [(f"issuers.{n}", v) for n, v in config.issuers.items()]
     sections += [(f"deploy.{n}", v) for n, v in config.deploy.items() if getattr(v, "type", None) == "webhook"]
     for where, model in sections:
-        for key in _SECRET_KEYS:
+        for key in SECRET_KEYS:
             value = getattr(model, key, None)
             if isinstance(value, Path):
                 refs.setdefault(value, []).append(f"{where}.{key}")

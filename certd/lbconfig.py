@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from certd.config import Config
+from certd.config_types import valid_port
 from certd.errors import ConfigError
 from certd.lbaudit.findings import is_ip
 
@@ -124,7 +125,7 @@ class HaproxyLines:
 
 def _host_port(value: str) -> bool:
     host, sep, port = value.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
+    return bool(sep and host and valid_port(port))
 
 
 def _server_name(config: Config, name: str) -> str:

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from certd.config import Config
+from certd.config_rules import SECRET_KEYS
 
 __all__ = ["OUTPUT_MARK", "held_secrets", "public_message", "refreshed", "scrub"]
 
@@ -30,8 +31,8 @@ OUTPUT_MARK = " | output: "
 _REDACTED = "***"
 _MIN = 6  # shorter values would redact ordinary words
 _MAX_FILE = 64 * 1024
-_SECRET_FILE_KEYS = ("api_token_file", "api_tls_key_file", "key_file", "tsig_secret_file", "eab_hmac_key_file",
-                     "token_file", "secret_id_file", "secret_file", "jwt_file")
+# The secret files check-config warns about, and the Kubernetes service-account token a Vault login sends.
+_SECRET_FILE_KEYS = (*SECRET_KEYS, "jwt_file")
 
 
 def _file_values(path: Path) -> list[str]:
