@@ -33,16 +33,18 @@ import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import text
 
-from certd.api import ApiState, create_api
-from certd.api_auth import NoToken, read_token
-from certd.api_limits import server_config
-from certd.app import App
-from certd.config import Config, check_secret_modes, load_config
-from certd.durations import format_duration
+from certd.api.app import ApiState, create_api
+from certd.api.auth import NoToken, read_token
+from certd.api.limits import server_config
+from certd.config.load import load_config
+from certd.config.model import Config
+from certd.config.rules import check_secret_modes
+from certd.core.durations import format_duration
+from certd.engine.app import App
+from certd.engine.pipeline import Pipeline
+from certd.engine.scheduler import Scheduler
 from certd.errors import CA_RATE_LIMIT_REASONS, CertdError, ConfigError
 from certd.metrics import Metrics
-from certd.pipeline import Pipeline
-from certd.scheduler import Scheduler
 
 __all__ = ["Daemon", "sd_notify"]
 

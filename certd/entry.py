@@ -14,6 +14,6 @@ INVOKED_AT = time.time()
 
 
 def main() -> None:
-    from certd.cli import main as cli_main
+    from certd.cli.main import main as cli_main
 
-    cli_main()
+    cli_main(INVOKED_AT)

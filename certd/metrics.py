@@ -14,7 +14,7 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from certd.status import Condition
+from certd.core.status import Condition
 
 __all__ = ["READY_CONDITIONS", "Metrics"]
 

@@ -22,8 +22,8 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from certd.config import Config
-from certd.config_rules import SECRET_KEYS
+from certd.config.model import Config
+from certd.config.rules import SECRET_KEYS
 
 __all__ = ["OUTPUT_MARK", "held_secrets", "public_message", "refreshed", "scrub"]
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from certd.app import App
-from certd.config import Config, load_config
+from certd.config.load import load_config
+from certd.config.model import Config
+from certd.engine.app import App
 
 pytest_plugins = [
     "tests.servers.fixtures",

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from certd.keys import san_entries
+from certd.pki.keys import san_entries
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from certd.app import App
-from certd.certs import load_pem_certs, serial_hex
-from certd.config import load_config
-from certd.scheduler import Scheduler
+from certd.config.load import load_config
+from certd.engine.app import App
+from certd.engine.scheduler import Scheduler
+from certd.pki.certs import load_pem_certs, serial_hex
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 
 REPO = Path(__file__).resolve().parent.parent

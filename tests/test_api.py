@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from certd.api import ApiState, create_api
-from certd.app import App
-from certd.config import load_config
+from certd.api.app import ApiState, create_api
+from certd.config.load import load_config
+from certd.core.signing import API_LABEL, signed_headers
+from certd.engine.app import App
+from certd.engine.scheduler import Scheduler
 from certd.issuers.local_ca import LocalCA
 from certd.metrics import Metrics
-from certd.scheduler import Scheduler
-from certd.signing import API_LABEL, signed_headers
-from certd.views import list_doc
+from certd.reports.views import list_doc
 from tests.conftest import LOCAL_CA_CONFIG, FakeClock, WriteConfig
 
 TOKEN = "s3cret-token-for-tests"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from certd.api_limits import HEAD_TIMEOUT, LIMIT_CONCURRENCY, MAX_BODY
-from certd.signing import API_LABEL, signed_headers
+from certd.api.limits import HEAD_TIMEOUT, LIMIT_CONCURRENCY, MAX_BODY
+from certd.core.signing import API_LABEL, signed_headers
 from tests.conftest import WriteConfig
 from tests.servers.ports import free_port
 from tests.test_daemon import REPO, Daemon

@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from certd.api import ApiState, create_api
-from certd.app import App
-from certd.config import load_config
+from certd.api.app import ApiState, create_api
+from certd.config.load import load_config
+from certd.engine.app import App
+from certd.engine.scheduler import Scheduler
 from certd.metrics import Metrics
-from certd.scheduler import Scheduler
 from tests.conftest import LOCAL_CA_CONFIG
 
 TOKEN = "schema-test-token"

@@ -7,12 +7,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from certd.app import App
-from certd.budget import BUDGET_REASON, Budget, names_key, registered_domain
-from certd.config import RateLimitsConfig, load_config
-from certd.db import create_db_engine, session_factory, upgrade
+from certd.config.load import load_config
+from certd.config.model import RateLimitsConfig
+from certd.core.policy import Reason, hard_deadline
+from certd.engine.app import App
+from certd.engine.budget import BUDGET_REASON, Budget, names_key, registered_domain
 from certd.errors import RateLimited
-from certd.policy import Reason, hard_deadline
+from certd.inventory.db import create_db_engine, session_factory, upgrade
 from tests.conftest import LOCAL_CA_CONFIG, FakeClock, WriteConfig
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from certd.app import App
-from certd.certs import load_pem_certs
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
+from certd.pki.certs import load_pem_certs
 from tests.conftest import WriteConfig
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.ports import make_workdir

@@ -26,7 +26,7 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from certd.certs import fingerprint, load_pem_certs
+from certd.pki.certs import fingerprint, load_pem_certs
 from tests.conftest import WriteConfig
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.nginx import NginxServer

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from certd.certs import load_pem_certs
+from certd.pki.certs import load_pem_certs
 from tests.servers.openbao import OpenBaoServer
 from tests.servers.tlsutil import issue_server_cert, make_ca, write_server_files
 from tests.test_ca_rotation import _Traffic

@@ -18,7 +18,7 @@ import dns.rdatatype
 import pytest
 import requests
 
-from certd.config import AcmeIssuerConfig
+from certd.config.model import AcmeIssuerConfig
 from certd.errors import ConfigError, IssuerError
 from certd.issuers.challenges.base import Challenge
 from certd.issuers.challenges.dns01_rfc2136 import Rfc2136Dns01, build_dns01, read_tsig_secret, record_name

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from certd.certs import load_pem_certs, serial_hex
-from certd.db import create_db_engine, schema_is_current, upgrade
-from certd.keys import KeyType, generate_key, key_pem, load_key_pem
-from certd.publish import FILES, list_generations
+from certd.deploy.publish import FILES, list_generations
+from certd.inventory.db import create_db_engine, schema_is_current, upgrade
+from certd.pki.certs import load_pem_certs, serial_hex
+from certd.pki.keys import KeyType, generate_key, key_pem, load_key_pem
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 
 REPO = Path(__file__).resolve().parent.parent

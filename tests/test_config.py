@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from certd.config import check_files, load_config
+from certd.config.load import load_config
+from certd.config.rules import check_files
 from certd.errors import ConfigError
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from certd.certs import load_pem_certs
-from certd.durations import parse_duration
+from certd.core.durations import parse_duration
+from certd.pki.certs import load_pem_certs
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 from tests.test_cli import certd
 

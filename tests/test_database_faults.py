@@ -25,9 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from certd.app import App
-from certd.config import load_config
-from certd.keys import KeyType, generate_key, key_pem
+from certd.config.load import load_config
+from certd.engine.app import App
+from certd.pki.keys import KeyType, generate_key, key_pem
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 from tests.servers.ports import free_port
 from tests.servers.postgres import PostgresCluster, postgres_bindir
@@ -619,7 +619,7 @@ def test_upgrades_in_threads_of_one_process(tmp_path: Path) -> None:
     """Alembic keeps its migration context in process globals; certd serialises upgrades so threads can't mix them."""
     import threading
 
-    from certd.db import create_db_engine, schema_is_current, upgrade
+    from certd.inventory.db import create_db_engine, schema_is_current, upgrade
 
     engines = [create_db_engine(f"sqlite:///{tmp_path}/inv-{i % 3}.db") for i in range(6)]
     errors: list[BaseException] = []

@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from certd.app import App
-from certd.certs import load_pem_certs, serial_hex
-from certd.config import HaproxyDeployConfig, load_config
+from certd.config.load import load_config
+from certd.config.model import HaproxyDeployConfig
 from certd.deploy.base import DeployContext, PublishedPaths
 from certd.deploy.haproxy import HaproxyTarget
+from certd.engine.app import App
 from certd.errors import DeployError
+from certd.pki.certs import load_pem_certs, serial_hex
 from tests.conftest import WriteConfig
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.ports import ServerProcess, free_port, make_workdir, tcp_open

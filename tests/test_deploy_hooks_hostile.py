@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from certd.app import App
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
 from certd.errors import ConfigError
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 
@@ -294,9 +294,9 @@ def test_secrets_certd_holds_are_scrubbed_and_unauthenticated_reads_show_no_hook
     """A hook under ``set -x`` prints the API token and a webhook secret it read itself: none of it is kept."""
     from fastapi.testclient import TestClient
 
-    from certd.api import ApiState, create_api
+    from certd.api.app import ApiState, create_api
+    from certd.engine.scheduler import Scheduler
     from certd.metrics import Metrics
-    from certd.scheduler import Scheduler
 
     token, hook_secret = "api-token-Zq81xL0p", "webhook-secret-7Hn2vK"
     (tmp_path / "api.token").write_text(token + "\n")

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from certd.app import App
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
 from tests.conftest import WriteConfig
 from tests.test_deploy_haproxy import BASE, NAME, HandshakeLoop, disk_serial, served_serial, verify_line
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from certd.app import App
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 
 

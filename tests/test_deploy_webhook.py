@@ -21,13 +21,14 @@ from typing import Any
 
 import pytest
 
-from certd.app import App
-from certd.certs import fingerprint, rfc3339, serial_hex
-from certd.config import WebhookDeployConfig, load_config
+from certd.config.load import load_config
+from certd.config.model import WebhookDeployConfig
+from certd.core.signing import WEBHOOK_LABEL, BadSignature, verify
 from certd.deploy.base import DeployContext, PublishedPaths
 from certd.deploy.webhook import WebhookTarget
+from certd.engine.app import App
 from certd.errors import DeployError
-from certd.signing import WEBHOOK_LABEL, BadSignature, verify
+from certd.pki.certs import fingerprint, rfc3339, serial_hex
 from tests.conftest import WriteConfig
 from tests.servers.ports import HOST
 from tests.servers.tlsutil import CertKey, issue_server_cert, make_ca, write_pem
@@ -333,10 +334,10 @@ def test_a_delivery_replayed_against_certds_api_is_refused(
     """A receiver sharing certd's API token, at the very path of certd's renew endpoint, gains nothing."""
     from fastapi.testclient import TestClient
 
-    from certd.api import ApiState, create_api
+    from certd.api.app import ApiState, create_api
+    from certd.core.signing import API_LABEL, signed_headers
+    from certd.engine.scheduler import Scheduler
     from certd.metrics import Metrics
-    from certd.scheduler import Scheduler
-    from certd.signing import API_LABEL, signed_headers
     from tests.conftest import LOCAL_CA_CONFIG
 
     api_path = "/v1/certificates/edge/renew"

@@ -14,7 +14,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from certd.certs import load_pem_certs, serial_hex
+from certd.pki.certs import load_pem_certs, serial_hex
 from tests.servers.openbao import OpenBaoServer
 from tests.servers.tlsutil import issue_server_cert, make_ca, write_server_files
 

@@ -18,13 +18,14 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from certd.app import App
-from certd.config import LocalCAIssuerConfig, load_config
+from certd.config.load import load_config
+from certd.config.model import LocalCAIssuerConfig
+from certd.core.policy import Reason
+from certd.deploy.publish import published_serial
+from certd.engine.app import App
+from certd.engine.scheduler import Scheduler
 from certd.issuers.base import Issued, IssueRequest, RevocationReason
 from certd.issuers.local_ca import LocalCA
-from certd.policy import Reason
-from certd.publish import published_serial
-from certd.scheduler import Scheduler
 from tests.conftest import FakeClock, WriteConfig
 
 CONFIG = """
@@ -218,7 +219,7 @@ def test_a_failure_retrying_cannot_fix_waits_an_hour_even_near_the_deadline(
 
 
 def _csr_for(request: IssueRequest) -> Any:
-    from certd.keys import KeyType, build_csr, generate_key
+    from certd.pki.keys import KeyType, build_csr, generate_key
 
     return build_csr(generate_key(KeyType(str(request.key_type))), ["other.example.test"])
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from certd.certs import certs_pem, load_pem_certs, serial_hex
-from certd.config import LocalCAIssuerConfig
+from certd.config.model import LocalCAIssuerConfig
 from certd.issuers.base import Issued, IssueRequest
 from certd.issuers.local_ca import LocalCA
-from certd.keys import KeyType, PrivateKey, build_csr, generate_key, key_pem
+from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
+from certd.pki.keys import KeyType, PrivateKey, build_csr, generate_key, key_pem
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 from tests.pki import make_ca
 from tests.test_cli import certd

@@ -22,8 +22,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from certd.app import App
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
 from certd.metrics import Metrics
 from tests.servers.openbao import OpenBaoServer
 from tests.test_cli import REPO

@@ -22,11 +22,11 @@ import dns.query
 import pytest
 from cryptography import x509
 
-from certd.app import App
-from certd.certs import load_pem_certs, serial_hex
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
 from certd.issuers.acme import cert_id
 from certd.issuers.base import RevocationReason
+from certd.pki.certs import load_pem_certs, serial_hex
 from tests.conftest import WriteConfig
 from tests.servers.ari import AriFront
 from tests.servers.bind import BindServer

@@ -25,11 +25,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from certd.app import App
-from certd.certs import load_pem_certs
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
 from certd.issuers.base import RevocationReason
-from certd.keys import build_csr
+from certd.pki.certs import load_pem_certs
+from certd.pki.keys import build_csr
 from tests.conftest import WriteConfig
 from tests.servers.bind import BindServer
 from tests.servers.openbao_acme import IP_ROLE, OpenBaoAcme

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from certd.config import VaultIssuerConfig
+from certd.config.model import VaultIssuerConfig
 from certd.errors import CertdError, IssuerError, IssuerUnavailable
 from certd.issuers.base import Issuer, IssueRequest, RevocationReason
 from certd.issuers.vault import VaultIssuer
-from certd.keys import KeyType, build_csr, generate_key
+from certd.pki.keys import KeyType, build_csr, generate_key
 from tests.servers.openbao import OpenBaoServer
 
 LOGIN_PATHS = ("auth/approle/login", "auth/kubernetes/login", "auth/token/lookup-self")

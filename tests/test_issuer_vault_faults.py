@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 
-from certd.config import VaultIssuerConfig
+from certd.config.model import VaultIssuerConfig
 from certd.errors import IssuerUnavailable
 from certd.issuers.base import IssueRequest
 from certd.issuers.vault import VaultIssuer
-from certd.keys import KeyType, build_csr, generate_key
+from certd.pki.keys import KeyType, build_csr, generate_key
 from tests.standins.vault import VaultStandin
 
 ROLE_ID, SECRET_ID = "role-id-5d1f", "secret-id-9c2e7a41"

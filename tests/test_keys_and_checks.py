@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from certd.certs import cert_names
-from certd.config import LocalCAIssuerConfig
+from certd.config.model import LocalCAIssuerConfig
 from certd.errors import CheckFailed, IssuerError
 from certd.issuers.base import IssueRequest
 from certd.issuers.local_ca import LocalCA
-from certd.keys import KeyType, build_csr, generate_key, key_type_of
-from certd.x509check import CheckReason, Expectations, check_certificate
+from certd.pki.certs import cert_names
+from certd.pki.keys import KeyType, build_csr, generate_key, key_type_of
+from certd.pki.x509check import CheckReason, Expectations, check_certificate
 from tests.conftest import FakeClock
 
 NAMES = ("a.example.test", "192.0.2.7")

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import requests
 
-from certd.certs import load_pem_certs, serial_hex
+from certd.pki.certs import load_pem_certs, serial_hex
 from tests.servers.fixtures import require
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.nginx import NginxServer

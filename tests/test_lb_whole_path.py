@@ -14,8 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from certd.app import App
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
 from tests.conftest import WriteConfig
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.nginx import NginxServer

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from certd.app import App
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
+from certd.engine.result import Result
+from certd.engine.scheduler import Scheduler
 from certd.issuers.base import RevocationReason
-from certd.outcome import Result
-from certd.scheduler import Scheduler
 from tests.conftest import WriteConfig
 
 CONFIG = """

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from certd.app import App
-from certd.certs import certs_pem, load_pem_certs, serial_hex
-from certd.config import Config, load_config
+from certd.config.load import load_config
+from certd.config.model import Config
+from certd.engine.app import App
 from certd.inventory.models import Lease
 from certd.issuers.base import Issued, IssueRequest, RevocationReason
 from certd.issuers.local_ca import LocalCA
-from certd.x509check import verify_chain
+from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
+from certd.pki.x509check import verify_chain
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 
 
@@ -147,7 +148,7 @@ def test_failed_deploy_rolls_back(write_config: WriteConfig, db_url: str, tmp_pa
 
 def test_import_then_revoke_and_history(local_config: Config, local_app: App, tmp_path: Path) -> None:
     ca = LocalCA("x", local_config.issuers["local"])  # type: ignore[arg-type]
-    from certd.keys import KeyType, build_csr, generate_key, key_pem
+    from certd.pki.keys import KeyType, build_csr, generate_key, key_pem
 
     key = generate_key(KeyType.ECDSA_P256)
     names = ("lb.example.test", "www.example.test")
@@ -161,7 +162,7 @@ def test_import_then_revoke_and_history(local_config: Config, local_app: App, tm
     assert f"{result.serial} keyCompromise" in revoked_file
     renewed = local_app.pipeline.renew("edge")
     assert (renewed.outcome, renewed.reason) == ("renewed", "Revoked")
-    from certd.views import history_doc
+    from certd.reports.views import history_doc
 
     doc = json.loads(json.dumps(history_doc(local_app.pipeline, "edge")))
     assert [v["state"] for v in doc["versions"]] == ["published", "revoked"]
@@ -181,7 +182,7 @@ def test_sync_retires_removed_certificates(write_config: WriteConfig, db_url: st
     try:
         row = app.inventory.certificate("backend")
         assert row is not None and row.retired_at is not None
-        from certd.views import list_doc
+        from certd.reports.views import list_doc
 
         statuses = {c["name"]: c["status"] for c in list_doc(app.pipeline)["certificates"]}
         assert statuses == {"edge": "pending", "backend": "retired"}
@@ -202,7 +203,7 @@ def test_other_key_types_through_the_pipeline(write_config: WriteConfig, sqlite_
 def test_history_has_millisecond_times_and_each_steps_duration(local_app: App) -> None:
     import re
 
-    from certd.views import history_doc
+    from certd.reports.views import history_doc
 
     result = local_app.pipeline.renew("edge")
     assert result.outcome == "renewed"

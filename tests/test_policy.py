@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from certd.policy import (
+from certd.core.policy import (
     Current,
     Reason,
     Wanted,

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from certd.app import App
-from certd.certs import fingerprint, load_pem_certs, serial_hex
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
+from certd.pki.certs import fingerprint, load_pem_certs, serial_hex
 from tests.conftest import WriteConfig
 from tests.servers.tlsutil import make_ca, write_pem
 from tests.test_deploy_haproxy import BASE, NAME
@@ -132,7 +132,7 @@ def test_diagnosis_names_the_certificate_and_the_cause() -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    from certd.probe import _diagnose
+    from certd.pki.probe import _diagnose
 
     def cert(start: datetime, end: datetime, names: list[str]) -> cx509.Certificate:
         key = ec.generate_private_key(ec.SECP256R1())

@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from certd.certs import build_chain, certs_pem, load_pem_certs
-from certd.config import CertificateConfig
-from certd.durations import MAX_DURATION, format_duration, parse_duration
-from certd.keys import load_key_pem
+from certd.config.model import CertificateConfig
+from certd.core.durations import MAX_DURATION, format_duration, parse_duration
+from certd.pki.certs import build_chain, certs_pem, load_pem_certs
+from certd.pki.keys import load_key_pem
 from tests.pki import Node, make_ca, make_leaf
 
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

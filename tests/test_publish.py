@@ -9,11 +9,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certd.app import App
-from certd.certs import load_pem_certs
-from certd.config import Config
-from certd.keys import load_key_pem
-from certd.publish import FILES, Publisher, current_generation, list_generations
+from certd.config.model import Config
+from certd.deploy.publish import FILES, Publisher, current_generation, list_generations
+from certd.engine.app import App
+from certd.pki.certs import load_pem_certs
+from certd.pki.keys import load_key_pem
 
 
 def _files(tag: bytes) -> dict[str, bytes]:

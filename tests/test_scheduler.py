@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from certd.app import App
-from certd.config import load_config
+from certd.config.load import load_config
+from certd.engine.app import App
+from certd.engine.scheduler import Jobs, Scheduler
 from certd.errors import IssuerUnavailable
 from certd.issuers.base import Issued, IssueRequest
 from certd.issuers.local_ca import LocalCA
-from certd.scheduler import Jobs, Scheduler
 from tests.conftest import FakeClock, WriteConfig
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -157,7 +157,7 @@ def test_jobs_table_one_open_job_per_certificate() -> None:
     assert created and not created_again and again is first
     other, _ = jobs.open_or_create("edge", "deploy", False)
     assert other is not first
-    from certd.pipeline import Result
+    from certd.engine.pipeline import Result
 
     jobs.finish(first, Result("edge", "renewed"))
     assert jobs.get(first.id) is first and first.state == "succeeded"

@@ -7,7 +7,7 @@ import hmac
 
 import pytest
 
-from certd.signing import API_LABEL, WEBHOOK_LABEL, WINDOW, BadSignature, message, sign, signed_headers, verify
+from certd.core.signing import API_LABEL, WEBHOOK_LABEL, WINDOW, BadSignature, message, sign, signed_headers, verify
 
 KEY = "k3y-for-signing-tests"
 NOW = 1_800_000_000.0

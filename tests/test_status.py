@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from certd.core.policy import hard_deadline
+from certd.core.status import Condition, Severity, Status, assess
 from certd.inventory.models import Certificate, Version
-from certd.policy import hard_deadline
-from certd.status import Condition, Severity, Status, assess
 from tests.conftest import FakeClock
 
 C = Condition
@@ -104,7 +104,7 @@ def test_renewing_is_the_policy_verdict_passed_in() -> None:
     ],
 )
 def test_every_status_has_a_severity(status: Status, severity: Severity) -> None:
-    from certd.status import SEVERITY
+    from certd.core.status import SEVERITY
 
     assert SEVERITY[status] is severity
     assert set(SEVERITY) == set(Status)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 
-from certd.config import DeployConfig
+from certd.config.model import DeployConfig
 from certd.deploy.base import DeployTarget
 from certd.errors import ConfigError
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from certd.config import CommandDeployConfig
+from certd.config.model import CommandDeployConfig
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError
 from certd.scrub import OUTPUT_MARK

@@ -39,11 +39,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import hashes
 
-from certd.certs import load_pem_certs
-from certd.config import HaproxyDeployConfig
+from certd.config.model import HaproxyDeployConfig
 from certd.deploy.base import DeployContext
 from certd.deploy.haproxy_runtime import RuntimeApi
 from certd.errors import DeployError
+from certd.pki.certs import load_pem_certs
 
 __all__ = ["HaproxyTarget"]
 

@@ -34,10 +34,10 @@ from lightkube import ApiError, Client, ConfigError, KubeConfig, SingleConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
-from certd.certs import certs_pem, load_pem_certs, rfc3339
-from certd.config import KubernetesSecretDeployConfig
+from certd.config.model import KubernetesSecretDeployConfig
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError
+from certd.pki.certs import certs_pem, load_pem_certs, rfc3339
 
 __all__ = [
     "ANNOTATION_NOT_AFTER",

@@ -31,7 +31,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from certd.config import SignalDeployConfig
+from certd.config.model import SignalDeployConfig
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError, TargetAbsent
 

@@ -37,11 +37,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from certd.certs import fingerprint, rfc3339
-from certd.config import WebhookDeployConfig
+from certd.config.model import WebhookDeployConfig
+from certd.core.signing import WEBHOOK_LABEL, signed_headers
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError, tls_reason
-from certd.signing import WEBHOOK_LABEL, signed_headers
+from certd.pki.certs import fingerprint, rfc3339
 
 __all__ = ["WebhookTarget", "event_body"]
 

@@ -32,8 +32,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from certd.errors import ConfigError, InventoryError
-from certd.inventory.keybox import KeyBox
 from certd.inventory.models import Account, Meta, Version
+from certd.pki.keybox import KeyBox
 
 __all__ = ["KEY_CHECK", "MISMATCH", "Rotation", "assert_sealing_key", "rotate", "verify_key"]
 

@@ -21,14 +21,14 @@ from sqlalchemy import Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from certd.config import CertificateConfig, Config
-from certd.db_faults import inventory_error
+from certd.config.model import CertificateConfig, Config
+from certd.core.policy import Current
 from certd.errors import InventoryError
-from certd.inventory.keybox import KeyBox
+from certd.inventory.faults import inventory_error
 from certd.inventory.keycheck import assert_sealing_key
 from certd.inventory.leases import LeaseInfo, assert_held
 from certd.inventory.models import Account, Certificate, Event, Version, VersionState
-from certd.policy import Current
+from certd.pki.keybox import KeyBox
 
 __all__ = ["Inventory", "SyncReport", "config_hash"]
 

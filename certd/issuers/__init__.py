@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from certd.config import AcmeIssuerConfig, IssuerConfig, LocalCAIssuerConfig, VaultIssuerConfig
+from certd.config.model import AcmeIssuerConfig, IssuerConfig, LocalCAIssuerConfig, VaultIssuerConfig
 from certd.errors import ConfigError
 from certd.issuers.base import AccountStore, Issuer
 

@@ -57,13 +57,13 @@ from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
 from certd import __version__
-from certd.certs import is_self_signed, load_pem_certs
-from certd.clock import Clock, SystemClock
-from certd.config import AcmeIssuerConfig
+from certd.config.model import AcmeIssuerConfig
+from certd.core.clock import Clock, SystemClock
 from certd.errors import CertdError, IssuerError, IssuerUnavailable, RateLimited, tls_reason
 from certd.issuers.base import AccountStore, Issued, IssueRequest, RenewalWindow, RevocationReason
 from certd.issuers.challenges.base import Challenge, ChallengeSolver
-from certd.keys import is_ip
+from certd.pki.certs import is_self_signed, load_pem_certs
+from certd.pki.keys import is_ip
 
 __all__ = ["AcmeIssuer", "build", "cert_id"]
 

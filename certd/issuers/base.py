@@ -19,7 +19,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
-from certd.keys import KeyType, PrivateKey
+from certd.pki.keys import KeyType, PrivateKey
 
 __all__ = [
     "AccountStore",

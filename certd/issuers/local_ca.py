@@ -24,13 +24,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certd.certs import certs_pem, fingerprint, is_self_signed, load_pem_certs, rfc3339, serial_hex
-from certd.clock import Clock, SystemClock
-from certd.config import LocalCAIssuerConfig
-from certd.durations import format_duration
+from certd.config.model import LocalCAIssuerConfig
+from certd.core.clock import Clock, SystemClock
+from certd.core.durations import format_duration
 from certd.errors import IssuerError
 from certd.issuers.base import Issued, IssueRequest, RevocationReason
-from certd.keys import (
+from certd.pki.certs import certs_pem, fingerprint, is_self_signed, load_pem_certs, rfc3339, serial_hex
+from certd.pki.keys import (
     KeyType,
     PrivateKey,
     generate_key,

@@ -58,13 +58,13 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from certd.certs import is_self_signed, load_pem_certs
-from certd.clock import Clock, SystemClock
-from certd.config import VaultIssuerConfig
-from certd.durations import format_duration
+from certd.config.model import VaultIssuerConfig
+from certd.core.clock import Clock, SystemClock
+from certd.core.durations import format_duration
 from certd.errors import CertdError, IssuerError, IssuerUnavailable, tls_reason
 from certd.issuers.base import AccountStore, Issued, IssueRequest, RevocationReason
-from certd.keys import is_ip, load_key_pem
+from certd.pki.certs import is_self_signed, load_pem_certs
+from certd.pki.keys import is_ip, load_key_pem
 
 __all__ = ["VaultIssuer"]
 

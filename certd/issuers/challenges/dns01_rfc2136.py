@@ -44,8 +44,8 @@ import dns.rdtypes.ANY.TXT
 import dns.tsig
 import dns.update
 
-from certd.config import AcmeIssuerConfig
-from certd.config_types import valid_port
+from certd.config.model import AcmeIssuerConfig
+from certd.config.types import valid_port
 from certd.errors import ConfigError, IssuerError
 from certd.issuers.challenges.base import Challenge
 

@@ -32,7 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from certd.config import AcmeIssuerConfig
+from certd.config.model import AcmeIssuerConfig
 from certd.errors import IssuerError
 from certd.issuers.challenges.base import Challenge, ChallengeSolver
 

@@ -1,0 +1,258 @@
+"""What the API listener accepts from a client it does not know yet: sizes, counts and deadlines.
+
+These limits hold before authentication, because an unauthenticated client
+must not be able to spend the daemon's memory or its connection slots:
+
+- **request head** (request line + header fields): at most ``MAX_HEAD``
+  bytes and ``MAX_HEADERS`` fields (431), complete within ``HEAD_TIMEOUT`` of
+  the connection opening or of the previous response (else the connection
+  is closed: slow-loris). h11's ``max_incomplete_event_size`` stops the
+  server from buffering more than ``MAX_HEAD`` of a head still arriving
+  (400); it does not look at a head that arrived whole in one read (up to
+  the 256 KiB asyncio reads at once), which is why the size is checked again
+  here;
+- **body**: at most ``MAX_BODY`` bytes, counted *while it is read*, chunked
+  or not: a ``Content-Length`` over the cap is answered 413 before a byte of
+  the body is read, a chunked body the moment the count passes the cap, so
+  no more than the cap (plus the server's 64 KiB read-ahead) is ever held
+  for one request; complete within ``BODY_TIMEOUT`` of the head (else 408);
+- **connections**: at most ``LIMIT_CONCURRENCY`` at once (503 beyond),
+  idle keep-alive ones closed after ``KEEP_ALIVE`` seconds; a client that
+  has not taken a finished response within ``HEAD_TIMEOUT`` is cut off.
+
+Every refusal carries ``Connection: close``, and so does any answer given
+while the request body is still arriving: the server then closes instead of
+reading (and discarding) the rest of a body nobody wants.
+The body is read here for every route and handed on from memory, so what
+comes after (authentication, the routes) never reads from the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h11
+import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from certd.config.model import DaemonConfig
+from certd.errors import ConfigError
+
+__all__ = [
+    "BODY_TIMEOUT",
+    "HEAD_TIMEOUT",
+    "KEEP_ALIVE",
+    "LIMIT_CONCURRENCY",
+    "MAX_BODY",
+    "MAX_HEAD",
+    "MAX_HEADERS",
+    "BodyLimit",
+    "GuardedH11Protocol",
+    "server_config",
+]
+
+MAX_BODY = 64 * 1024  # renew/deploy take no body; a signed caller may send a small JSON note
+MAX_HEAD = 16 * 1024  # request line + every header field
+MAX_HEADERS = 64
+HEAD_TIMEOUT = 10.0
+BODY_TIMEOUT = 10.0  # 64 KiB in 10 s is 6.5 KB/s: slower than any real client
+KEEP_ALIVE = 5
+LIMIT_CONCURRENCY = 64  # connections + running requests; an operator API, not a public site
+GRACEFUL_SHUTDOWN = 5
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head.
+
+    uvicorn arms no timer before the first request of a connection, and its
+    keep-alive timer is cancelled by the first byte of the next request, so a
+    client sending one header byte every few seconds would hold a connection
+    slot forever. Here every wait for a request head has ``HEAD_TIMEOUT``.
+    """
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_deadline)
+
+    def _head_deadline(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            self.transport.abort()  # asked to close HEAD_TIMEOUT ago and still not flushed: the peer is not reading
+            return
+        waiting_for_head = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
+        if waiting_for_head:
+            self.transport.close()
+            self._arm_head_timer()  # close() waits for unsent data; abort if the peer never takes it
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value)  # h11 already refused anything but ASCII digits
+    return None
+
+
+def _head_size(scope: Scope) -> int:
+    target = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
+    return target + sum(len(name) + len(value) + 4 for name, value in scope["headers"])  # ": " and CRLF
+
+
+@dataclass
+class _Body:
+    chunks: list[bytes]
+    size: int = 0
+    done: bool = False
+
+
+class BodyLimit:
+    """ASGI middleware: head-field count, body size and body deadline, before anything else runs."""
+
+    def __init__(self, app: ASGIApp, *, max_body: int = MAX_BODY, max_headers: int = MAX_HEADERS,
+                 max_head: int = MAX_HEAD, body_timeout: float = BODY_TIMEOUT) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_headers = max_headers
+        self.max_head = max_head
+        self.body_timeout = body_timeout
+
+    async def _read(self, receive: Receive) -> _Body:
+        body = _Body(chunks=[])
+        try:
+            async with asyncio.timeout(self.body_timeout):
+                while not body.done:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Refused(400, "client went away")  # nobody reads the answer; ends the request
+                    chunk = message.get("body", b"")
+                    body.size += len(chunk)
+                    if body.size > self.max_body:
+                        raise _Refused(413, f"body larger than {self.max_body} bytes")
+                    body.chunks.append(chunk)
+                    body.done = not message.get("more_body", False)
+        except TimeoutError:
+            raise _Refused(408, f"body not received within {self.body_timeout:g}s") from None
+        return body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            if len(scope["headers"]) > self.max_headers:
+                raise _Refused(431, f"more than {self.max_headers} header fields")
+            if _head_size(scope) > self.max_head:
+                raise _Refused(431, f"request line and header fields larger than {self.max_head} bytes")
+            length = _content_length(scope)
+            if length is not None and length > self.max_body:
+                raise _Refused(413, f"body larger than {self.max_body} bytes")
+            body = await self._read(receive)
+        except _Refused as exc:
+            await _refuse(send, exc.status, exc.detail)
+            return
+        pending = [b"".join(body.chunks)]
+
+        async def replay() -> Message:
+            if pending:
+                return {"type": "http.request", "body": pending.pop(), "more_body": False}
+            return await receive()  # after the body only http.disconnect can come
+
+        await self.app(scope, replay, send)
+
+
+def _tls_problem(daemon: DaemonConfig) -> str | None:
+    """What is wrong with the TLS files, naming the key (OpenSSL alone would only say "PEM lib")."""
+    checks = [("api_tls_cert_file", daemon.api_tls_cert_file, x509.load_pem_x509_certificates, "PEM certificate"),
+              ("api_tls_key_file", daemon.api_tls_key_file, lambda b: load_pem_private_key(b, password=None),
+               "unencrypted PEM private key"),
+              ("api_client_ca_file", daemon.api_client_ca_file, x509.load_pem_x509_certificates, "PEM certificate")]
+    for key, path, parse, what in checks:
+        if path is None:
+            continue
+        try:
+            parse(path.read_bytes())
+        except OSError as exc:
+            return f"daemon.{key}: cannot read {path}: {exc.strerror}"
+        except ValueError:
+            return f"daemon.{key}: {path} holds no {what}"
+    if daemon.api_tls_cert_file is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(daemon.api_tls_cert_file, daemon.api_tls_key_file)
+        except ssl.SSLError:
+            return f"daemon.api_tls_key_file: {daemon.api_tls_key_file} is not the key of {daemon.api_tls_cert_file}"
+    return None
+
+
+def server_config(app: ASGIApp, daemon: DaemonConfig, config_path: Path) -> uvicorn.Config:
+    """The uvicorn settings for ``[daemon]``: the limits above and, when configured, TLS and mTLS.
+
+    Raises ``ConfigError`` naming the key when a TLS file cannot be used, in
+    the caller's thread rather than later inside the server thread.
+    """
+    problem = _tls_problem(daemon)
+    if problem is not None:
+        raise ConfigError(f"{config_path}: {problem}")
+    host, _, port = daemon.api_listen.rpartition(":")
+    tls: dict[str, Any] = {}
+    if daemon.api_tls_cert_file is not None:
+        tls = {"ssl_certfile": str(daemon.api_tls_cert_file), "ssl_keyfile": str(daemon.api_tls_key_file)}
+        if daemon.api_client_ca_file is not None:
+            tls |= {"ssl_ca_certs": str(daemon.api_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    config = uvicorn.Config(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        http=GuardedH11Protocol,
+        ws="none",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,  # X-Forwarded-For from anyone would be believed for 127.0.0.1 peers
+        h11_max_incomplete_event_size=MAX_HEAD,
+        limit_concurrency=LIMIT_CONCURRENCY,
+        timeout_keep_alive=KEEP_ALIVE,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+        **tls,
+    )
+    config.load()
+    if config.ssl is not None:
+        config.ssl.minimum_version = ssl.TLSVersion.TLSv1_2
+    return config

@@ -1,0 +1,1 @@
+"""The TOML configuration: typed models, the rules across tables, loading."""

@@ -1,0 +1,259 @@
+"""The ``publish`` step: atomic files on disk, one switch per rotation.
+
+Layout of ``output_dir`` (the kubelet ``..data`` pattern)::
+
+    ..data -> ..gen-20261124T181500123456Z-1f2e      (the one switched link)
+    ..gen-20261124T181500123456Z-1f2e/privkey.pem     0600 (or the certificate's mode)
+                                      cert.pem, chain.pem, fullchain.pem
+                                      combined.pem    key + full chain, same mode as the key
+    privkey.pem -> ..data/privkey.pem                 (stable paths, made once)
+    ...
+
+A generation is written under a ``..tmp-`` name, every file fsynced, the
+directory fsynced, then renamed to its ``..gen-`` name; only complete
+generations ever carry that name. The switch is one ``rename`` of a fresh
+symlink over ``..data``, followed by an fsync of ``output_dir``. A reader
+therefore sees either the old set or the new set, never a mix or a partial
+file, and a reader that resolves ``..data`` once sees one matching set. A
+crash leaves at worst a ``..tmp-`` directory, removed by the next publish.
+
+Previous generations are kept (``keep``) so a failed deploy can switch back
+without reissuing.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from certd.errors import PublishError
+from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
+
+__all__ = [
+    "FILES",
+    "Generation",
+    "Publisher",
+    "current_generation",
+    "file_set",
+    "list_generations",
+    "published_serial",
+    "write_file_atomic",
+]
+
+DATA_LINK = "..data"
+GEN_PREFIX = "..gen-"
+TMP_PREFIX = "..tmp-"
+FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
+_KEY_FILES = frozenset({"privkey.pem", "combined.pem"})
+_PUBLIC_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One complete, immutable set of files."""
+
+    name: str
+    path: Path
+
+    def read(self, filename: str) -> bytes:
+        return (self.path / filename).read_bytes()
+
+
+def _write_new(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """Create ``path`` (never an existing file) with exactly ``mode``, write all of ``data``, fsync."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def current_generation(output_dir: Path) -> Generation | None:
+    """The generation ``..data`` points at, or ``None`` before the first publish."""
+    link = output_dir / DATA_LINK
+    try:
+        target = os.readlink(link)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PublishError(f"{link} is not a symlink: {exc.strerror}") from exc
+    return Generation(name=target, path=output_dir / target)
+
+
+def list_generations(output_dir: Path) -> list[Generation]:
+    """Complete generations, oldest first (names sort by creation time)."""
+    if not output_dir.is_dir():
+        return []
+    names = sorted(p.name for p in output_dir.iterdir() if p.name.startswith(GEN_PREFIX) and p.is_dir())
+    return [Generation(name=n, path=output_dir / n) for n in names]
+
+
+class Publisher:
+    """Writes generations into one ``output_dir`` with the certificate's ownership and mode."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        *,
+        keep: int = 3,
+        key_mode: int = 0o600,
+        owner: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        self.output_dir = output_dir
+        self.keep = keep
+        self.key_mode = key_mode
+        self._uid = self._lookup_uid(owner)
+        self._gid = self._lookup_gid(group)
+
+    @staticmethod
+    def _lookup_uid(owner: str | None) -> int:
+        if owner is None:
+            return -1
+        try:
+            return pwd.getpwnam(owner).pw_uid
+        except KeyError as exc:
+            raise PublishError(f"owner {owner!r} is not a user on this host") from exc
+
+    @staticmethod
+    def _lookup_gid(group: str | None) -> int:
+        if group is None:
+            return -1
+        try:
+            return grp.getgrnam(group).gr_gid
+        except KeyError as exc:
+            raise PublishError(f"group {group!r} is not a group on this host") from exc
+
+    def _write(self, directory: Path, name: str, data: bytes) -> None:
+        mode = self.key_mode if name in _KEY_FILES else _PUBLIC_MODE
+        _write_new(directory / name, data, mode, self._uid, self._gid)
+
+    def publish(self, serial: str, files: dict[str, bytes]) -> Generation:
+        """Write a new generation and switch ``..data`` to it; return it."""
+        if set(files) != set(FILES):
+            raise PublishError(f"publish needs exactly {', '.join(FILES)}")
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            self._sweep_tmp()
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            name = f"{GEN_PREFIX}{stamp}-{serial[:16]}"
+            tmp = self.output_dir / f"{TMP_PREFIX}{stamp}-{secrets.token_hex(4)}"
+            tmp.mkdir(mode=0o755)
+            for fname in FILES:
+                self._write(tmp, fname, files[fname])
+            _fsync_dir(tmp)
+            os.rename(tmp, self.output_dir / name)
+            generation = Generation(name=name, path=self.output_dir / name)
+            self.switch(generation)
+            self._prune(generation)
+            return generation
+        except OSError as exc:
+            raise PublishError(f"cannot publish into {self.output_dir}: {exc.strerror or exc}") from exc
+
+    def switch(self, generation: Generation) -> None:
+        """Point ``..data`` at ``generation`` in one rename, then make sure the stable links exist."""
+        try:
+            if not generation.path.is_dir():
+                raise PublishError(f"generation {generation.name} does not exist in {self.output_dir}")
+            tmp_link = self.output_dir / f"{TMP_PREFIX}link-{secrets.token_hex(6)}"
+            os.symlink(generation.name, tmp_link)
+            os.rename(tmp_link, self.output_dir / DATA_LINK)
+            for fname in FILES:
+                self._ensure_stable_link(fname)
+            _fsync_dir(self.output_dir)
+        except OSError as exc:
+            raise PublishError(f"cannot switch {self.output_dir} to {generation.name}: {exc.strerror}") from exc
+
+    def _ensure_stable_link(self, fname: str) -> None:
+        path = self.output_dir / fname
+        want = f"{DATA_LINK}/{fname}"
+        try:
+            if os.readlink(path) == want:
+                return
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass  # a regular file from another tool: replaced atomically below
+        tmp = self.output_dir / f"{TMP_PREFIX}{fname}-{secrets.token_hex(4)}"
+        os.symlink(want, tmp)
+        os.rename(tmp, path)
+
+    def _sweep_tmp(self) -> None:
+        """Remove what a crashed publish left behind; no reader ever looked there."""
+        for p in self.output_dir.iterdir():
+            if p.name.startswith(TMP_PREFIX):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+
+    def _prune(self, current: Generation) -> None:
+        others = [g for g in list_generations(self.output_dir) if g.name != current.name]
+        for old in others[: max(0, len(others) - self.keep)]:
+            shutil.rmtree(old.path, ignore_errors=True)
+
+    def previous(self) -> Generation | None:
+        """The newest complete generation other than the current one (for rollback)."""
+        cur = current_generation(self.output_dir)
+        others = [g for g in list_generations(self.output_dir) if cur is None or g.name != cur.name]
+        return others[-1] if others else None
+
+
+def file_set(key_pem: bytes, leaf: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> dict[str, bytes]:
+    """The five files of one generation, from the key, the leaf and the intermediates."""
+    leaf_pem = certs_pem([leaf])
+    chain_pem = certs_pem(chain)
+    return {
+        "privkey.pem": key_pem,
+        "cert.pem": leaf_pem,
+        "chain.pem": chain_pem,
+        "fullchain.pem": leaf_pem + chain_pem,
+        "combined.pem": key_pem + leaf_pem + chain_pem,
+    }
+
+
+def published_serial(output_dir: Path) -> str | None:
+    """The serial this host's files hold now, or ``None`` when nothing readable is published."""
+    gen = current_generation(output_dir)
+    if gen is None:
+        return None
+    try:
+        return serial_hex(load_pem_certs(gen.read("cert.pem"))[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def write_file_atomic(path: Path, data: bytes, mode: int = _PUBLIC_MODE) -> bool:
+    """Replace one file (a trust bundle) in one rename; ``False`` when it already held ``data``."""
+    try:
+        if path.exists() and path.read_bytes() == data:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        _write_new(tmp, data, mode)
+        os.replace(tmp, path)
+        return True
+    except OSError as exc:
+        raise PublishError(f"cannot write {path}: {exc.strerror or exc}") from exc

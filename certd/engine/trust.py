@@ -1,0 +1,152 @@
+"""What a load balancer pins for an issuer, and keeping the issuer's ``bundle_file`` current and pushed.
+
+The bundle is the issuing CA certificates — intermediates and the pinned
+root — never the system store. It is the union of
+
+* what the issuer says it signs with now (``CaChain``: Vault, the local CA;
+  during a CA rotation that includes the staged next CA), and
+* the CA certificates every certificate of this issuer that is served now
+  chains to (its version's chain plus the pinned root that signed it).
+
+So an old CA stays pinned exactly as long as a served certificate needs it,
+and leaves the bundle on its own once the last such certificate was replaced:
+the trust overlap of a CA rotation needs no bookkeeping of its own.
+
+Order matters for zero downtime: a load balancer must trust a new CA before
+any backend serves a certificate under it. ``ensure_trusted`` runs before a
+rollout and pushes a bundle that includes the new certificate's CAs; if a
+trust sink does not take it, the rollout does not happen (the old certificate
+keeps being served). ``refresh_bundle_file`` runs after it and lets go of
+what is no longer needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from cryptography import x509
+
+from certd.config.model import Config
+from certd.deploy.base import TrustSink
+from certd.deploy.publish import write_file_atomic
+from certd.engine.recorder import Recorder
+from certd.errors import CertdError, DeployError, TargetAbsent
+from certd.inventory.store import Inventory
+from certd.issuers.base import CaChain, Issuer
+from certd.pki.certs import certs_pem, fingerprint, issued_by, load_pem_certs
+
+__all__ = ["anchors", "ensure_trusted", "issuer_bundle", "push_bundle", "refresh_bundle_file", "trust_bundle"]
+
+
+def anchors(leaf: x509.Certificate, chain: Sequence[x509.Certificate],
+            roots: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    """The chain's CA certificates and the root(s) among ``roots`` that signed its top."""
+    top = chain[-1] if chain else leaf
+    return [*chain, *(r for r in roots if issued_by(top, r))]
+
+
+def issuer_bundle(config: Config, issuer_name: str, issuer: Issuer, inventory: Inventory,
+                  extra: Iterable[x509.Certificate] = ()) -> list[x509.Certificate]:
+    """Every CA certificate a server of ``issuer_name`` may present a chain to now, each once."""
+    certs = list(issuer.ca_chain()) if isinstance(issuer, CaChain) else []
+    roots = issuer.roots() or []
+    served = inventory.current_versions()
+    for name, cfg in config.certificates.items():
+        version = served.get(name)
+        if cfg.issuer != issuer_name or version is None:
+            continue
+        leaf = load_pem_certs(version.cert_pem.encode())[0]
+        chain = load_pem_certs(version.chain_pem.encode()) if version.chain_pem else []
+        certs += anchors(leaf, chain, roots)
+    certs += extra
+    if not certs:
+        certs += roots
+    return list({fingerprint(c): c for c in certs}.values())
+
+
+def trust_bundle(name: str, issuer_name: str, issuer: Issuer, inventory: Inventory,
+                 config: Config) -> list[x509.Certificate]:
+    """What a load balancer pins for ``name``: its issuer's bundle."""
+    certs = issuer_bundle(config, issuer_name, issuer, inventory)
+    if not certs:
+        raise CertdError(f"certificate {name}: issuer {issuer_name} has no CA certificates to pin yet")
+    return certs
+
+
+def push_bundle(path: Path, pem: bytes, sinks: Iterable[object]) -> tuple[list[str], list[str]]:
+    """Push to every sink that pins ``path``: (what each said, what each refused).
+
+    A sink that is not running (``TargetAbsent``) is no refusal: the file is written before the push.
+    """
+    said, refused = [], []
+    for sink in sinks:
+        if not isinstance(sink, TrustSink):
+            continue
+        try:
+            message = sink.push_ca_file(path, pem)
+        except TargetAbsent as exc:  # not running: it reads the file, already written, when it starts
+            said.append(f"{sink.name}: not running, loads the bundle when it starts ({exc})")
+            continue
+        except CertdError as exc:
+            refused.append(f"{sink.name}: {exc}")
+            continue
+        if message is not None:
+            said.append(f"{sink.name}: {message}")
+    return said, refused
+
+
+def ensure_trusted(config: Config, name: str, issuer_name: str, issuer: Issuer, inventory: Inventory,
+                   recorder: Recorder, rid: str, new_cas: Sequence[x509.Certificate], sinks: Iterable[object]) -> None:
+    """Before a rollout: the bundle must already hold ``new_cas``, or be rewritten and pushed with them.
+
+    Raises ``DeployError`` when a sink refused the bundle: deploying a
+    certificate under a CA the load balancer does not trust yet would take the
+    backend out of service.
+    """
+    path = config.issuers[issuer_name].bundle_file
+    if path is None or not new_cas:
+        return
+    try:
+        have = {fingerprint(c) for c in load_pem_certs(path.read_bytes())}
+    except OSError:
+        have = set()
+    if all(fingerprint(c) in have for c in new_cas):
+        return
+    pem = certs_pem(issuer_bundle(config, issuer_name, issuer, inventory, extra=new_cas))
+    write_file_atomic(path, pem)
+    recorder.event(name, "bundle.written", f"issuer {issuer_name}: trust bundle written to {path} with the new "
+                   "certificate's CA ahead of its rollout", rid, step="trust")
+    said, refused = push_bundle(path, pem, sinks)
+    for message in said:
+        recorder.event(name, "bundle.pushed", message, rid, step="trust")
+    if refused:
+        raise DeployError(f"the new certificate's CA is not trusted yet by {'; '.join(refused)}: not rolled out, "
+                          "the old certificate stays in service", reason="TrustNotPushed")
+
+
+def refresh_bundle_file(config: Config, name: str, issuer_name: str, issuer: Issuer, inventory: Inventory,
+                        recorder: Recorder, rid: str, sinks: Iterable[object] = ()) -> None:
+    """Rewrite the issuer's ``bundle_file`` when it changed, and push it to the servers that pin it live.
+
+    The push runs after every renewal of the issuer's certificates, changed
+    or not: it is idempotent, and a server that missed one (down, refused)
+    converges on the next. A failure is a warning, not a failed renewal: the
+    certificate itself was rolled out.
+    """
+    path = config.issuers[issuer_name].bundle_file
+    if path is None:
+        return
+    try:
+        pem = certs_pem(trust_bundle(name, issuer_name, issuer, inventory, config))
+        if write_file_atomic(path, pem):
+            recorder.event(name, "bundle.written", f"issuer {issuer_name}: trust bundle written to {path}", rid)
+    except CertdError as exc:
+        recorder.event(name, "bundle.failed", f"issuer {issuer_name}: cannot write {path}: {exc}", rid,
+                       level="warning")
+        return
+    said, refused = push_bundle(path, pem, sinks)
+    for message in said:
+        recorder.event(name, "bundle.pushed", message, rid)
+    for message in refused:
+        recorder.event(name, "bundle.push_failed", message, rid, level="warning")

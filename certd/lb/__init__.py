@@ -1,0 +1,1 @@
+"""The load balancer's side: HAProxy lines certd writes, audits of a config, health checks after a rotation."""

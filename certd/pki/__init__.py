@@ -1,0 +1,1 @@
+"""Certificates, keys and the checks on them, through ``cryptography``; sealing keys at rest; TLS probes."""

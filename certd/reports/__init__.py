@@ -1,0 +1,1 @@
+"""Read-only documents shared by the CLI, the HTTP API and monitoring."""
