@@ -41,7 +41,6 @@ from certd.config.model import Config
 from certd.config.rules import check_secret_modes
 from certd.core.durations import format_duration
 from certd.engine.app import App
-from certd.engine.pipeline import Pipeline
 from certd.engine.scheduler import Scheduler
 from certd.errors import CA_RATE_LIMIT_REASONS, CertdError, ConfigError
 from certd.metrics import Metrics
@@ -81,20 +80,20 @@ class Daemon:
         self.config_error: str | None = None
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self.scheduler = Scheduler(lambda: self.pipeline, self.app.clock, workers=config.daemon.workers,
+        self.scheduler = Scheduler(self.current, self.app.clock, workers=config.daemon.workers,
                                    metrics=self.metrics, agent=self.agent)
         self._aps = BackgroundScheduler(timezone=UTC)
         self.scheduler.on_wakeup_changed = self._place_wakeup
         self._server: uvicorn.Server | None = None
 
-    @property
-    def pipeline(self) -> Pipeline:
+    def current(self) -> App:
+        """The App of the config in force (a reload swaps it)."""
         with self._lock:
-            return self.app.pipeline
+            return self.app
 
     def _token(self) -> str:
         """Raises ``NoToken`` saying why there is none; the API answers 401 with that reason."""
-        return read_token(self.pipeline.config.daemon.api_token_file)
+        return read_token(self.current().config.daemon.api_token_file)
 
     def health(self) -> dict[str, Any]:
         database = True
@@ -153,7 +152,7 @@ class Daemon:
         # certificate is re-evaluated now, except those the CA itself rate-limited.
         cleared = app.inventory.clear_backoffs(keep_reasons=CA_RATE_LIMIT_REASONS)
         for name in cleared:
-            app.pipeline.recorder.event(name, "backoff.cleared", "config reloaded: backoff ended, re-evaluating now",
+            app.services.recorder.event(name, "backoff.cleared", "config reloaded: backoff ended, re-evaluating now",
                                         None)
         old.close()
         self._reload_tls(config)
@@ -183,7 +182,7 @@ class Daemon:
     # -- main loop -------------------------------------------------------------------
     def run(self) -> int:
         """Block until SIGTERM/SIGINT; return the process exit status."""
-        daemon_cfg = self.pipeline.config.daemon
+        daemon_cfg = self.current().config.daemon
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=self.reload, daemon=True).start())
@@ -191,9 +190,9 @@ class Daemon:
             self._token()
         except NoToken as exc:
             log.warning("%s; the HTTP API accepts reads only", exc)
-        for line in check_secret_modes(self.pipeline.config):
+        for line in check_secret_modes(self.current().config):
             log.warning(line)
-        state = ApiState(pipeline=lambda: self.pipeline, scheduler=self.scheduler, metrics=self.metrics,
+        state = ApiState(app=self.current, scheduler=self.scheduler, metrics=self.metrics,
                          token=self._token, health=self.health)
         try:
             server_cfg = server_config(create_api(state), daemon_cfg, self.config_path)

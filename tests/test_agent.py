@@ -31,7 +31,7 @@ def test_agent_installs_what_the_issuer_recorded(write_config: WriteConfig, db_u
     agent = App.open(load_config(agent_cfg))
     try:
         first = issuer.pipeline.renew("edge")
-        scheduler = Scheduler(lambda: agent.pipeline, agent.clock, workers=1, inline=True, agent=True)
+        scheduler = Scheduler(lambda: agent, agent.clock, workers=1, inline=True, agent=True)
         assert scheduler.scan() == ["edge"]
         installed = tmp_path / "host-b/edge"
         served = load_pem_certs((installed / "cert.pem").read_bytes())[0]

@@ -31,8 +31,8 @@ TOKEN = "s3cret-token-for-tests"
 @pytest.fixture
 def api(write_config: WriteConfig, sqlite_url: str, tmp_path: Path) -> Iterator[tuple[TestClient, App, Scheduler]]:
     app = App.open(load_config(write_config(LOCAL_CA_CONFIG, db_url=sqlite_url)), metrics=(metrics := Metrics()))
-    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=4, metrics=metrics)
-    state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: TOKEN,
+    scheduler = Scheduler(lambda: app, app.clock, workers=4, metrics=metrics)
+    state = ApiState(app=lambda: app, scheduler=scheduler, metrics=metrics, token=lambda: TOKEN,
                      health=lambda: {"status": "ok"})
     with TestClient(create_api(state)) as client:
         yield client, app, scheduler
@@ -147,7 +147,7 @@ def test_renew_job_result_and_reads(api: Any) -> None:
     job = _wait_job(client, resp.json()["job"])
     assert job["name"] == "backend" and job["kind"] == "renew"
     assert job["result"]["outcome"] == "renewed" and job["result"]["state"] == "published"
-    assert client.get("/v1/certificates").json() == json.loads(json.dumps(list_doc(app.pipeline)))
+    assert client.get("/v1/certificates").json() == json.loads(json.dumps(list_doc(app)))
     one = client.get("/v1/certificates/backend").json()
     assert one["serial"] == job["result"]["serial"]
     assert client.get("/v1/certificates/nope").status_code == 404
@@ -209,11 +209,11 @@ def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
     clock = FakeClock()
     config = load_config(write_config(READYZ_CONFIG, db_url=sqlite_url))
     metrics = Metrics()
-    app = App.open(config, clock=clock, metrics=metrics)
     # The real local CA, on the same simulated clock as the rest of the pipeline (as in test_scheduler).
-    app.pipeline._issuers["local"] = LocalCA("local", config.issuers["local"], clock=clock)  # type: ignore[arg-type]
-    scheduler = Scheduler(lambda: app.pipeline, clock, workers=1, metrics=metrics, inline=True)
-    state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: TOKEN,
+    app = App.open(config, clock=clock, metrics=metrics,
+                   issuers={"local": LocalCA("local", config.issuers["local"], clock=clock)})  # type: ignore[arg-type]
+    scheduler = Scheduler(lambda: app, clock, workers=1, metrics=metrics, inline=True)
+    state = ApiState(app=lambda: app, scheduler=scheduler, metrics=metrics, token=lambda: TOKEN,
                      health=lambda: {"status": "ok"})
     names = list(config.certificates)
     try:
@@ -273,9 +273,9 @@ def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
 
 def _open_api(config_path: Path) -> tuple[TestClient, App, Scheduler]:
     app = App.open(load_config(config_path), metrics=(metrics := Metrics()))
-    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=2, metrics=metrics)
+    scheduler = Scheduler(lambda: app, app.clock, workers=2, metrics=metrics)
     token = (config_path.parent / "api.token").read_text().strip()
-    state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: token,
+    state = ApiState(app=lambda: app, scheduler=scheduler, metrics=metrics, token=lambda: token,
                      health=lambda: {"status": "ok"})
     return TestClient(create_api(state)), app, scheduler
 

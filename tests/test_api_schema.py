@@ -59,13 +59,13 @@ def _serve(tmp: Path, daemon: str = "") -> Iterator[Served]:
             + LOCAL_CA_CONFIG.replace("{tmp}", str(tmp)))
     (tmp / "certd.toml").write_text(body)
     app = App.open(load_config(tmp / "certd.toml"), metrics=(metrics := Metrics()))
-    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=2, metrics=metrics)
+    scheduler = Scheduler(lambda: app, app.clock, workers=2, metrics=metrics)
 
     def health() -> dict[str, Any]:
         return {"status": "ok", "scheduler": True, "database": True, "config_error": None, "last_scan": None,
                 "role": "all"}
 
-    state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics,
+    state = ApiState(app=lambda: app, scheduler=scheduler, metrics=metrics,
                      token=lambda: token_file.read_text().strip() or None, health=health)
     job = scheduler.submit("edge", force=True)  # one real job id to look up
     try:

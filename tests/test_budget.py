@@ -152,7 +152,7 @@ def test_force_overrides_the_budget_and_is_logged(write_config: WriteConfig, sql
         assert forced.outcome == "renewed", forced
         events = [e for e in app.inventory.events("edge") if e.kind == "budget.overridden"]
         assert len(events) == 1 and "forced" in events[0].message
-        budget = app.pipeline.budget("local")
+        budget = app.services.budget("local")
         assert budget is not None and budget.used(datetime.now(UTC), "example.test") == 2  # still counted
     finally:
         app.close()

@@ -307,7 +307,7 @@ def test_secrets_certd_holds_are_scrubbed_and_unauthenticated_reads_show_no_hook
     extra = ('\n[daemon]\napi_token_file = "{tmp}/api.token"\n'
              '\n[deploy.hook]\ntype = "webhook"\nurl = "https://127.0.0.1:9/x"\nsecret_file = "{tmp}/hook.secret"\n')
     app = _app(write_config, _command_table(f"[\"sh\", \"-c\", '{script}']") + extra)
-    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=1, metrics=(metrics := Metrics()))
+    scheduler = Scheduler(lambda: app, app.clock, workers=1, metrics=(metrics := Metrics()))
     try:
         with caplog.at_level(logging.DEBUG):
             result = app.pipeline.renew("edge")
@@ -319,7 +319,7 @@ def test_secrets_certd_holds_are_scrubbed_and_unauthenticated_reads_show_no_hook
             assert not any(leaked in text for text in stored), stored
             assert leaked not in caplog.text
 
-        state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: token,
+        state = ApiState(app=lambda: app, scheduler=scheduler, metrics=metrics, token=lambda: token,
                          health=lambda: {"status": "ok"})
         client = TestClient(create_api(state))
         public = {c["name"]: c for c in client.get("/v1/certificates").json()["certificates"]}["edge"]

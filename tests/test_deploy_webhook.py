@@ -346,8 +346,8 @@ def test_a_delivery_replayed_against_certds_api_is_refused(
     (got,) = receiver.received
     assert got.auth_status == 200
     app = App.open(load_config(write_config(LOCAL_CA_CONFIG, db_url=sqlite_url)), metrics=(metrics := Metrics()))
-    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=1, metrics=metrics)
-    state = ApiState(pipeline=lambda: app.pipeline, scheduler=scheduler, metrics=metrics, token=lambda: SECRET,
+    scheduler = Scheduler(lambda: app, app.clock, workers=1, metrics=metrics)
+    state = ApiState(app=lambda: app, scheduler=scheduler, metrics=metrics, token=lambda: SECRET,
                      health=lambda: {"status": "ok"})
     try:
         with TestClient(create_api(state)) as client:

@@ -120,12 +120,11 @@ def _open(write_config: WriteConfig, body: str) -> tuple[App, FakeClock, Countin
     """The app on a fake clock, its local CA counting orders, and the daemon's scheduler running inline."""
     config = load_config(write_config(body))
     clock = FakeClock(datetime.now(UTC))
-    app = App.open(config, clock=clock, prober=None)
     issuer_cfg = config.issuers["local"]
     assert isinstance(issuer_cfg, LocalCAIssuerConfig)
     ca = CountingCA(LocalCA("local", issuer_cfg, clock=clock))
-    app.pipeline._issuers["local"] = ca  # type: ignore[assignment]
-    return app, clock, ca, Scheduler(lambda: app.pipeline, clock, workers=1, inline=True)
+    app = App.open(config, clock=clock, prober=None, issuers={"local": ca})  # type: ignore[dict-item]
+    return app, clock, ca, Scheduler(lambda: app, clock, workers=1, inline=True)
 
 
 @pytest.mark.parametrize("boundary", list(BOUNDARIES))
@@ -137,7 +136,7 @@ def test_a_fault_at_every_boundary_is_recorded_and_backs_off(
         body = CONFIG[: CONFIG.index("[certificates.web]")] + VERIFIED
     app, clock, ca, scheduler = _open(write_config, body)
     faults = Faults(boundary)
-    app.pipeline.fault = faults
+    app.services.fault = faults
     try:
         if boundary != "verify":  # verify to a closed port would fail the baseline: no old version there
             first = app.pipeline.renew("web")
@@ -178,7 +177,7 @@ def test_a_fault_at_every_boundary_is_recorded_and_backs_off(
         faults.armed = False
         clock.current = row.next_attempt_at + timedelta(seconds=1)
         if boundary == "verify":
-            app.pipeline.config.certificates["web"].verify.clear()  # the closed port stays closed
+            app.config.certificates["web"].verify.clear()  # the closed port stays closed
         scheduler.scan()
         redeploy = boundary in ("verify", "rollback")
         assert ca.orders == ordered + (0 if redeploy else 1)

@@ -193,7 +193,7 @@ def test_unspecified_reason_is_accepted_as_sent(
     assert "revoke.reason_dropped" not in {e.kind for e in app.inventory.events("ip")}
     assert leaf.serial_number in openbao_acme.revoked_serials()
     # The same certificate again, with a reason OpenBao refuses: refused, retried without, alreadyRevoked: done.
-    app.pipeline.issuer("bao").revoke(leaf, RevocationReason.SUPERSEDED)
+    app.services.issuer("bao").revoke(leaf, RevocationReason.SUPERSEDED)
 
 
 def test_account_key_rollover_is_not_offered_and_changes_nothing(

@@ -52,7 +52,7 @@ def app(write_config: WriteConfig) -> Iterator[App]:
 
 def _race(app: App, operation: str, tmp_path: Path, first_rid: str | None) -> tuple[Result, Result]:
     """Start a daemon renewal, and while it holds the lease, run ``operation``; both results."""
-    scheduler = Scheduler(lambda: app.pipeline, app.clock, workers=2)
+    scheduler = Scheduler(lambda: app, app.clock, workers=2)
     try:
         job = scheduler.submit("web", force=True)
         deadline = time.monotonic() + 10

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -87,16 +89,22 @@ class _StealsLease(LocalCA):
         return super().issue(request)
 
 
-def _with_issuer(app: App, issuer: LocalCA) -> None:
-    app.pipeline._issuers["local"] = issuer  # the same cache the factory fills
+@contextmanager
+def _app_with(config: Config, issuer: LocalCA) -> Iterator[App]:
+    """Another App on the same inventory whose ``local`` issuer is ``issuer`` (as a second process would be)."""
+    app = App.open(config, issuers={"local": issuer})
+    try:
+        yield app
+    finally:
+        app.close()
 
 
 def test_failed_check_is_never_published(local_config: Config, local_app: App) -> None:
     good = local_app.pipeline.renew("edge")
     out = local_config.certificates["edge"].output_dir
     before = (out / "combined.pem").read_bytes()
-    _with_issuer(local_app, _WrongNames("local", local_config.issuers["local"]))  # type: ignore[arg-type]
-    bad = local_app.pipeline.renew("edge", force=True)
+    with _app_with(local_config, _WrongNames("local", local_config.issuers["local"])) as other:  # type: ignore[arg-type]
+        bad = other.pipeline.renew("edge", force=True)
     assert (bad.outcome, bad.failed_step, bad.reason) == ("failed", "check", "NamesNotCovered")
     assert "www.example.test" in (bad.error or "")
     assert (out / "combined.pem").read_bytes() == before
@@ -110,8 +118,8 @@ def test_failed_check_is_never_published(local_config: Config, local_app: App) -
 def test_lease_lost_means_nothing_is_written(local_config: Config, local_app: App) -> None:
     stealer = _StealsLease("local", local_config.issuers["local"])  # type: ignore[arg-type]
     stealer.app = local_app
-    _with_issuer(local_app, stealer)
-    result = local_app.pipeline.renew("edge")
+    with _app_with(local_config, stealer) as other:
+        result = other.pipeline.renew("edge")
     assert (result.outcome, result.reason) == ("failed", "LeaseLost")
     assert local_app.inventory.versions("edge") == []
     assert not (local_config.certificates["edge"].output_dir / "combined.pem").exists()
@@ -164,7 +172,7 @@ def test_import_then_revoke_and_history(local_config: Config, local_app: App, tm
     assert (renewed.outcome, renewed.reason) == ("renewed", "Revoked")
     from certd.reports.views import history_doc
 
-    doc = json.loads(json.dumps(history_doc(local_app.pipeline, "edge")))
+    doc = json.loads(json.dumps(history_doc(local_app, "edge")))
     assert [v["state"] for v in doc["versions"]] == ["published", "revoked"]
 
 
@@ -184,7 +192,7 @@ def test_sync_retires_removed_certificates(write_config: WriteConfig, db_url: st
         assert row is not None and row.retired_at is not None
         from certd.reports.views import list_doc
 
-        statuses = {c["name"]: c["status"] for c in list_doc(app.pipeline)["certificates"]}
+        statuses = {c["name"]: c["status"] for c in list_doc(app)["certificates"]}
         assert statuses == {"edge": "pending", "backend": "retired"}
     finally:
         app.close()
@@ -207,7 +215,7 @@ def test_history_has_millisecond_times_and_each_steps_duration(local_app: App) -
 
     result = local_app.pipeline.renew("edge")
     assert result.outcome == "renewed"
-    doc = history_doc(local_app.pipeline, "edge")
+    doc = history_doc(local_app, "edge")
     assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["at"]) for e in doc["events"])
     done = next(e for e in doc["events"] if e["kind"] == "renewal.succeeded")
     for step in ("plan", "key", "issue", "record", "check", "publish"):

@@ -66,7 +66,7 @@ def _simulate(app: App, clock: FakeClock, days: int, exact: tuple[datetime, date
     keep 180 days of 1,000 certificates quick, except inside ``exact``, where they follow every wake-up so that
     backoff retries (1 min, 2 min, ...) happen when the daemon would make them.
     """
-    scheduler = Scheduler(lambda: app.pipeline, clock, workers=1, inline=True)
+    scheduler = Scheduler(lambda: app, clock, workers=1, inline=True)
     end = START + timedelta(days=days)
     scans = 0
     while clock.now() < end:
@@ -86,13 +86,12 @@ def test_fleet_over_180_days(write_config: WriteConfig, tmp_path: Path) -> None:
     body, lifetimes = _config_body(n, rng)
     clock = FakeClock(START)
     config = load_config(write_config(body, db_url=f"sqlite:///{tmp_path}/certd.db"))
-    app = App.open(config, clock=clock, prober=None)
     ca = _FlakyCA("local", config.issuers["local"], clock=clock)  # type: ignore[arg-type]
     ca.attempts = {}
     ca.flaky = frozenset(list(lifetimes)[:20])
     # 30-day certificates are due at day 40 (two cycles of 2/3, less jitter): five of the flaky ones are.
     ca.down = (START + timedelta(days=40) - timedelta(hours=1), START + timedelta(days=40, hours=6))
-    app.pipeline._issuers["local"] = ca
+    app = App.open(config, clock=clock, prober=None, issuers={"local": ca})
     try:
         _simulate(app, clock, 180, exact=(ca.down[0] - CHECK_INTERVAL, ca.down[1] + timedelta(hours=7)))
         for name, lifetime in lifetimes.items():
@@ -138,10 +137,10 @@ def test_scan_submits_due_work_once_and_jobs_coalesce(write_config: WriteConfig,
     body, _ = _config_body(5, random.Random(1))
     clock = FakeClock(START)
     config = load_config(write_config(body, db_url=sqlite_url))
-    app = App.open(config, clock=clock)
+    app = App.open(config, clock=clock,
+                   issuers={"local": LocalCA("local", config.issuers["local"], clock=clock)})  # type: ignore[arg-type]
     try:
-        app.pipeline._issuers["local"] = LocalCA("local", config.issuers["local"], clock=clock)  # type: ignore[arg-type]
-        scheduler = Scheduler(lambda: app.pipeline, clock, workers=1, inline=True)
+        scheduler = Scheduler(lambda: app, clock, workers=1, inline=True)
         assert len(scheduler.scan()) == 5
         assert scheduler.scan() == []
         wakeup = scheduler.next_wakeup()

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from certd import __version__
 from certd.api.auth import AUTHENTICATED, Authenticate, ReadAuth
 from certd.api.limits import MAX_BODY, BodyLimit
-from certd.engine.pipeline import Pipeline
+from certd.engine.app import App
 from certd.engine.scheduler import Scheduler
 from certd.inventory.signatures import SignatureLedger
 from certd.metrics import Metrics
@@ -64,9 +64,9 @@ _ACCEPTED: dict[int | str, dict[str, Any]] = {202: {"content": {"application/jso
 
 @dataclass
 class ApiState:
-    """What the API reads; the daemon swaps ``pipeline`` on a config reload."""
+    """What the API reads; the daemon swaps ``app`` on a config reload."""
 
-    pipeline: Callable[[], Pipeline]
+    app: Callable[[], App]
     scheduler: Scheduler
     metrics: Metrics
     token: Callable[[], str | None]  # may raise api_auth.NoToken with the reason
@@ -75,11 +75,11 @@ class ApiState:
 
     def __post_init__(self) -> None:
         # Used signatures live in the inventory of whichever config is current (a reload may move it).
-        self.ledger = SignatureLedger(lambda: self.pipeline().inventory.sessions)
+        self.ledger = SignatureLedger(lambda: self.app().inventory.sessions)
 
     def read_auth(self) -> ReadAuth:
         """Read live, so a reload that turns read authentication on takes effect at once."""
-        return self.pipeline().config.daemon.api_read_auth
+        return self.app().config.daemon.api_read_auth
 
 
 def _public(request: Request) -> bool:
@@ -101,7 +101,7 @@ def create_api(state: ApiState) -> FastAPI:
     def readyz() -> JSONResponse:
         # The estate, not the process (that is /healthz): an unreadable inventory means "cannot say", so 503.
         try:
-            doc = readyz_doc(state.pipeline())
+            doc = readyz_doc(state.app())
         except Exception:
             log.exception("/readyz: cannot read the inventory")
             return JSONResponse({"status": "unknown", "error": "cannot read the inventory", "certificates": []},
@@ -114,19 +114,19 @@ def create_api(state: ApiState) -> FastAPI:
 
     @app.get("/v1/certificates", summary="Every certificate (same document as `certd list --json`)")
     def certificates(request: Request) -> dict[str, Any]:
-        return list_doc(state.pipeline(), public=_public(request))
+        return list_doc(state.app(), public=_public(request))
 
     @app.get("/v1/certificates/{name}", summary="One certificate", responses=_NOT_FOUND)
     def certificate(name: str, request: Request) -> dict[str, Any]:
-        pipeline = state.pipeline()
-        if name not in pipeline.config.certificates:
+        app = state.app()
+        if name not in app.config.certificates:
             raise HTTPException(status_code=404, detail=f"no certificate named {name}")
-        inv = pipeline.inventory
-        return certificate_doc(pipeline, name, inv.certificate(name), inv.current_version(name),
+        inv = app.inventory
+        return certificate_doc(app, name, inv.certificate(name), inv.current_version(name),
                                public=_public(request))
 
     def _submit(name: str, kind: str, force: bool) -> JSONResponse:
-        if name not in state.pipeline().config.certificates:
+        if name not in state.app().config.certificates:
             raise HTTPException(status_code=404, detail=f"no certificate named {name}")
         job = state.scheduler.submit(name, kind="deploy" if kind == "deploy" else "renew", force=force)
         return JSONResponse({"job": job.id, "state": "running" if job.state == "running" else "queued"},

@@ -51,7 +51,7 @@ def ca_rotate(state: State, issuer: str, batch: int, as_json: bool) -> None:
             err.print(f"  {result.name}: {result.outcome} {result.serial or ''} {detail}".rstrip(), markup=False)
 
     with exit_on_errors():
-        report = rotate(app.pipeline, issuer, batch=batch, progress=progress)
+        report = rotate(app.services, issuer, batch=batch, progress=progress)
     if as_json:
         emit_json(report.as_json())
     else:
@@ -72,7 +72,7 @@ def ca_status(state: State, issuer: str, as_json: bool) -> None:
 
     app = state.app()
     with exit_on_errors():
-        doc = rotation_status(app.pipeline, issuer)
+        doc = rotation_status(app.services, issuer)
     if as_json:
         emit_json(doc)
         return

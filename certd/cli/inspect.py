@@ -49,7 +49,7 @@ __all__ = ["COMMANDS"]
 @pass_state
 def list_cmd(state: State, as_json: bool) -> None:
     """Every certificate: name, issuer, names, status, serial, not_after, renew_at, last_error."""
-    doc = list_doc(state.app(sync=False).pipeline)
+    doc = list_doc(state.app(sync=False))
     if as_json:
         emit_json(doc)
         return
@@ -68,7 +68,7 @@ def list_cmd(state: State, as_json: bool) -> None:
 @pass_state
 def plan_cmd(state: State, as_json: bool) -> None:
     """Dry run: what would renew, when and why. Changes nothing."""
-    doc = plan_doc(state.app(sync=False).pipeline)
+    doc = plan_doc(state.app(sync=False))
     if as_json:
         emit_json(doc)
         return
@@ -87,7 +87,7 @@ def history_cmd(state: State, name: str, as_json: bool) -> None:
     app = state.app(sync=False)
     if app.inventory.certificate(name) is None and name not in app.config.certificates:
         die(f"no certificate named {name}", EXIT_USAGE)
-    doc = history_doc(app.pipeline, name)
+    doc = history_doc(app, name)
     if as_json:
         emit_json(doc)
         return
@@ -187,7 +187,7 @@ def check_cmd(state: State, as_json: bool, warn_within: str | None) -> None:
     except CertdError as exc:
         _unknown(str(exc), as_json)
     try:
-        doc = check_doc(app.pipeline, warn_within=within)
+        doc = check_doc(app, warn_within=within)
     except Exception as exc:  # a monitor must say UNKNOWN, never crash into exit 1 (WARNING to Nagios)
         _unknown(f"cannot read the inventory: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
                  as_json)

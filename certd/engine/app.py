@@ -1,8 +1,10 @@
-"""Assembly: build the pipeline and its dependencies from a config.
+"""Assembly: build the services, the pipeline façade and their dependencies from a config.
 
-The CLI, the daemon and the HTTP API each call ``App.open`` and then only
-talk to ``app.pipeline`` and ``app.inventory``; nothing else constructs
-engines, issuers or deploy targets, so the three doors cannot drift apart.
+The CLI, the daemon and the HTTP API each call ``App.open`` and then act
+through ``app.pipeline`` and read ``app.config``/``app.inventory``; nothing
+else constructs engines, issuers or deploy targets, so the three doors
+cannot drift apart. Tests hand in their own issuers, clock, prober or fault
+hook here, never by reaching into what was built.
 It is also where every door checks, before doing anything, that the
 database is usable and that ``[database] key_file`` is the key the inventory
 is sealed with (``inventory/keycheck.py``).
@@ -13,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -22,7 +25,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from certd.config.model import Config
 from certd.core.clock import Clock, SystemClock
 from certd.deploy import build_targets
-from certd.engine.pipeline import Pipeline, Prober
+from certd.engine.attempt import Fault
+from certd.engine.pipeline import Pipeline
+from certd.engine.rollout import Prober
+from certd.engine.services import IssuerPool, Services
 from certd.errors import ConfigError
 from certd.inventory.db import create_db_engine, schema_is_current, session_factory, upgrade
 from certd.inventory.faults import inventory_error
@@ -49,6 +55,7 @@ class App:
     config: Config
     engine: Engine
     inventory: Inventory
+    services: Services
     pipeline: Pipeline
     clock: Clock
 
@@ -63,7 +70,14 @@ class App:
         lease_ttl: timedelta | None = None,
         prober: Prober | None = None,
         metrics: Metrics | None = None,
+        issuers: Mapping[str, Issuer] | None = None,
+        fault: Fault | None = None,
     ) -> App:
+        """Open the inventory (migrating unless ``migrate=False``) and build everything on it.
+
+        ``issuers`` replaces the issuers of those names (built from the config otherwise, on first use);
+        ``fault`` is called as each step begins (tests inject faults there).
+        """
         clock = clock or SystemClock()
         keybox = KeyBox.from_file(config.database.key_file)
         try:
@@ -95,18 +109,13 @@ class App:
             from certd.pki.probe import verify_served
 
             prober = verify_served
-        pipeline = Pipeline(
-            config,
-            inventory,
-            leases,
-            issuer_factory=issuer_factory,
-            targets=build_targets(config.deploy),
-            keybox=keybox,
-            clock=clock,
-            prober=prober,
-            metrics=metrics,
+        services = Services.build(
+            config, inventory, leases, issuers=IssuerPool(issuer_factory, issuers),
+            targets=build_targets(config.deploy), keybox=keybox, clock=clock, prober=prober, metrics=metrics,
+            fault=fault,
         )
-        return cls(config=config, engine=engine, inventory=inventory, pipeline=pipeline, clock=clock)
+        return cls(config=config, engine=engine, inventory=inventory, services=services, pipeline=Pipeline(services),
+                   clock=clock)
 
     def close(self) -> None:
         self.engine.dispose()

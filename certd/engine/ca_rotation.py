@@ -36,8 +36,9 @@ from typing import Any
 from cryptography import x509
 
 from certd.deploy.publish import write_file_atomic
-from certd.engine.pipeline import Pipeline
+from certd.engine.renew import renew
 from certd.engine.result import Result
+from certd.engine.services import Services
 from certd.engine.trust import issuer_bundle, push_bundle
 from certd.errors import ConfigError
 from certd.issuers.base import CaChain, CaRotation, Issuer
@@ -72,11 +73,11 @@ def _under(version_chain: list[x509.Certificate], cas: list[x509.Certificate]) -
     return any(fingerprint(c) in prints for c in version_chain)
 
 
-def _still_on_retired(pipeline: Pipeline, issuer_name: str, retired: list[x509.Certificate]) -> list[str]:
+def _still_on_retired(s: Services, issuer_name: str, retired: list[x509.Certificate]) -> list[str]:
     """Certificates of the issuer whose served version chains to a retired CA (by the intermediate served)."""
-    served = pipeline.inventory.current_versions()
+    served = s.inventory.current_versions()
     names = []
-    for name, cfg in pipeline.config.certificates.items():
+    for name, cfg in s.config.certificates.items():
         version = served.get(name)
         if cfg.issuer == issuer_name and version is not None and version.chain_pem and _under(
                 load_pem_certs(version.chain_pem.encode()), retired):
@@ -84,16 +85,16 @@ def _still_on_retired(pipeline: Pipeline, issuer_name: str, retired: list[x509.C
     return names
 
 
-def _pin(pipeline: Pipeline, issuer_name: str, issuer: Any, report: RotationReport, phase: str) -> bool:
+def _pin(s: Services, issuer_name: str, issuer: Any, report: RotationReport, phase: str) -> bool:
     """Write the bundle and have every trust sink confirm it; False (and why, in the report) when one did not."""
-    path = pipeline.config.issuers[issuer_name].bundle_file
-    bundle = issuer_bundle(pipeline.config, issuer_name, issuer, pipeline.inventory)
+    path = s.config.issuers[issuer_name].bundle_file
+    bundle = issuer_bundle(s.config, issuer_name, issuer, s.inventory)
     if path is None:
         report.say(phase, "no bundle_file: nothing pins this issuer's CA, so there is nothing to push")
         return True
     pem = certs_pem(bundle)
     write_file_atomic(path, pem)
-    said, refused = push_bundle(path, pem, pipeline.rollout.targets.values())
+    said, refused = push_bundle(path, pem, s.rollout.targets.values())
     for message in said:
         report.say(phase, message)
     if refused:
@@ -106,21 +107,21 @@ def _pin(pipeline: Pipeline, issuer_name: str, issuer: Any, report: RotationRepo
     return True
 
 
-def _issuer(pipeline: Pipeline, issuer_name: str) -> Issuer:
-    if issuer_name not in pipeline.config.issuers:
-        known = ", ".join(sorted(pipeline.config.issuers)) or "none"
+def _issuer(s: Services, issuer_name: str) -> Issuer:
+    if issuer_name not in s.config.issuers:
+        known = ", ".join(sorted(s.config.issuers)) or "none"
         raise ConfigError(f"no issuer named {issuer_name} (known: {known})")
-    return pipeline.issuer(issuer_name)
+    return s.issuer(issuer_name)
 
 
-def rotate(pipeline: Pipeline, issuer_name: str, *, batch: int = 10,
+def rotate(s: Services, issuer_name: str, *, batch: int = 10,
            progress: Callable[[Result], None] | None = None) -> RotationReport:
     """Run (or resume) the rotation of ``issuer_name``; see the module docstring."""
-    issuer = _issuer(pipeline, issuer_name)
+    issuer = _issuer(s, issuer_name)
     if not isinstance(issuer, CaRotation):
         if isinstance(issuer, CaChain):  # Vault: the CA operator switched the mount's issuer; certd follows
-            return _follow(pipeline, issuer_name, issuer, batch, progress)
-        kind = pipeline.config.issuers[issuer_name].type
+            return _follow(s, issuer_name, issuer, batch, progress)
+        kind = s.config.issuers[issuer_name].type
         raise ConfigError(f"issuer {issuer_name} ({kind}) cannot be rotated by certd: its CA belongs to the CA "
                           "operator and publishes no CA chain of its own; certd pins whatever chain each renewal "
                           "brings (see docs/load-balancer.md)")
@@ -134,22 +135,22 @@ def rotate(pipeline: Pipeline, issuer_name: str, *, batch: int = 10,
     else:
         report.say("stage", "resuming: the new CA signs already; certificates are still served under the old one")
     if staged:
-        if not _pin(pipeline, issuer_name, issuer, report, "pin"):
+        if not _pin(s, issuer_name, issuer, report, "pin"):
             report.say("pin", "stopped before promoting: the new CA is staged, nothing signs with it; "
                        "fix the sink and run `certd ca rotate` again")
             return report
         retired_now = issuer.promote_rotation()
         report.say("promote", f"the new CA signs from now on; retired {describe(retired_now[0])}")
     _, retired = issuer.rotation_state()
-    if not _reissue(pipeline, issuer_name, retired, batch, progress, report):
+    if not _reissue(s, issuer_name, retired, batch, progress, report):
         return report
-    keep = {fingerprint(c) for c in issuer_bundle(pipeline.config, issuer_name, issuer, pipeline.inventory)}
+    keep = {fingerprint(c) for c in issuer_bundle(s.config, issuer_name, issuer, s.inventory)}
     for cert in issuer.drop_retired(keep):
         report.say("unpin", f"forgot {describe(cert)}")
     return report
 
 
-def _follow(pipeline: Pipeline, issuer_name: str, issuer: Issuer, batch: int,
+def _follow(s: Services, issuer_name: str, issuer: Issuer, batch: int,
             progress: Callable[[Result], None] | None) -> RotationReport:
     """A CA that rotates itself (Vault's default issuer switched, a new intermediate): pin, re-issue, unpin.
 
@@ -158,28 +159,28 @@ def _follow(pipeline: Pipeline, issuer_name: str, issuer: Issuer, batch: int,
     report = RotationReport(issuer_name)
     chain = issuer.ca_chain() if isinstance(issuer, CaChain) else []
     current = {fingerprint(c) for c in chain}
-    served = issuer_bundle(pipeline.config, issuer_name, issuer, pipeline.inventory)
+    served = issuer_bundle(s.config, issuer_name, issuer, s.inventory)
     old = [c for c in served if fingerprint(c) not in current]
     report.say("stage", f"the CA signs with {describe(chain[0])}; {len(old)} old CA certificate(s) still pinned"
                if chain else "the CA publishes no chain")
-    if not _pin(pipeline, issuer_name, issuer, report, "pin"):
+    if not _pin(s, issuer_name, issuer, report, "pin"):
         report.say("pin", "stopped before re-issuing: fix the sink and run `certd ca rotate` again")
         return report
-    _reissue(pipeline, issuer_name, old, batch, progress, report)
+    _reissue(s, issuer_name, old, batch, progress, report)
     return report
 
 
-def _reissue(pipeline: Pipeline, issuer_name: str, retired: list[x509.Certificate], batch: int,
+def _reissue(s: Services, issuer_name: str, retired: list[x509.Certificate], batch: int,
              progress: Callable[[Result], None] | None, report: RotationReport) -> bool:
     """Re-issue what is served under ``retired`` in batches, then unpin; False when it stopped before the end."""
-    issuer = pipeline.issuer(issuer_name)
-    todo = _still_on_retired(pipeline, issuer_name, retired)
+    issuer = s.issuer(issuer_name)
+    todo = _still_on_retired(s, issuer_name, retired)
     report.say("reissue", f"{len(todo)} certificate(s) served under the old CA")
-    workers = max(1, min(batch, pipeline.config.daemon.workers))
+    workers = max(1, min(batch, s.config.daemon.workers))
     for start in range(0, len(todo), batch):
         names = todo[start:start + batch]
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ca-rotate") as pool:
-            results = list(pool.map(lambda n: pipeline.renew(n, force=True), names))
+            results = list(pool.map(lambda n: renew(s, n, force=True), names))
         for result in results:
             report.results.append(result)
             if progress is not None:
@@ -190,17 +191,17 @@ def _reissue(pipeline: Pipeline, issuer_name: str, retired: list[x509.Certificat
             report.say("reissue", "stopped: " + "; ".join(f"{r.name}: {r.error}" for r in failed)
                        + " — the old CA stays pinned; run `certd ca rotate` again once fixed")
             return False
-    left = _still_on_retired(pipeline, issuer_name, retired)
+    left = _still_on_retired(s, issuer_name, retired)
     if left:
         report.ok = False
         report.say("unpin", f"not yet: still served under the old CA: {', '.join(left)}")
         return False
-    return _pin(pipeline, issuer_name, issuer, report, "unpin")
+    return _pin(s, issuer_name, issuer, report, "unpin")
 
 
-def rotation_status(pipeline: Pipeline, issuer_name: str) -> dict[str, Any]:
+def rotation_status(s: Services, issuer_name: str) -> dict[str, Any]:
     """For ``certd ca status``: the CA that signs, a staged one, retired ones, and who is served under which."""
-    issuer = _issuer(pipeline, issuer_name)
+    issuer = _issuer(s, issuer_name)
     if not isinstance(issuer, CaChain):
         raise ConfigError(f"issuer {issuer_name} publishes no CA chain of its own: `certd bundle NAME` shows "
                           "what its certificates chain to")
@@ -210,7 +211,7 @@ def rotation_status(pipeline: Pipeline, issuer_name: str) -> dict[str, Any]:
     else:  # Vault: "retired" is what served certificates chain to that the mount no longer publishes
         now = {fingerprint(c) for c in chain}
         staged = []
-        retired = [c for c in issuer_bundle(pipeline.config, issuer_name, issuer, pipeline.inventory)
+        retired = [c for c in issuer_bundle(s.config, issuer_name, issuer, s.inventory)
                    if fingerprint(c) not in now]
     current = [c for c in chain if fingerprint(c) not in {fingerprint(s) for s in staged}]
     return {
@@ -218,5 +219,5 @@ def rotation_status(pipeline: Pipeline, issuer_name: str) -> dict[str, Any]:
         "signing": [describe(c) for c in current],
         "staged": [describe(c) for c in staged],
         "retired": [describe(c) for c in retired],
-        "on_retired": _still_on_retired(pipeline, issuer_name, retired),
+        "on_retired": _still_on_retired(s, issuer_name, retired),
     }

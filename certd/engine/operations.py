@@ -1,6 +1,6 @@
 """The operations other than renew: deploy, install (agent role), import, revoke, account key rollover.
 
-Each body runs inside ``Pipeline.run`` (lease, gathered ``Attempt``,
+Each body runs inside ``runner.run`` (lease, gathered ``Attempt``,
 recorded failure), except ``install``, which belongs to an agent: it holds
 no lease (issuing is cluster-wide, installing is per host, under a
 host-local lock) and records its failures as events only, so an agent's
@@ -16,14 +16,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
 from certd.deploy.publish import FILES, Generation, current_generation, published_serial
+from certd.engine import runner
 from certd.engine.attempt import Attempt, as_step_error
+from certd.engine.renew import add_version
 from certd.engine.result import Result
 from certd.engine.rollout import Material
+from certd.engine.services import Services
 from certd.errors import CertdError, DeployError
 from certd.inputs import InputError
 from certd.inventory.models import VersionState
@@ -32,14 +35,15 @@ from certd.pki.certs import load_pem_certs
 from certd.pki.keys import PrivateKey, key_pem, load_key_pem
 from certd.pki.x509check import check_certificate, usable_chain
 
-if TYPE_CHECKING:
-    from certd.engine.pipeline import Pipeline
-
 __all__ = ["deploy", "import_certificate", "install", "needs_install", "revoke", "rollover"]
 
 
-def deploy(p: Pipeline, attempt: Attempt) -> Result:
+def deploy(s: Services, name: str, *, wait: timedelta = timedelta(minutes=5)) -> Result:
     """Re-run deploy + verify for the current version, from the files this host has."""
+    return runner.run(s, "deploy", name, lambda attempt: _deploy(s, attempt), wait=wait)
+
+
+def _deploy(s: Services, attempt: Attempt) -> Result:
     name, cfg, version = attempt.name, attempt.cfg, attempt.old
     if version is None:  # nothing to deploy is not a failure: recording one would back off the first issue
         return Result(name, "skipped", renewal_id=attempt.rid, reason="NothingIssued",
@@ -49,23 +53,23 @@ def deploy(p: Pipeline, attempt: Attempt) -> Result:
         if gen is None:
             raise DeployError(f"certificate {name}: nothing published on this host yet (`certd renew {name}` "
                               "publishes it, or `certd run --agent` installs it)")
-        _repair_links(p, attempt, gen)
+        _repair_links(s, attempt, gen)
         try:
             key = gen.read("privkey.pem")
         except OSError as exc:
             raise DeployError(f"certificate {name}: {cfg.output_dir / 'privkey.pem'} cannot be read "
                               f"({exc.strerror}); `certd renew {name} --force` publishes a fresh set") from exc
     with attempt.step("deploy", at="issuer"):
-        roots = tuple(p.issuer(cfg.issuer).roots() or ())
+        roots = tuple(s.issuer(cfg.issuer).roots() or ())
     material = Material.of_version(version, key, roots)
-    state, pending = p.rollout.deploy_and_verify(attempt, material, version.id, attempt.beat.lease
+    state, pending = s.rollout.deploy_and_verify(attempt, material, version.id, attempt.beat.lease
                                                  if attempt.beat else None)
-    p.recorder.success(attempt)
+    s.recorder.success(attempt)
     return Result(name, "deployed", serial=version.serial, state=state, renewal_id=attempt.rid,
                   reason="DeployPending" if pending else None)
 
 
-def _repair_links(p: Pipeline, attempt: Attempt, gen: Generation) -> None:
+def _repair_links(s: Services, attempt: Attempt, gen: Generation) -> None:
     """Stable names a hook (or a person) deleted are re-linked to the current generation before any target runs.
 
     Without this every target would run against missing files and the error would blame whichever ran;
@@ -80,19 +84,23 @@ def _repair_links(p: Pipeline, attempt: Attempt, gen: Generation) -> None:
         raise DeployError(f"certificate {attempt.name}: {', '.join(lost)} missing from {out} and from its "
                           f"generation {gen.name}: `certd renew {attempt.name} --force` publishes a fresh set",
                           retryable=False)
-    p.rollout.publisher(attempt.cfg).switch(gen)
-    p.recorder.event(attempt.name, "publish.repaired", f"re-linked {', '.join(broken)} in {out} to {gen.name} "
+    s.rollout.publisher(attempt.cfg).switch(gen)
+    s.recorder.event(attempt.name, "publish.repaired", f"re-linked {', '.join(broken)} in {out} to {gen.name} "
                      "(they had been removed)", attempt.rid, step="deploy", level="warning")
 
 
-def revoke(p: Pipeline, attempt: Attempt, reason: RevocationReason) -> Result:
+def revoke(s: Services, name: str, reason: RevocationReason) -> Result:
     """Revoke the current version at the issuer that issued it; the replacement is the caller's next step."""
+    return runner.run(s, "revoke", name, lambda attempt: _revoke(s, attempt, reason), wait=timedelta(minutes=5))
+
+
+def _revoke(s: Services, attempt: Attempt, reason: RevocationReason) -> Result:
     name, version = attempt.name, attempt.old
     if version is None:
         return Result(name, "failed", failed_step="revoke", error="no current version to revoke",
                       renewal_id=attempt.rid, reason="NothingIssued")
     with attempt.step("revoke", at="issuer"):
-        issuer = p.issuer(version.issuer if version.issuer in p.config.issuers else attempt.cfg.issuer)
+        issuer = s.issuer(version.issuer if version.issuer in s.config.issuers else attempt.cfg.issuer)
     dropped: str | None = None
     with attempt.step("revoke"):
         leaf = load_pem_certs(version.cert_pem.encode())[0]
@@ -101,13 +109,13 @@ def revoke(p: Pipeline, attempt: Attempt, reason: RevocationReason) -> Result:
         else:
             issuer.revoke(leaf, reason)
         assert attempt.beat is not None
-        p.inventory.update_version(attempt.beat.lease, version.id, p.clock.now(), state=VersionState.REVOKED.value)
-    p.recorder.success(attempt)
+        s.inventory.update_version(attempt.beat.lease, version.id, s.clock.now(), state=VersionState.REVOKED.value)
+    s.recorder.success(attempt)
     if dropped is not None:
-        p.recorder.event(name, "revoke.reason_dropped", f"serial {version.serial}: {dropped}", attempt.rid,
+        s.recorder.event(name, "revoke.reason_dropped", f"serial {version.serial}: {dropped}", attempt.rid,
                          step="revoke", level="warning")
     said = f"{reason}" if dropped is None else f"no reason: the CA refused {reason}"
-    p.recorder.event(name, "revoke.done", f"serial {version.serial} revoked ({said})", attempt.rid, step="revoke",
+    s.recorder.event(name, "revoke.done", f"serial {version.serial} revoked ({said})", attempt.rid, step="revoke",
                      level="warning")
     return Result(name, "revoked", serial=version.serial, state=VersionState.REVOKED.value, renewal_id=attempt.rid,
                   reason="ReasonDropped" if dropped is not None else None)
@@ -120,7 +128,7 @@ class _ReportsDroppedReason(Protocol):
     def revoke_reporting(self, certificate: x509.Certificate, reason: RevocationReason) -> str | None: ...
 
 
-def import_certificate(p: Pipeline, name: str, cert_pem: bytes, key_pem_data: bytes,
+def import_certificate(s: Services, name: str, cert_pem: bytes, key_pem_data: bytes,
                        chain_pem: bytes | None) -> Result:
     """Adopt an existing certificate: checked like an issued one, then recorded and rolled out.
 
@@ -136,31 +144,31 @@ def import_certificate(p: Pipeline, name: str, cert_pem: bytes, key_pem_data: by
     event): the operator's file is wrong, the certificate is not failing, so
     no backoff is set. From recording on, a failure is recorded like any other.
     """
-    cfg = p.cert_config(name)
+    cfg = s.cert_config(name)
     try:
         leaf, given, key = _parse_import(cert_pem, key_pem_data, chain_pem)
-        roots = p.issuer(cfg.issuer).roots()
+        roots = s.issuer(cfg.issuer).roots()
         chain = usable_chain(leaf, given, roots,
-                             lambda dropped: p.recorder.dropped_from_chain(name, dropped, None, kind="import.warning"))
-        check_certificate(leaf, chain, key, p.expectations(cfg, roots), p.clock.now())
+                             lambda dropped: s.recorder.dropped_from_chain(name, dropped, None, kind="import.warning"))
+        check_certificate(leaf, chain, key, s.expectations(cfg, roots), s.clock.now())
     except (CertdError, ValueError) as exc:
-        p.recorder.event(name, "import.rejected", str(exc), None, step="check")  # the CLI shows the error itself
+        s.recorder.event(name, "import.rejected", str(exc), None, step="check")  # the CLI shows the error itself
         raise
 
     def body(attempt: Attempt) -> Result:
-        issuer = p.issuer(cfg.issuer)
+        issuer = s.issuer(cfg.issuer)
         with attempt.step("record"):
-            attempt.version_id = p._add_version(attempt, issuer, leaf, chain, key)
+            attempt.version_id = add_version(s, attempt, issuer, leaf, chain, key)
             assert attempt.beat is not None
-            p.inventory.update_version(attempt.beat.lease, attempt.version_id, p.clock.now(),
+            s.inventory.update_version(attempt.beat.lease, attempt.version_id, s.clock.now(),
                                        state=VersionState.CHECKED.value)
         material = Material(leaf, chain, key_pem(key), tuple(roots or ()))
-        state, _pending = p.rollout.release(attempt, material)
-        p.recorder.success(attempt)
-        p.recorder.event(name, "import.succeeded", f"imported serial {material.serial}", attempt.rid, step="record")
+        state, _pending = s.rollout.roll_out(attempt, material)
+        s.recorder.success(attempt)
+        s.recorder.event(name, "import.succeeded", f"imported serial {material.serial}", attempt.rid, step="record")
         return Result(name, "imported", serial=material.serial, state=state, renewal_id=attempt.rid)
 
-    return p.run("import", name, body, wait=timedelta(minutes=5))
+    return runner.run(s, "import", name, body, wait=timedelta(minutes=5))
 
 
 def _parse_import(cert_pem: bytes, key_pem_data: bytes, chain_pem: bytes | None
@@ -185,19 +193,20 @@ def _parse_import(cert_pem: bytes, key_pem_data: bytes, chain_pem: bytes | None
     return leaf, others, key
 
 
-def needs_install(p: Pipeline, name: str) -> bool:
-    cfg = p.cert_config(name)
-    version = p.inventory.current_version(name)
+def needs_install(s: Services, name: str) -> bool:
+    """True when this host's files do not hold the inventory's current version (agent role)."""
+    cfg = s.cert_config(name)
+    version = s.inventory.current_version(name)
     if version is None or version.state in (VersionState.REVOKED.value, VersionState.FAILED.value):
         return False
     return published_serial(cfg.output_dir) != version.serial
 
 
-def install(p: Pipeline, name: str) -> Result:
+def install(s: Services, name: str) -> Result:
     """Agent role: publish the current version from the inventory on this host, then deploy + verify."""
-    cfg = p.cert_config(name)
-    version = p.inventory.current_version(name)
-    attempt = Attempt("install", name, cfg, uuid.uuid4().hex[:16], old=version, fault=p.fault)
+    cfg = s.cert_config(name)
+    version = s.inventory.current_version(name)
+    attempt = Attempt("install", name, cfg, uuid.uuid4().hex[:16], old=version, fault=s.fault)
     host = socket.gethostname()
     try:
         if version is None:
@@ -209,26 +218,26 @@ def install(p: Pipeline, name: str) -> Result:
             if version.key_enc is None:
                 raise CertdError("the inventory holds no key for this version: set [database] key_file on the "
                                  "issuing replicas")
-            key = p.keybox.open(version.key_enc, f"version:{name}:{version.serial}")
-            roots = tuple(p.issuer(cfg.issuer).roots() or ())
+            key = s.keybox.open(version.key_enc, f"version:{name}:{version.serial}")
+            roots = tuple(s.issuer(cfg.issuer).roots() or ())
             material = Material.of_version(version, key_pem(load_key_pem(key)), roots)
             with _host_lock(cfg.output_dir):
-                generation = p.rollout.publisher(cfg).publish(version.serial, material.files())
-            p.recorder.event(name, "agent.published", f"{host}: serial {version.serial} in {generation.name}",
+                generation = s.rollout.publisher(cfg).publish(version.serial, material.files())
+            s.recorder.event(name, "agent.published", f"{host}: serial {version.serial} in {generation.name}",
                              attempt.rid, step="publish")
-        state, _pending = p.rollout.deploy_and_verify(attempt, material, version.id, None)
+        state, _pending = s.rollout.deploy_and_verify(attempt, material, version.id, None)
     except Exception as exc:
         err = as_step_error(attempt.current_step, exc)
-        p.recorder.event(name, "agent.failed", f"{host}: {err.step}: {err.error}", attempt.rid, step=err.step,
+        s.recorder.event(name, "agent.failed", f"{host}: {err.step}: {err.error}", attempt.rid, step=err.step,
                          level="error")
         return Result(name, "failed", serial=version.serial if version else None, failed_step=err.step,
                       error=str(err.error), renewal_id=attempt.rid, reason=err.error.reason)
     return Result(name, "deployed", serial=version.serial, state=state, renewal_id=attempt.rid)
 
 
-def rollover(p: Pipeline, issuer_name: str) -> str:
+def rollover(s: Services, issuer_name: str) -> str:
     """The issuer's account key change; ``CertdError`` when the issuer has no account key to roll."""
-    issuer = p.issuer(issuer_name)
+    issuer = s.issuer(issuer_name)
     if not isinstance(issuer, KeyRollover):
         raise CertdError(f"issuer {issuer_name} has no account key to roll over (only ACME issuers do)")
     return issuer.rollover()

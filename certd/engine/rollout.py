@@ -117,7 +117,7 @@ class Rollout:
     def publisher(cfg: CertificateConfig) -> Publisher:
         return Publisher(cfg.output_dir, keep=cfg.keep, key_mode=cfg.mode, owner=cfg.owner, group=cfg.group)
 
-    def release(self, attempt: Attempt, material: Material) -> tuple[str, bool]:
+    def roll_out(self, attempt: Attempt, material: Material) -> tuple[str, bool]:
         """Publish the attempt's version (fenced), then deploy and verify it; roll back if that fails.
 
         Returns the version's state and whether a deploy is still pending (a target not running yet).

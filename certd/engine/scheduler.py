@@ -28,7 +28,8 @@ from typing import Any, Literal
 from certd.core.clock import Clock
 from certd.core.policy import Reason, Verdict
 from certd.core.status import assess
-from certd.engine.pipeline import Pipeline, Result
+from certd.engine.app import App
+from certd.engine.result import Result
 from certd.inventory.models import VersionState
 from certd.metrics import Metrics
 
@@ -111,7 +112,7 @@ class Scheduler:
 
     def __init__(
         self,
-        pipeline: Callable[[], Pipeline],
+        app: Callable[[], App],
         clock: Clock,
         *,
         workers: int,
@@ -119,7 +120,7 @@ class Scheduler:
         inline: bool = False,
         agent: bool = False,
     ) -> None:
-        self._pipeline = pipeline
+        self._app = app
         self._clock = clock
         self._metrics = metrics
         self.jobs = Jobs()
@@ -145,15 +146,15 @@ class Scheduler:
 
     def _run(self, job: Job, wait_for_lease: bool) -> None:
         self.jobs.start(job)
-        pipeline = self._pipeline()
+        app = self._app()
         try:
             if job.kind == "deploy":
-                result = pipeline.deploy(job.name, wait=timedelta(minutes=5) if wait_for_lease else timedelta(0))
+                result = app.pipeline.deploy(job.name, wait=timedelta(minutes=5) if wait_for_lease else timedelta(0))
             elif job.kind == "install":
-                result = pipeline.install(job.name)
+                result = app.pipeline.install(job.name)
             else:
                 wait = timedelta(minutes=5) if wait_for_lease else timedelta(0)
-                result = pipeline.renew(job.name, force=job.force, wait=wait)
+                result = app.pipeline.renew(job.name, force=job.force, wait=wait)
         except Exception as exc:
             log.exception("job %s for %s crashed", job.id, job.name)
             result = Result(job.name, "failed", failed_step="internal", error=f"{type(exc).__name__}: {exc}")
@@ -166,16 +167,16 @@ class Scheduler:
     # -- scanning ------------------------------------------------------------------
     def scan(self) -> list[str]:
         """Submit every due certificate not already in progress; return their names."""
-        pipeline = self._pipeline()
+        app = self._app()
         now = self._clock.now()
         started: list[str] = []
         if self.agent:
-            return self._scan_installs(pipeline, now)
+            return self._scan_installs(app, now)
         try:
-            pipeline.refresh_renewal_info()
+            app.pipeline.refresh_renewal_info()
         except Exception:  # ARI is advice: a failure must not stop the scan that renews by the lifetime rule
             log.exception("refreshing ARI renewal windows failed")
-        verdicts = pipeline.verdicts()
+        verdicts = app.pipeline.verdicts()
         # Earliest renewal time first: when the budget is short, certificates closest to expiry get it.
         due = sorted(((n, v) for n, v in verdicts.items() if v.due),
                      key=lambda item: item[1].at or datetime.min.replace(tzinfo=now.tzinfo))
@@ -183,20 +184,20 @@ class Scheduler:
             if not self.jobs.is_open(name, "renew"):
                 self.submit(name, force=False, wait_for_lease=False)
                 started.append(name)
-        started += self._complete_pending_deploys(pipeline, verdicts, now)
+        started += self._complete_pending_deploys(app, verdicts, now)
         self.recompute_wakeup(None if started else verdicts)
         self.last_scan = now
         if self._metrics is not None:
-            self.refresh_metrics(list(pipeline.config.certificates))
+            self.refresh_metrics(list(app.config.certificates))
         return started
 
-    def _complete_pending_deploys(self, pipeline: Pipeline, verdicts: dict[str, Verdict], now: datetime) -> list[str]:
+    def _complete_pending_deploys(self, app: App, verdicts: dict[str, Verdict], now: datetime) -> list[str]:
         """Deploy again what is published but not deployed: a server not running on first start, or a
         rollout that failed (once its backoff has passed). A new order would not help either.
         """
         started = []
-        versions = pipeline.inventory.current_versions()
-        for name, cfg in pipeline.config.certificates.items():
+        versions = app.inventory.current_versions()
+        for name, cfg in app.config.certificates.items():
             version, verdict = versions.get(name), verdicts.get(name)
             if not cfg.deploy or version is None or verdict is None or verdict.due:
                 continue
@@ -207,11 +208,11 @@ class Scheduler:
                 started.append(f"{name} (deploy)")
         return started
 
-    def _scan_installs(self, pipeline: Pipeline, now: datetime) -> list[str]:
+    def _scan_installs(self, app: App, now: datetime) -> list[str]:
         """Agent role: install what another replica issued; never renew."""
         started = []
-        for name in pipeline.config.certificates:
-            if not self.jobs.is_open(name, "install") and pipeline.needs_install(name):
+        for name in app.config.certificates:
+            if not self.jobs.is_open(name, "install") and app.pipeline.needs_install(name):
                 self.submit(name, kind="install")
                 started.append(name)
         self._next_wakeup = None
@@ -221,7 +222,7 @@ class Scheduler:
     def recompute_wakeup(self, verdicts: dict[str, Verdict] | None = None) -> datetime | None:
         """The earliest future ``renew_at`` or backoff end, from the inventory as it is now."""
         now = self._clock.now()
-        verdicts = verdicts if verdicts is not None else self._pipeline().verdicts()
+        verdicts = verdicts if verdicts is not None else self._app().pipeline.verdicts()
         times = [v.at for v in verdicts.values() if not v.due and v.at is not None and v.at > now]
         self._next_wakeup = min(times, default=None)
         if self.on_wakeup_changed is not None:
@@ -240,11 +241,11 @@ class Scheduler:
         """
         if self._metrics is None:
             return
-        pipeline = self._pipeline()
+        app = self._app()
         now = self._clock.now()
-        rows = {r.name: r for r in pipeline.inventory.certificates()}
-        versions = pipeline.inventory.current_versions()
-        verdicts = pipeline.verdicts()
+        rows = {r.name: r for r in app.inventory.certificates()}
+        versions = app.inventory.current_versions()
+        verdicts = app.pipeline.verdicts()
         for name in names:
             if name not in verdicts:
                 continue

@@ -8,6 +8,7 @@ models must match the newest revision.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "IssuanceLog",
     "Lease",
     "Meta",
+    "NewVersion",
     "UTCDateTime",
     "UsedSignature",
     "Version",
@@ -127,6 +129,26 @@ class Version(Base):
     key_enc: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What is known of a certificate when it is first recorded (``Inventory.add_version``)."""
+
+    renewal_id: str
+    serial: str
+    fingerprint: str
+    issuer: str
+    key_type: str
+    names: str  # JSON list, in config order
+    not_before: datetime
+    not_after: datetime
+    renew_at: datetime
+    cert_pem: str
+    chain_pem: str
+    key_enc: bytes | None = None
+    ari_cert_id: str | None = None
+    ari_next_check_at: datetime | None = None
 
 
 class Event(Base):

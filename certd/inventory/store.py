@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,7 @@ from certd.errors import InventoryError
 from certd.inventory.faults import inventory_error
 from certd.inventory.keycheck import assert_sealing_key
 from certd.inventory.leases import LeaseInfo, assert_held
-from certd.inventory.models import Account, Certificate, Event, Version, VersionState
+from certd.inventory.models import Account, Certificate, Event, NewVersion, Version, VersionState
 from certd.pki.keybox import KeyBox
 
 __all__ = ["Inventory", "SyncReport", "config_hash"]
@@ -245,12 +245,14 @@ class Inventory:
                 )
             )
 
-    def add_version(self, lease: LeaseInfo, now: datetime, **fields: Any) -> int:
+    def add_version(self, lease: LeaseInfo, now: datetime, new: NewVersion) -> int:
+        """Record an issued (or imported) certificate as ``issued``; fenced by the lease."""
         with self.sessions.begin() as s:
             assert_held(s, lease, now)
-            if fields.get("key_enc") is not None:
+            if new.key_enc is not None:
                 assert_sealing_key(s, self.keybox)
-            row = Version(certificate=lease.certificate, created_at=now, updated_at=now, **fields)
+            row = Version(certificate=lease.certificate, created_at=now, updated_at=now,
+                          state=VersionState.ISSUED.value, **asdict(new))
             s.add(row)
             s.flush()
             return row.id

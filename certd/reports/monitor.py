@@ -22,7 +22,6 @@ from certd.config.model import Config
 from certd.core.durations import format_duration
 from certd.core.status import Assessment, Severity, Status, assess
 from certd.engine.app import App
-from certd.engine.pipeline import Pipeline
 from certd.errors import InventoryError
 from certd.inventory.db import schema_is_current
 from certd.inventory.models import Certificate, Version
@@ -57,24 +56,24 @@ def open_inventory(config: Config) -> App:
     return app
 
 
-def _configured(pipeline: Pipeline, now: datetime) -> list[tuple[str, Version | None, Certificate | None, Assessment]]:
+def _configured(app: App, now: datetime) -> list[tuple[str, Version | None, Certificate | None, Assessment]]:
     """Every certificate the config asks for, assessed at one ``now`` (retired ones are nobody's concern)."""
-    inv = pipeline.inventory
+    inv = app.inventory
     rows = {r.name: r for r in inv.certificates()}
     versions = inv.current_versions()
     return [(n, versions.get(n), rows.get(n), assess(rows.get(n), versions.get(n), now))
-            for n in pipeline.config.certificates]
+            for n in app.config.certificates]
 
 
-def check_doc(pipeline: Pipeline, *, warn_within: timedelta | None = None) -> dict[str, Any]:
+def check_doc(app: App, *, warn_within: timedelta | None = None) -> dict[str, Any]:
     """``certd check --json``: the worst severity, one entry per configured certificate, and counts.
 
     ``warn_within`` raises an otherwise healthy certificate to ``warning`` when its ``not_after`` is that
     close (``expires_soon``); its ``status`` stays what ``list`` shows.
     """
-    now = pipeline.clock.now()
+    now = app.clock.now()
     entries: list[dict[str, Any]] = []
-    for name, version, row, found in _configured(pipeline, now):
+    for name, version, row, found in _configured(app, now):
         soon = (warn_within is not None and version is not None and found.severity is Severity.OK
                 and version.not_after - now <= warn_within)
         entries.append({
@@ -134,13 +133,13 @@ def check_summary(doc: dict[str, Any]) -> str:
     return f"CERTD {doc['status'].upper()} - {', '.join(parts)} | {perf}"
 
 
-def readyz_doc(pipeline: Pipeline) -> dict[str, Any]:
+def readyz_doc(app: App) -> dict[str, Any]:
     """``GET /readyz``: ``degraded`` naming every expired or critical certificate, else ``ok``.
 
     Unauthenticated, so each entry carries only what an outage page needs: no keys, and ``last_error``
     without what a hook said (``scrub.public_message``).
     """
-    check = check_doc(pipeline)
+    check = check_doc(app)
     bad = [{"name": e["name"], "status": e["status"], "not_after": e["not_after"],
             "last_error": public_message(e["last_error"])}
            for e in check["certificates"] if e["severity"] == Severity.CRITICAL.value]

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from certd.core.status import assess
-from certd.engine.pipeline import Pipeline
+from certd.engine.app import App
 from certd.inventory.models import Certificate, Version
 from certd.pki.certs import rfc3339, rfc3339_ms
 from certd.scrub import public_message
@@ -21,13 +21,13 @@ __all__ = ["certificate_doc", "history_doc", "list_doc", "plan_doc"]
 
 
 def certificate_doc(
-    pipeline: Pipeline, name: str, row: Certificate | None, version: Version | None, *,
+    app: App, name: str, row: Certificate | None, version: Version | None, *,
     now: datetime | None = None, public: bool = False,
 ) -> dict[str, Any]:
     """One entry of ``list``; ``status`` and ``severity`` come from ``certd/status.py``, as everywhere."""
-    cfg = pipeline.config.certificates.get(name)
+    cfg = app.config.certificates.get(name)
     names = list(cfg.names) if cfg else (json.loads(row.names) if row else [])
-    found = assess(row, version, now or pipeline.clock.now())
+    found = assess(row, version, now or app.clock.now())
     return {
         "name": name,
         "issuer": cfg.issuer if cfg else (row.issuer if row else None),
@@ -46,27 +46,27 @@ def certificate_doc(
     }
 
 
-def list_doc(pipeline: Pipeline, *, public: bool = False) -> dict[str, Any]:
+def list_doc(app: App, *, public: bool = False) -> dict[str, Any]:
     """Every certificate in the config, then retired ones still in the inventory (``public``: for readers
     without credentials, so no hook output)."""
-    inv = pipeline.inventory
+    inv = app.inventory
     rows = {r.name: r for r in inv.certificates()}
     versions = inv.current_versions()
-    names = list(pipeline.config.certificates) + sorted(n for n in rows if n not in pipeline.config.certificates)
-    now = pipeline.clock.now()
-    return {"certificates": [certificate_doc(pipeline, n, rows.get(n), versions.get(n), now=now, public=public)
+    names = list(app.config.certificates) + sorted(n for n in rows if n not in app.config.certificates)
+    now = app.clock.now()
+    return {"certificates": [certificate_doc(app, n, rows.get(n), versions.get(n), now=now, public=public)
                              for n in names]}
 
 
-def plan_doc(pipeline: Pipeline) -> dict[str, Any]:
+def plan_doc(app: App) -> dict[str, Any]:
     """What would renew, when and why (the same verdict ``renew`` acts on)."""
     out = []
-    for name, verdict in pipeline.verdicts().items():
+    for name, verdict in app.pipeline.verdicts().items():
         out.append(
             {
                 "name": name,
                 "due": verdict.due,
-                "renew_at": rfc3339(verdict.at) if verdict.at else rfc3339(pipeline.clock.now()),
+                "renew_at": rfc3339(verdict.at) if verdict.at else rfc3339(app.clock.now()),
                 "reason": str(verdict.reason),
                 "message": verdict.message,
             }
@@ -74,9 +74,9 @@ def plan_doc(pipeline: Pipeline) -> dict[str, Any]:
     return {"plan": out}
 
 
-def history_doc(pipeline: Pipeline, name: str) -> dict[str, Any]:
+def history_doc(app: App, name: str) -> dict[str, Any]:
     """Versions and events, newest first."""
-    inv = pipeline.inventory
+    inv = app.inventory
     return {
         "name": name,
         "versions": [

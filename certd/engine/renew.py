@@ -1,0 +1,156 @@
+"""The renewal: ``plan → key → issue → check(chain) → record → check → trust → publish → deploy → verify``.
+
+The one place that knows the order of a renewal's steps. It runs inside
+``runner.run`` (lease, gathered ``Attempt``, recorded failure).
+
+Guarantees:
+- the worker decides again under the lease (the certificate may have been
+  renewed while it waited) and skips if nothing is due;
+- a version that fails ``check`` is never published: the files on disk and
+  what servers load stay as they were;
+- the load balancers trust the new CA before any server presents it;
+- certd's own rate-limit budget never holds a renewal inside the hard
+  deadline, nor one the operator forced: there the CA's own answer decides.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta
+
+from cryptography import x509
+
+from certd.core.policy import evaluate, hard_deadline, pick_renew_at
+from certd.engine import runner
+from certd.engine.attempt import Attempt
+from certd.engine.plan import current, wanted
+from certd.engine.result import Result
+from certd.engine.rollout import Material
+from certd.engine.services import Services
+from certd.engine.trust import anchors, ensure_trusted, refresh_bundle_file
+from certd.inventory.models import NewVersion, VersionState
+from certd.issuers.base import Issued, Issuer, IssueRequest, RenewalInfo
+from certd.pki.certs import certs_pem, fingerprint, serial_hex
+from certd.pki.keys import PrivateKey, build_csr, generate_key, key_pem, key_type_of
+from certd.pki.x509check import check_certificate, shortened_lifetime, usable_chain
+
+__all__ = ["add_version", "renew"]
+
+
+def renew(s: Services, name: str, *, force: bool = False, wait: timedelta = timedelta(minutes=5),
+          requested_at: datetime | None = None) -> Result:
+    """Renew one certificate now if due (or forced); see the module docstring.
+
+    ``requested_at`` is when the caller asked (default: now); a renewal of
+    ``name`` that finished after it answers this request.
+    """
+    started = time.monotonic()
+    result = runner.run(s, "renew", name, lambda a: _renew(s, a, force), wait=wait, requested_at=requested_at)
+    cfg = s.config.certificates.get(name)
+    if cfg is not None and result.outcome != "skipped":
+        s.recorder.renewal_result(name, cfg.issuer, result.ok, time.monotonic() - started)
+    return result
+
+
+def _renew(s: Services, attempt: Attempt, force: bool) -> Result:
+    name, cfg, rid, old = attempt.name, attempt.cfg, attempt.rid, attempt.old
+    with attempt.step("plan"):
+        row = attempt.row
+        verdict = evaluate(wanted(cfg), current(old), s.clock.now(), force=force,
+                           next_attempt_at=row.next_attempt_at if row else None)
+    if not verdict.due:
+        s.recorder.event(name, "renewal.skipped", f"{verdict.reason}: {verdict.message}", rid, step="plan")
+        return Result(name, "skipped", serial=old.serial if old else None, state=old.state if old else None,
+                      renewal_id=rid, reason=str(verdict.reason))
+    s.recorder.event(name, "renewal.started", f"{verdict.reason}: {verdict.message}", rid, step="plan")
+    with attempt.step("key"):
+        key = generate_key(cfg.key)
+        csr = build_csr(key, cfg.names)
+    with attempt.step("issue", at="issuer"):
+        issuer = s.issuer(cfg.issuer)
+    with attempt.step("issue"):
+        request = IssueRequest(certificate=name, names=tuple(cfg.names), key_type=cfg.key, csr=csr,
+                               lifetime=cfg.lifetime, replaces=old.ari_cert_id if old else None)
+        issued = _issue(s, attempt, issuer, request, force)
+        if issued.private_key is not None:
+            key = issued.private_key
+    with attempt.step("check", at="chain"):
+        roots = issuer.roots()
+        chain = usable_chain(issued.leaf, issued.chain, roots,
+                             lambda dropped: s.recorder.dropped_from_chain(name, dropped, rid))
+    with attempt.step("record"):
+        attempt.version_id = add_version(s, attempt, issuer, issued.leaf, chain, key)
+    with attempt.step("check"):
+        expect = s.expectations(cfg, roots, issued.leaf)
+        for warning in check_certificate(issued.leaf, chain, key, expect, s.clock.now()):
+            s.recorder.event(name, "check.warning", warning, rid, step="check", level="warning")
+        shortened = shortened_lifetime(issued.leaf, chain, cfg.lifetime, expect.cap)
+        if shortened is not None:  # usable, but renewals come sooner than planned: said once per renewal
+            s.recorder.lifetime_shortened(name, cfg.issuer, shortened, rid)
+        assert attempt.beat is not None
+        s.inventory.update_version(attempt.beat.lease, attempt.version_id, s.clock.now(),
+                                   state=VersionState.CHECKED.value)
+    material = Material(issued.leaf, chain, key_pem(key), tuple(roots or ()))
+    targets = s.rollout.targets.values()
+    with attempt.step("trust"):  # the load balancers trust the new CA before any server presents it
+        ensure_trusted(s.config, name, cfg.issuer, issuer, s.inventory, s.recorder, rid,
+                       anchors(issued.leaf, chain, roots or ()), targets)
+    state, pending = s.rollout.roll_out(attempt, material)
+    s.recorder.success(attempt)
+    refresh_bundle_file(s.config, name, cfg.issuer, issuer, s.inventory, s.recorder, rid, targets)
+    s.recorder.event(name, "renewal.succeeded", f"serial {material.serial} {state} "
+                     f"({attempt.timing_summary()})", rid, step="record")
+    return Result(name, "renewed", serial=material.serial, state=state, renewal_id=rid,
+                  reason="DeployPending" if pending else str(verdict.reason))
+
+
+def _issue(s: Services, attempt: Attempt, issuer: Issuer, request: IssueRequest, force: bool) -> Issued:
+    """Spend from the budget (unless overridden), then ask the CA; a failed order gives the units back."""
+    cfg, now, old = attempt.cfg, s.clock.now(), attempt.old
+    budget = s.budget(cfg.issuer)
+    reservation: list[int] = []
+    if budget is not None:
+        override = None
+        if force:
+            override = "renewal forced by the operator"
+        elif old is not None and now >= hard_deadline(old.not_before, old.not_after):
+            override = "inside the hard deadline"
+        if override is not None:
+            s.recorder.event(attempt.name, "budget.overridden", f"issuer {cfg.issuer}: {override}: certd's "
+                             "budget is not consulted; the CA's own limits decide", attempt.rid, step="issue",
+                             level="warning")
+        reservation = budget.reserve(attempt.name, cfg.names, now, exempt=request.replaces is not None,
+                                     enforce=override is None)
+    try:
+        issued = issuer.issue(request)
+    except Exception:
+        s.recorder.issuer_request(cfg.issuer, False)
+        if budget is not None:
+            budget.release(reservation)
+        raise
+    s.recorder.issuer_request(cfg.issuer, True)
+    return issued
+
+
+def add_version(s: Services, attempt: Attempt, issuer: Issuer, leaf: x509.Certificate,
+                chain: tuple[x509.Certificate, ...], key: PrivateKey) -> int:
+    """Record the issued (or imported) certificate, fenced, with its renewal time drawn once."""
+    name, cfg = attempt.name, attempt.cfg
+    ari_window = ari_id = ari_next = None
+    if isinstance(issuer, RenewalInfo) and chain:
+        window = issuer.renewal_window(leaf, chain[0])
+        if window is not None:  # the CA speaks ARI: renewals will carry `replaces`
+            ari_window, ari_id, ari_next = (window.start, window.end), issuer.cert_id(leaf), window.retry_after
+    renew_at = pick_renew_at(leaf.not_valid_before_utc, leaf.not_valid_after_utc, renew_before=cfg.renew_before,
+                             renew_fraction=cfg.renew_fraction, ari_window=ari_window, rng=s.rng)
+    serial = serial_hex(leaf)
+    key_enc = s.keybox.seal(key_pem(key), f"version:{name}:{serial}") if s.keybox.enabled else None
+    assert attempt.beat is not None
+    return s.inventory.add_version(attempt.beat.lease, s.clock.now(), NewVersion(
+        renewal_id=attempt.rid, serial=serial, fingerprint=fingerprint(leaf), issuer=cfg.issuer,
+        key_type=str(key_type_of(key) or cfg.key), names=json.dumps(cfg.names),
+        not_before=leaf.not_valid_before_utc, not_after=leaf.not_valid_after_utc, renew_at=renew_at,
+        ari_cert_id=ari_id, ari_next_check_at=ari_next, cert_pem=certs_pem([leaf]).decode(),
+        chain_pem=certs_pem(chain).decode(), key_enc=key_enc,
+    ))
