@@ -16,6 +16,7 @@ from lightkube import Client, KubeConfig
 from lightkube.resources.core_v1 import Secret
 
 from certd.config.model import KubernetesSecretDeployConfig
+from certd.core.durations import rfc3339
 from certd.deploy import build_target
 from certd.deploy.base import DeployContext, DeployTarget, PublishedPaths
 from certd.deploy.kubernetes import (
@@ -27,7 +28,7 @@ from certd.deploy.kubernetes import (
     KubernetesSecretTarget,
 )
 from certd.errors import DeployError
-from certd.pki.certs import certs_pem, rfc3339, serial_hex
+from certd.pki.certs import certs_pem, serial_hex
 from certd.pki.keys import KeyType, generate_key, key_pem
 from tests.servers.tlsutil import CertKey, make_ca
 from tests.standins.kubernetes import OTHER_WRITER_ANNOTATION, KubernetesStandin

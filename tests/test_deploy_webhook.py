@@ -23,12 +23,13 @@ import pytest
 
 from certd.config.load import load_config
 from certd.config.model import WebhookDeployConfig
+from certd.core.durations import rfc3339
 from certd.core.signing import WEBHOOK_LABEL, BadSignature, verify
 from certd.deploy.base import DeployContext, PublishedPaths
 from certd.deploy.webhook import WebhookTarget
 from certd.engine.app import App
 from certd.errors import DeployError
-from certd.pki.certs import fingerprint, rfc3339, serial_hex
+from certd.pki.certs import fingerprint, serial_hex
 from tests.conftest import WriteConfig
 from tests.servers.ports import HOST
 from tests.servers.tlsutil import CertKey, issue_server_cert, make_ca, write_pem

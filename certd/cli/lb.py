@@ -32,11 +32,11 @@ from certd.cli.base import (
 )
 from certd.config.load import load_config
 from certd.core.clock import SystemClock
+from certd.core.durations import rfc3339
 from certd.core.status import Severity
 from certd.errors import CertdError
 from certd.lb.audit import AuditError, Finding, audit_file, config_findings, live_findings
 from certd.lb.haproxy_config import haproxy_lines
-from certd.pki.certs import rfc3339
 
 __all__ = ["COMMANDS"]
 

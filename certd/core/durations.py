@@ -1,4 +1,4 @@
-"""Duration strings (``90s``, ``5m``, ``12h``, ``30d``) used throughout the config.
+"""Duration strings (``90s``, ``5m``, ``12h``, ``30d``) used throughout the config, and RFC 3339 times.
 
 One parser and one formatter, so a value printed by certd can always be
 pasted back into the config. Durations are capped at ``MAX_DURATION`` (100
@@ -10,9 +10,9 @@ range, so a typo such as ``99999999999d`` is a config error, not a traceback.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
-__all__ = ["MAX_DURATION", "format_duration", "parse_duration"]
+__all__ = ["MAX_DURATION", "format_duration", "parse_duration", "rfc3339", "rfc3339_ms"]
 
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
@@ -50,3 +50,21 @@ def format_duration(value: timedelta) -> str:
             n, seconds = divmod(seconds, size)
             parts.append(f"{n}{unit}")
     return sign + "".join(parts)
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a ``Z``, second precision; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def rfc3339_ms(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with milliseconds (history: steps a few ms apart must stay in order to the eye)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

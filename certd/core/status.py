@@ -48,8 +48,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
+from certd.core.durations import rfc3339
 from certd.core.policy import hard_deadline
-from certd.pki.certs import rfc3339
 
 __all__ = [
     "Assessment",

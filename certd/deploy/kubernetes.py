@@ -35,9 +35,10 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
 from certd.config.model import KubernetesSecretDeployConfig
+from certd.core.durations import rfc3339
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError
-from certd.pki.certs import certs_pem, load_pem_certs, rfc3339
+from certd.pki.certs import certs_pem, load_pem_certs
 
 __all__ = [
     "ANNOTATION_NOT_AFTER",

@@ -38,10 +38,11 @@ from urllib.parse import urlsplit, urlunsplit
 import requests
 
 from certd.config.model import WebhookDeployConfig
+from certd.core.durations import rfc3339
 from certd.core.signing import WEBHOOK_LABEL, signed_headers
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError, tls_reason
-from certd.pki.certs import fingerprint, rfc3339
+from certd.pki.certs import fingerprint
 
 __all__ = ["WebhookTarget", "event_body"]
 

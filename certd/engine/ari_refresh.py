@@ -15,11 +15,12 @@ from datetime import timedelta
 
 from certd.config.model import Config
 from certd.core.clock import Clock
+from certd.core.durations import rfc3339
 from certd.core.policy import pick_renew_at
 from certd.engine.recorder import Recorder
 from certd.inventory.store import Inventory
 from certd.issuers.base import Issuer, RenewalInfo
-from certd.pki.certs import load_pem_certs, rfc3339
+from certd.pki.certs import load_pem_certs
 
 __all__ = ["refresh_renewal_info"]
 

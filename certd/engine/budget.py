@@ -31,10 +31,9 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from certd.config.model import RateLimitsConfig
-from certd.core.durations import format_duration
+from certd.core.durations import format_duration, rfc3339
 from certd.errors import RateLimited
 from certd.inventory.models import IssuanceLog
-from certd.pki.certs import rfc3339
 from certd.pki.keys import is_ip
 
 __all__ = ["BUDGET_REASON", "Budget", "names_key", "registered_domain"]

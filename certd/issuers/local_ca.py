@@ -26,10 +26,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from certd.config.model import LocalCAIssuerConfig
 from certd.core.clock import Clock, SystemClock
-from certd.core.durations import format_duration
+from certd.core.durations import format_duration, rfc3339
 from certd.errors import IssuerError
 from certd.issuers.base import Issued, IssueRequest, RevocationReason
-from certd.pki.certs import certs_pem, fingerprint, is_self_signed, load_pem_certs, rfc3339, serial_hex
+from certd.pki.certs import certs_pem, fingerprint, is_self_signed, load_pem_certs, serial_hex
 from certd.pki.keys import (
     KeyType,
     PrivateKey,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -27,10 +27,15 @@ __all__ = [
     "load_pem_certs",
     "not_after",
     "not_before",
-    "rfc3339",
-    "rfc3339_ms",
     "serial_hex",
 ]
+
+# What parsing a certificate can raise: cryptography's own classes for these are not ValueErrors.
+_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
+                 x509.UnsupportedGeneralNameType)
+_BEGIN = b"-----BEGIN "
+_DASHES = b"-----"
+_CERT_LABELS = (b"CERTIFICATE", b"X509 CERTIFICATE")  # the labels cryptography's own PEM loader accepts
 
 
 def serial_hex(cert: x509.Certificate) -> str:
@@ -49,32 +54,6 @@ def not_before(cert: x509.Certificate) -> datetime:
 
 def not_after(cert: x509.Certificate) -> datetime:
     return cert.not_valid_after_utc
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a ``Z``, second precision; ``None`` stays ``None``."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def rfc3339_ms(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with milliseconds (history: steps a few ms apart must stay in order to the eye)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-# What parsing a certificate can raise: cryptography's own classes for these are not ValueErrors.
-_PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, x509.InvalidVersion, x509.DuplicateExtension,
-                 x509.UnsupportedGeneralNameType)
-_BEGIN = b"-----BEGIN "
-_DASHES = b"-----"
-_CERT_LABELS = (b"CERTIFICATE", b"X509 CERTIFICATE")  # the labels cryptography's own PEM loader accepts
 
 
 def _pem_cert_bodies(data: bytes) -> Iterator[tuple[int, bytes]]:

@@ -21,8 +21,9 @@ from typing import Any
 
 from cryptography import x509
 
+from certd.core.durations import rfc3339
 from certd.errors import CheckFailed, VerifyError
-from certd.pki.certs import cert_names, fingerprint, load_pem_certs, rfc3339, serial_hex
+from certd.pki.certs import cert_names, fingerprint, load_pem_certs, serial_hex
 from certd.pki.x509check import verify_chain
 
 __all__ = ["ProbeResult", "probe", "system_roots", "verify_served"]

@@ -19,13 +19,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from certd.config.model import Config
-from certd.core.durations import format_duration
+from certd.core.durations import format_duration, rfc3339
 from certd.core.status import Assessment, Severity, Status, assess
 from certd.engine.app import App
 from certd.errors import InventoryError
 from certd.inventory.db import schema_is_current
 from certd.inventory.models import Certificate, Version
-from certd.pki.certs import rfc3339
 from certd.scrub import public_message
 
 __all__ = ["check_doc", "check_summary", "open_inventory", "readyz_doc"]

@@ -11,10 +11,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+from certd.core.durations import rfc3339, rfc3339_ms
 from certd.core.status import assess
 from certd.engine.app import App
 from certd.inventory.models import Certificate, Version
-from certd.pki.certs import rfc3339, rfc3339_ms
 from certd.scrub import public_message
 
 __all__ = ["certificate_doc", "history_doc", "list_doc", "plan_doc"]

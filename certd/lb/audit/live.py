@@ -17,11 +17,12 @@ from typing import Any
 from cryptography import x509
 
 from certd.config.model import Config, HaproxyDeployConfig
+from certd.core.durations import rfc3339
 from certd.core.status import Severity
 from certd.errors import CheckFailed
 from certd.inputs import CERT_LIMIT, read_bounded
 from certd.lb.audit.findings import SYSTEM_CA, Audit, Code, Finding, TlsBackend, covers, unreadable
-from certd.pki.certs import cert_names, load_pem_certs, rfc3339, serial_hex
+from certd.pki.certs import cert_names, load_pem_certs, serial_hex
 from certd.pki.probe import probe, system_roots
 from certd.pki.x509check import verify_chain
 
