@@ -40,6 +40,7 @@ from certd.config.load import load_config
 from certd.config.model import Config
 from certd.config.rules import check_secret_modes
 from certd.core.durations import format_duration
+from certd.core.kinds import EventKind
 from certd.engine.app import App
 from certd.engine.scheduler import Scheduler
 from certd.errors import CA_RATE_LIMIT_REASONS, CertdError, ConfigError
@@ -152,8 +153,8 @@ class Daemon:
         # certificate is re-evaluated now, except those the CA itself rate-limited.
         cleared = app.inventory.clear_backoffs(keep_reasons=CA_RATE_LIMIT_REASONS)
         for name in cleared:
-            app.services.recorder.event(name, "backoff.cleared", "config reloaded: backoff ended, re-evaluating now",
-                                        None)
+            app.services.recorder.event(name, EventKind.BACKOFF_CLEARED,
+                                        "config reloaded: backoff ended, re-evaluating now", None)
         old.close()
         self._reload_tls(config)
         self._scan()

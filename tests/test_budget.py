@@ -9,6 +9,7 @@ import pytest
 
 from certd.config.load import load_config
 from certd.config.model import RateLimitsConfig
+from certd.core.kinds import Step
 from certd.core.policy import Reason, hard_deadline
 from certd.engine.app import App
 from certd.engine.budget import BUDGET_REASON, Budget, names_key, registered_domain
@@ -194,10 +195,10 @@ def test_reload_ends_budget_backoffs_but_keeps_the_cas_own(write_config: WriteCo
         inv = daemon.app.inventory
         now = datetime.now(UTC)
         later = now + timedelta(days=6)
-        inv.record_outcome("edge", now, error="issue: certd's budget ... is spent", reason=BUDGET_REASON)
-        inv.set_backoff("edge", later)
-        inv.record_outcome("backend", now, error="issue: rateLimited: too many", reason="rateLimited")
-        inv.set_backoff("backend", later)
+        inv.record_failure("edge", now, step=Step.ISSUE, error="issue: certd's budget ... is spent",
+                           reason=BUDGET_REASON, backoff=lambda _: later)
+        inv.record_failure("backend", now, step=Step.ISSUE, error="issue: rateLimited: too many", reason="rateLimited",
+                           backoff=lambda _: later)
         daemon.reload()
         edge, backend = inv.certificate("edge"), inv.certificate("backend")
         assert edge is not None and backend is not None

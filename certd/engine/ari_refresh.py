@@ -16,6 +16,7 @@ from datetime import timedelta
 from certd.config.model import Config
 from certd.core.clock import Clock
 from certd.core.durations import rfc3339
+from certd.core.kinds import EventKind
 from certd.core.policy import pick_renew_at
 from certd.engine.recorder import Recorder
 from certd.inventory.store import Inventory
@@ -54,7 +55,7 @@ def refresh_renewal_info(config: Config, inventory: Inventory, issuer: Callable[
                                    next_check=window.retry_after or now + timedelta(hours=6))
         if renew_at != version.renew_at:
             moved.append(version.certificate)
-            recorder.event(version.certificate, "ari.window", f"the CA suggests renewing between "
+            recorder.event(version.certificate, EventKind.ARI_WINDOW, f"the CA suggests renewing between "
                            f"{rfc3339(window.start)} and {rfc3339(window.end)}; renewal now at {rfc3339(renew_at)}",
                            None)
     return moved

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from certd.config.model import CertificateConfig
+from certd.core.kinds import Step
 from certd.engine.hold import Heartbeat
 from certd.engine.result import Operation
 from certd.errors import CertdError
@@ -32,13 +33,13 @@ Fault = Callable[[str, str], None]
 class StepError(Exception):
     """Carries the failing step name with the certd error that ended it."""
 
-    def __init__(self, step: str, error: CertdError) -> None:
+    def __init__(self, step: Step, error: CertdError) -> None:
         super().__init__(str(error))
         self.step = step
         self.error = error
 
 
-def as_step_error(step: str, exc: BaseException) -> StepError:
+def as_step_error(step: Step, exc: BaseException) -> StepError:
     """Any exception, as the failure of ``step``: certd's own errors keep their reason."""
     if isinstance(exc, StepError):
         return exc
@@ -61,7 +62,7 @@ class Attempt:
     beat: Heartbeat | None = None
     fault: Fault | None = None
     timer: Callable[[str, str, float], None] | None = None  # (operation, step, seconds), for metrics
-    current_step: str = "plan"
+    current_step: Step = Step.PLAN
     version_id: int | None = None
     warnings: list[str] = field(default_factory=list)
     timings: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds), in order
@@ -74,7 +75,7 @@ class Attempt:
         return ", ".join(f"{step} {seconds * 1000:.0f} ms" for step, seconds in merged.items())
 
     @contextmanager
-    def step(self, name: str, *, at: str | None = None) -> Iterator[None]:
+    def step(self, name: Step, *, at: str | None = None) -> Iterator[None]:
         """Run one step; whatever it raises becomes a ``StepError`` naming it.
 
         ``at`` names a finer boundary inside a step (``issuer`` construction

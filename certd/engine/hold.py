@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from certd.core.clock import Clock
+from certd.core.kinds import Step
 from certd.engine.result import Operation, Result
 from certd.errors import LeaseLost, LeaseTimeout
 from certd.inventory.leases import LeaseInfo, LeaseManager
@@ -106,7 +107,7 @@ class Hold:
                 return Result(name, "skipped", renewal_id=rid, reason="LeaseHeld")
             if time.monotonic() >= deadline:
                 err = LeaseTimeout(f"certificate {name}: another operation held the lease for longer than {wait}")
-                return Result(name, "failed", failed_step="lease", error=str(err), renewal_id=rid,
+                return Result(name, "failed", failed_step=Step.LEASE, error=str(err), renewal_id=rid,
                               reason=err.reason)
             time.sleep(delay)
             delay = min(delay * 2, 0.5)

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
+from certd.core.kinds import EventKind, Step
 from certd.deploy.publish import FILES, Generation, current_generation, published_serial
 from certd.engine import runner
 from certd.engine.attempt import Attempt, as_step_error
@@ -48,7 +49,7 @@ def _deploy(s: Services, attempt: Attempt) -> Result:
     if version is None:  # nothing to deploy is not a failure: recording one would back off the first issue
         return Result(name, "skipped", renewal_id=attempt.rid, reason="NothingIssued",
                       error=f"nothing issued yet: `certd renew {name}` first")
-    with attempt.step("deploy", at="files"):
+    with attempt.step(Step.DEPLOY, at="files"):
         gen = current_generation(cfg.output_dir)
         if gen is None:
             raise DeployError(f"certificate {name}: nothing published on this host yet (`certd renew {name}` "
@@ -59,7 +60,7 @@ def _deploy(s: Services, attempt: Attempt) -> Result:
         except OSError as exc:
             raise DeployError(f"certificate {name}: {cfg.output_dir / 'privkey.pem'} cannot be read "
                               f"({exc.strerror}); `certd renew {name} --force` publishes a fresh set") from exc
-    with attempt.step("deploy", at="issuer"):
+    with attempt.step(Step.DEPLOY, at="issuer"):
         roots = tuple(s.issuer(cfg.issuer).roots() or ())
     material = Material.of_version(version, key, roots)
     state, pending = s.rollout.deploy_and_verify(attempt, material, version.id, attempt.beat.lease
@@ -85,8 +86,8 @@ def _repair_links(s: Services, attempt: Attempt, gen: Generation) -> None:
                           f"generation {gen.name}: `certd renew {attempt.name} --force` publishes a fresh set",
                           retryable=False)
     s.rollout.publisher(attempt.cfg).switch(gen)
-    s.recorder.event(attempt.name, "publish.repaired", f"re-linked {', '.join(broken)} in {out} to {gen.name} "
-                     "(they had been removed)", attempt.rid, step="deploy", level="warning")
+    s.recorder.event(attempt.name, EventKind.PUBLISH_REPAIRED, f"re-linked {', '.join(broken)} in {out} to {gen.name} "
+                     "(they had been removed)", attempt.rid, step=Step.DEPLOY, level="warning")
 
 
 def revoke(s: Services, name: str, reason: RevocationReason) -> Result:
@@ -97,12 +98,12 @@ def revoke(s: Services, name: str, reason: RevocationReason) -> Result:
 def _revoke(s: Services, attempt: Attempt, reason: RevocationReason) -> Result:
     name, version = attempt.name, attempt.old
     if version is None:
-        return Result(name, "failed", failed_step="revoke", error="no current version to revoke",
+        return Result(name, "failed", failed_step=Step.REVOKE, error="no current version to revoke",
                       renewal_id=attempt.rid, reason="NothingIssued")
-    with attempt.step("revoke", at="issuer"):
+    with attempt.step(Step.REVOKE, at="issuer"):
         issuer = s.issuer(version.issuer if version.issuer in s.config.issuers else attempt.cfg.issuer)
     dropped: str | None = None
-    with attempt.step("revoke"):
+    with attempt.step(Step.REVOKE):
         leaf = load_pem_certs(version.cert_pem.encode())[0]
         if isinstance(issuer, _ReportsDroppedReason):
             dropped = issuer.revoke_reporting(leaf, reason)
@@ -112,11 +113,11 @@ def _revoke(s: Services, attempt: Attempt, reason: RevocationReason) -> Result:
         s.inventory.update_version(attempt.beat.lease, version.id, s.clock.now(), state=VersionState.REVOKED.value)
     s.recorder.success(attempt)
     if dropped is not None:
-        s.recorder.event(name, "revoke.reason_dropped", f"serial {version.serial}: {dropped}", attempt.rid,
-                         step="revoke", level="warning")
+        s.recorder.event(name, EventKind.REVOKE_REASON_DROPPED, f"serial {version.serial}: {dropped}", attempt.rid,
+                         step=Step.REVOKE, level="warning")
     said = f"{reason}" if dropped is None else f"no reason: the CA refused {reason}"
-    s.recorder.event(name, "revoke.done", f"serial {version.serial} revoked ({said})", attempt.rid, step="revoke",
-                     level="warning")
+    s.recorder.event(name, EventKind.REVOKE_DONE, f"serial {version.serial} revoked ({said})", attempt.rid,
+                     step=Step.REVOKE, level="warning")
     return Result(name, "revoked", serial=version.serial, state=VersionState.REVOKED.value, renewal_id=attempt.rid,
                   reason="ReasonDropped" if dropped is not None else None)
 
@@ -148,16 +149,17 @@ def import_certificate(s: Services, name: str, cert_pem: bytes, key_pem_data: by
     try:
         leaf, given, key = _parse_import(cert_pem, key_pem_data, chain_pem)
         roots = s.issuer(cfg.issuer).roots()
-        chain = usable_chain(leaf, given, roots,
-                             lambda dropped: s.recorder.dropped_from_chain(name, dropped, None, kind="import.warning"))
+        chain = usable_chain(leaf, given, roots, lambda dropped: s.recorder.dropped_from_chain(
+            name, dropped, None, kind=EventKind.IMPORT_WARNING))
         check_certificate(leaf, chain, key, s.expectations(cfg, roots), s.clock.now())
     except (CertdError, ValueError) as exc:
-        s.recorder.event(name, "import.rejected", str(exc), None, step="check")  # the CLI shows the error itself
+        # the CLI shows the error itself
+        s.recorder.event(name, EventKind.IMPORT_REJECTED, str(exc), None, step=Step.CHECK)
         raise
 
     def body(attempt: Attempt) -> Result:
         issuer = s.issuer(cfg.issuer)
-        with attempt.step("record"):
+        with attempt.step(Step.RECORD):
             attempt.version_id = add_version(s, attempt, issuer, leaf, chain, key)
             assert attempt.beat is not None
             s.inventory.update_version(attempt.beat.lease, attempt.version_id, s.clock.now(),
@@ -165,7 +167,8 @@ def import_certificate(s: Services, name: str, cert_pem: bytes, key_pem_data: by
         material = Material(leaf, chain, key_pem(key), tuple(roots or ()))
         state, _pending = s.rollout.roll_out(attempt, material)
         s.recorder.success(attempt)
-        s.recorder.event(name, "import.succeeded", f"imported serial {material.serial}", attempt.rid, step="record")
+        s.recorder.event(name, EventKind.IMPORT_SUCCEEDED, f"imported serial {material.serial}", attempt.rid,
+                         step=Step.RECORD)
         return Result(name, "imported", serial=material.serial, state=state, renewal_id=attempt.rid)
 
     return runner.run(s, "import", name, body, wait=timedelta(minutes=5))
@@ -214,7 +217,7 @@ def install(s: Services, name: str) -> Result:
         if published_serial(cfg.output_dir) == version.serial:
             return Result(name, "skipped", serial=version.serial, state=version.state, renewal_id=attempt.rid,
                           reason="UpToDate")
-        with attempt.step("publish"):
+        with attempt.step(Step.PUBLISH):
             if version.key_enc is None:
                 raise CertdError("the inventory holds no key for this version: set [database] key_file on the "
                                  "issuing replicas")
@@ -223,12 +226,12 @@ def install(s: Services, name: str) -> Result:
             material = Material.of_version(version, key_pem(load_key_pem(key)), roots)
             with _host_lock(cfg.output_dir):
                 generation = s.rollout.publisher(cfg).publish(version.serial, material.files())
-            s.recorder.event(name, "agent.published", f"{host}: serial {version.serial} in {generation.name}",
-                             attempt.rid, step="publish")
+            s.recorder.event(name, EventKind.AGENT_PUBLISHED, f"{host}: serial {version.serial} in {generation.name}",
+                             attempt.rid, step=Step.PUBLISH)
         state, _pending = s.rollout.deploy_and_verify(attempt, material, version.id, None)
     except Exception as exc:
         err = as_step_error(attempt.current_step, exc)
-        s.recorder.event(name, "agent.failed", f"{host}: {err.step}: {err.error}", attempt.rid, step=err.step,
+        s.recorder.event(name, EventKind.AGENT_FAILED, f"{host}: {err.step}: {err.error}", attempt.rid, step=err.step,
                          level="error")
         return Result(name, "failed", serial=version.serial if version else None, failed_step=err.step,
                       error=str(err.error), renewal_id=attempt.rid, reason=err.error.reason)

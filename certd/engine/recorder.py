@@ -12,14 +12,16 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Sequence
+from datetime import datetime
 
 from cryptography import x509
 
 from certd.core.clock import Clock
+from certd.core.kinds import EventKind, Step
 from certd.core.policy import hard_deadline, retry_at
 from certd.engine.attempt import Attempt, StepError
 from certd.engine.budget import BUDGET_REASON
-from certd.engine.result import Result
+from certd.engine.result import Operation, Result
 from certd.errors import LeaseLost
 from certd.inventory.models import VersionState
 from certd.inventory.store import Inventory
@@ -30,15 +32,17 @@ from certd.scrub import scrub
 __all__ = ["Recorder"]
 
 log = logging.getLogger("certd.pipeline")
-_FAILED_KIND = {
-    "renew": "renewal.failed",
-    "deploy": "deploy.failed",
-    "install": "agent.failed",
-    "import": "import.failed",
-    "revoke": "revoke.failed",
+_FAILED_KIND: dict[Operation, EventKind] = {
+    "renew": EventKind.RENEWAL_FAILED,
+    "deploy": EventKind.DEPLOY_FAILED,
+    "install": EventKind.AGENT_FAILED,
+    "import": EventKind.IMPORT_FAILED,
+    "revoke": EventKind.REVOKE_FAILED,
 }
 # A success of these operations clears only failures of the steps they re-ran.
-_CLEARS_STEPS = {"deploy": ("deploy", "verify"), "install": ("publish", "deploy", "verify"), "revoke": ("revoke",)}
+_CLEARS_STEPS: dict[Operation, tuple[Step, ...]] = {
+    "deploy": (Step.DEPLOY, Step.VERIFY), "install": (Step.PUBLISH, Step.DEPLOY, Step.VERIFY), "revoke": (Step.REVOKE,),
+}
 
 
 class Recorder:
@@ -58,7 +62,7 @@ class Recorder:
     def clean(self, text: str) -> str:
         return scrub(text, self._secrets())
 
-    def event(self, name: str, kind: str, message: str, rid: str | None, *, step: str | None = None,
+    def event(self, name: str, kind: EventKind, message: str, rid: str | None, *, step: Step | None = None,
               level: str = "info") -> None:
         message = self.clean(message)
         log.log(logging.INFO if level == "info" else logging.WARNING if level == "warning" else logging.ERROR,
@@ -66,11 +70,11 @@ class Recorder:
         self.inventory.event(name, kind, message, self.clock.now(), renewal_id=rid, step=step, level=level)
 
     def dropped_from_chain(self, name: str, dropped: Sequence[x509.Certificate], rid: str | None, *,
-                           kind: str = "check.warning") -> None:
+                           kind: EventKind = EventKind.CHECK_WARNING) -> None:
         """A warning per certificate that came with the chain but is not on the leaf's path to its root."""
         for cert in dropped:
             self.event(name, kind, f"dropped {describe(cert)} from the chain: it is not on the path from the leaf "
-                       "to its root (issuer name and signature checked)", rid, step="check", level="warning")
+                       "to its root (issuer name and signature checked)", rid, step=Step.CHECK, level="warning")
 
     # -- metrics ---------------------------------------------------------------------
     def issuer_request(self, issuer: str, ok: bool) -> None:
@@ -91,7 +95,7 @@ class Recorder:
             self.metrics.renewal_duration.labels(issuer, "success" if ok else "failure").observe(seconds)
 
     def lifetime_shortened(self, name: str, issuer: str, message: str, rid: str | None) -> None:
-        self.event(name, "check.lifetime_shortened", message, rid, step="check", level="warning")
+        self.event(name, EventKind.CHECK_LIFETIME_SHORTENED, message, rid, step=Step.CHECK, level="warning")
         if self.metrics is not None:
             self.metrics.lifetime_shortened.labels(name, issuer).inc()
 
@@ -112,13 +116,16 @@ class Recorder:
                                               state=VersionState.FAILED.value, failed_step=exc.step, error=str(err))
             except Exception:
                 log.warning("%s: could not mark version failed (lease lost)", name)
-        failures = self.inventory.record_outcome(name, now, error=f"{exc.step}: {err}", reason=err.reason)
         old = attempt.old
         deadline = hard_deadline(old.not_before, old.not_after) if old else None
-        retry = retry_at(max(failures, 1), now, rng=self._rng, deadline=deadline, retryable=err.retryable,
-                         retry_after=err.retry_after, own_budget=err.reason == BUDGET_REASON,
-                         lifetime=old.not_after - old.not_before if old else None)
-        self.inventory.set_backoff(name, retry)
+
+        def backoff(failures: int) -> datetime:
+            return retry_at(max(failures, 1), now, rng=self._rng, deadline=deadline, retryable=err.retryable,
+                            retry_after=err.retry_after, own_budget=err.reason == BUDGET_REASON,
+                            lifetime=old.not_after - old.not_before if old else None)
+
+        retry = self.inventory.record_failure(name, now, step=exc.step, error=f"{exc.step}: {err}", reason=err.reason,
+                                              backoff=backoff) or backoff(1)
         timings = attempt.timing_summary()
         self.event(name, _FAILED_KIND[attempt.op], f"{exc.step}: {err} (next attempt after "
                    f"{retry:%Y-%m-%dT%H:%M:%SZ}{'; ' + timings if timings else ''})",
@@ -130,9 +137,4 @@ class Recorder:
 
     def success(self, attempt: Attempt) -> None:
         """Clear the failure record: all of it after a renewal or import, the re-run steps' after a deploy."""
-        steps = _CLEARS_STEPS.get(attempt.op)
-        if steps is not None:
-            row = self.inventory.certificate(attempt.name)
-            if row is None or not row.last_error or not row.last_error.startswith(tuple(f"{s}:" for s in steps)):
-                return
-        self.inventory.record_outcome(attempt.name, self.clock.now(), error=None)
+        self.inventory.clear_failure(attempt.name, steps=_CLEARS_STEPS.get(attempt.op))

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
+from certd.core.kinds import EventKind, Step
 from certd.core.policy import evaluate, hard_deadline, pick_renew_at
 from certd.engine import runner
 from certd.engine.attempt import Attempt
@@ -55,36 +56,36 @@ def renew(s: Services, name: str, *, force: bool = False, wait: timedelta = time
 
 def _renew(s: Services, attempt: Attempt, force: bool) -> Result:
     name, cfg, rid, old = attempt.name, attempt.cfg, attempt.rid, attempt.old
-    with attempt.step("plan"):
+    with attempt.step(Step.PLAN):
         row = attempt.row
         verdict = evaluate(wanted(cfg), current(old), s.clock.now(), force=force,
                            next_attempt_at=row.next_attempt_at if row else None)
     if not verdict.due:
-        s.recorder.event(name, "renewal.skipped", f"{verdict.reason}: {verdict.message}", rid, step="plan")
+        s.recorder.event(name, EventKind.RENEWAL_SKIPPED, f"{verdict.reason}: {verdict.message}", rid, step=Step.PLAN)
         return Result(name, "skipped", serial=old.serial if old else None, state=old.state if old else None,
                       renewal_id=rid, reason=str(verdict.reason))
-    s.recorder.event(name, "renewal.started", f"{verdict.reason}: {verdict.message}", rid, step="plan")
-    with attempt.step("key"):
+    s.recorder.event(name, EventKind.RENEWAL_STARTED, f"{verdict.reason}: {verdict.message}", rid, step=Step.PLAN)
+    with attempt.step(Step.KEY):
         key = generate_key(cfg.key)
         csr = build_csr(key, cfg.names)
-    with attempt.step("issue", at="issuer"):
+    with attempt.step(Step.ISSUE, at="issuer"):
         issuer = s.issuer(cfg.issuer)
-    with attempt.step("issue"):
+    with attempt.step(Step.ISSUE):
         request = IssueRequest(certificate=name, names=tuple(cfg.names), key_type=cfg.key, csr=csr,
                                lifetime=cfg.lifetime, replaces=old.ari_cert_id if old else None)
         issued = _issue(s, attempt, issuer, request, force)
         if issued.private_key is not None:
             key = issued.private_key
-    with attempt.step("check", at="chain"):
+    with attempt.step(Step.CHECK, at="chain"):
         roots = issuer.roots()
         chain = usable_chain(issued.leaf, issued.chain, roots,
                              lambda dropped: s.recorder.dropped_from_chain(name, dropped, rid))
-    with attempt.step("record"):
+    with attempt.step(Step.RECORD):
         attempt.version_id = add_version(s, attempt, issuer, issued.leaf, chain, key)
-    with attempt.step("check"):
+    with attempt.step(Step.CHECK):
         expect = s.expectations(cfg, roots, issued.leaf)
         for warning in check_certificate(issued.leaf, chain, key, expect, s.clock.now()):
-            s.recorder.event(name, "check.warning", warning, rid, step="check", level="warning")
+            s.recorder.event(name, EventKind.CHECK_WARNING, warning, rid, step=Step.CHECK, level="warning")
         shortened = shortened_lifetime(issued.leaf, chain, cfg.lifetime, expect.cap)
         if shortened is not None:  # usable, but renewals come sooner than planned: said once per renewal
             s.recorder.lifetime_shortened(name, cfg.issuer, shortened, rid)
@@ -93,14 +94,14 @@ def _renew(s: Services, attempt: Attempt, force: bool) -> Result:
                                    state=VersionState.CHECKED.value)
     material = Material(issued.leaf, chain, key_pem(key), tuple(roots or ()))
     targets = s.rollout.targets.values()
-    with attempt.step("trust"):  # the load balancers trust the new CA before any server presents it
+    with attempt.step(Step.TRUST):  # the load balancers trust the new CA before any server presents it
         ensure_trusted(s.config, name, cfg.issuer, issuer, s.inventory, s.recorder, rid,
                        anchors(issued.leaf, chain, roots or ()), targets)
     state, pending = s.rollout.roll_out(attempt, material)
     s.recorder.success(attempt)
     refresh_bundle_file(s.config, name, cfg.issuer, issuer, s.inventory, s.recorder, rid, targets)
-    s.recorder.event(name, "renewal.succeeded", f"serial {material.serial} {state} "
-                     f"({attempt.timing_summary()})", rid, step="record")
+    s.recorder.event(name, EventKind.RENEWAL_SUCCEEDED, f"serial {material.serial} {state} "
+                     f"({attempt.timing_summary()})", rid, step=Step.RECORD)
     return Result(name, "renewed", serial=material.serial, state=state, renewal_id=rid,
                   reason="DeployPending" if pending else str(verdict.reason))
 
@@ -117,8 +118,8 @@ def _issue(s: Services, attempt: Attempt, issuer: Issuer, request: IssueRequest,
         elif old is not None and now >= hard_deadline(old.not_before, old.not_after):
             override = "inside the hard deadline"
         if override is not None:
-            s.recorder.event(attempt.name, "budget.overridden", f"issuer {cfg.issuer}: {override}: certd's "
-                             "budget is not consulted; the CA's own limits decide", attempt.rid, step="issue",
+            s.recorder.event(attempt.name, EventKind.BUDGET_OVERRIDDEN, f"issuer {cfg.issuer}: {override}: certd's "
+                             "budget is not consulted; the CA's own limits decide", attempt.rid, step=Step.ISSUE,
                              level="warning")
         reservation = budget.reserve(attempt.name, cfg.names, now, exempt=request.replaces is not None,
                                      enforce=override is None)

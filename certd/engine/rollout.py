@@ -27,6 +27,7 @@ from cryptography import x509
 
 from certd.config.model import CertificateConfig
 from certd.core.clock import Clock
+from certd.core.kinds import EventKind, Step
 from certd.deploy.base import DeployContext, DeployTarget, PublishedPaths
 from certd.deploy.publish import Generation, Publisher, current_generation, file_set
 from certd.engine.attempt import Attempt, StepError
@@ -124,17 +125,17 @@ class Rollout:
         """
         beat, version_id = attempt.beat, attempt.version_id
         assert beat is not None and version_id is not None
-        with attempt.step("publish", at="publisher"):
+        with attempt.step(Step.PUBLISH, at="publisher"):
             publisher = self.publisher(attempt.cfg)
-        with attempt.step("publish"):
+        with attempt.step(Step.PUBLISH):
             beat.fence()  # the fencing check and the switch are as close as the file system allows
             generation = publisher.publish(material.serial, material.files())
             now = self.clock.now()
             self.inventory.make_current(beat.lease, version_id, now)
             self.inventory.update_version(beat.lease, version_id, now, state=VersionState.PUBLISHED.value,
                                           generation=generation.name)
-            self.recorder.event(attempt.name, "publish.done", f"serial {material.serial} in {generation.name}",
-                                attempt.rid, step="publish")
+            self.recorder.event(attempt.name, EventKind.PUBLISH_DONE, f"serial {material.serial} in {generation.name}",
+                                attempt.rid, step=Step.PUBLISH)
         try:
             return self.deploy_and_verify(attempt, material, version_id, beat.lease)
         except StepError:
@@ -157,7 +158,7 @@ class Rollout:
         pending: list[str] = []
         lb_before = [baseline(check) for check in cfg.lb_checks]  # HAProxy's counters before the rotation
         if cfg.deploy:
-            with attempt.step("deploy"):
+            with attempt.step(Step.DEPLOY):
                 for target_name in cfg.deploy:
                     try:
                         message = self.targets[target_name].deploy(ctx)
@@ -166,22 +167,22 @@ class Rollout:
                             self.recorder.deploy_result(name, target_name, False)
                             raise
                         pending.append(target_name)
-                        self.recorder.event(name, "deploy.pending", f"{target_name}: {exc}; the files are in "
+                        self.recorder.event(name, EventKind.DEPLOY_PENDING, f"{target_name}: {exc}; the files are in "
                                             "place for when it starts (certd deploy completes this)",
-                                            attempt.rid, step="deploy", level="warning")
+                                            attempt.rid, step=Step.DEPLOY, level="warning")
                         continue
                     except Exception:
                         self.recorder.deploy_result(name, target_name, False)
                         raise
                     self.recorder.deploy_result(name, target_name, True)
-                    self.recorder.event(name, "deploy.done", f"{target_name}: {message}", attempt.rid,
-                                        step="deploy")
+                    self.recorder.event(name, EventKind.DEPLOY_DONE, f"{target_name}: {message}", attempt.rid,
+                                        step=Step.DEPLOY)
                 if not pending:
                     state = VersionState.DEPLOYED
                     if lease is not None:
                         self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
         if cfg.verify and not pending:
-            with attempt.step("verify"):
+            with attempt.step(Step.VERIFY):
                 if self.prober is None:
                     raise VerifyError(f"certificate {name}: verify endpoints are configured but no prober")
                 for ep in cfg.verify:
@@ -193,23 +194,23 @@ class Rollout:
                         self.recorder.probe_result(name, False)
                         raise
                     self.recorder.probe_result(name, True)
-                    self.recorder.event(name, "verify.done", f"{ep.endpoint}: {message}", attempt.rid,
-                                        step="verify")
+                    self.recorder.event(name, EventKind.VERIFY_DONE, f"{ep.endpoint}: {message}", attempt.rid,
+                                        step=Step.VERIFY)
                 state = VersionState.SERVED
                 if lease is not None:
                     self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
         if cfg.lb_checks and not pending:
-            with attempt.step("verify"):  # the whole path: the load balancer still accepts this backend
+            with attempt.step(Step.VERIFY):  # the whole path: the load balancer still accepts this backend
                 for check, before in zip(cfg.lb_checks, lb_before, strict=True):
                     message = confirm_accepted(check, before, cfg.verify_timeout)
-                    self.recorder.event(name, "verify.done", message, attempt.rid, step="verify")
+                    self.recorder.event(name, EventKind.VERIFY_DONE, message, attempt.rid, step=Step.VERIFY)
         return state.value, bool(pending)
 
     def rollback(self, attempt: Attempt, publisher: Publisher, old: Version, roots: tuple[x509.Certificate, ...],
                  lease: LeaseInfo) -> None:
         """Switch back to the previous generation and re-run deploy + verify for it; failures are events."""
         try:
-            with attempt.step("rollback"):
+            with attempt.step(Step.ROLLBACK):
                 if old.generation is None or not (attempt.cfg.output_dir / old.generation).is_dir():
                     raise DeployError(f"previous generation of serial {old.serial} is no longer on disk")
                 publisher.switch(Generation(old.generation, attempt.cfg.output_dir / old.generation))
@@ -221,8 +222,9 @@ class Rollout:
                     raise DeployError("no generation is current after switching back")
                 material = Material.of_version(old, gen.read("privkey.pem"), roots)
                 self.deploy_and_verify(attempt, material, old.id, lease)
-            self.recorder.event(attempt.name, "rollback.done", f"serial {old.serial} is served again", attempt.rid,
-                                step="deploy", level="warning")
+            self.recorder.event(attempt.name, EventKind.ROLLBACK_DONE, f"serial {old.serial} is served again",
+                                attempt.rid, step=Step.DEPLOY, level="warning")
         except (StepError, CertdError, OSError) as exc:
-            self.recorder.event(attempt.name, "rollback.failed", f"rollback to serial {old.serial} failed: {exc}",
-                                attempt.rid, step="deploy", level="error")
+            self.recorder.event(attempt.name, EventKind.ROLLBACK_FAILED,
+                                f"rollback to serial {old.serial} failed: {exc}", attempt.rid, step=Step.DEPLOY,
+                                level="error")

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from certd.core.kinds import Step
 from certd.engine.attempt import Attempt, as_step_error
 from certd.engine.result import Operation, Result
 from certd.engine.services import Services
@@ -30,7 +31,7 @@ def run(s: Services, op: Operation, name: str, body: Callable[[Attempt], Result]
     try:
         cfg = s.cert_config(name)
     except CertdError as exc:
-        step = "plan" if op == "renew" else op
+        step = Step.PLAN if op == "renew" else Step(op)
         return Result(name, "failed", failed_step=step, error=str(exc), renewal_id=rid, reason=exc.reason)
     got = s.hold.acquire(name, rid, op, wait, requested_at)
     if isinstance(got, Result):

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from certd.core.clock import Clock
+from certd.core.kinds import Step
 from certd.core.policy import Reason, Verdict
 from certd.core.status import assess
 from certd.engine.app import App
@@ -157,7 +158,7 @@ class Scheduler:
                 result = app.pipeline.renew(job.name, force=job.force, wait=wait)
         except Exception as exc:
             log.exception("job %s for %s crashed", job.id, job.name)
-            result = Result(job.name, "failed", failed_step="internal", error=f"{type(exc).__name__}: {exc}")
+            result = Result(job.name, "failed", failed_step=Step.INTERNAL, error=f"{type(exc).__name__}: {exc}")
         self.jobs.finish(job, result)
         if self._metrics is not None:
             self.refresh_metrics([job.name])

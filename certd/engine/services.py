@@ -18,6 +18,7 @@ from cryptography import x509
 
 from certd.config.model import CertificateConfig, Config
 from certd.core.clock import Clock
+from certd.core.kinds import EventKind
 from certd.core.policy import min_remaining
 from certd.deploy.base import DeployTarget
 from certd.engine.attempt import Fault
@@ -140,7 +141,7 @@ def joined_result(inventory: Inventory, name: str, ev: Event) -> Result:
     """The Result of someone else's renewal, for a request that joined it."""
     rid = ev.renewal_id or ""
     version = inventory.version_for_renewal(rid)
-    failed = ev.kind != "renewal.succeeded"
+    failed = ev.kind != EventKind.RENEWAL_SUCCEEDED
     return Result(
         name, "failed" if failed else "renewed", serial=version.serial if version else None,
         state=version.state if version else None, failed_step=ev.step if failed else None,

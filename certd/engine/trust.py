@@ -28,6 +28,7 @@ from pathlib import Path
 from cryptography import x509
 
 from certd.config.model import Config
+from certd.core.kinds import EventKind, Step
 from certd.deploy.base import TrustSink
 from certd.deploy.publish import write_file_atomic
 from certd.engine.recorder import Recorder
@@ -115,11 +116,11 @@ def ensure_trusted(config: Config, name: str, issuer_name: str, issuer: Issuer, 
         return
     pem = certs_pem(issuer_bundle(config, issuer_name, issuer, inventory, extra=new_cas))
     write_file_atomic(path, pem)
-    recorder.event(name, "bundle.written", f"issuer {issuer_name}: trust bundle written to {path} with the new "
-                   "certificate's CA ahead of its rollout", rid, step="trust")
+    recorder.event(name, EventKind.BUNDLE_WRITTEN, f"issuer {issuer_name}: trust bundle written to {path} with the new "
+                   "certificate's CA ahead of its rollout", rid, step=Step.TRUST)
     said, refused = push_bundle(path, pem, sinks)
     for message in said:
-        recorder.event(name, "bundle.pushed", message, rid, step="trust")
+        recorder.event(name, EventKind.BUNDLE_PUSHED, message, rid, step=Step.TRUST)
     if refused:
         raise DeployError(f"the new certificate's CA is not trusted yet by {'; '.join(refused)}: not rolled out, "
                           "the old certificate stays in service", reason="TrustNotPushed")
@@ -140,13 +141,13 @@ def refresh_bundle_file(config: Config, name: str, issuer_name: str, issuer: Iss
     try:
         pem = certs_pem(trust_bundle(name, issuer_name, issuer, inventory, config))
         if write_file_atomic(path, pem):
-            recorder.event(name, "bundle.written", f"issuer {issuer_name}: trust bundle written to {path}", rid)
+            recorder.event(name, EventKind.BUNDLE_WRITTEN, f"issuer {issuer_name}: trust bundle written to {path}", rid)
     except CertdError as exc:
-        recorder.event(name, "bundle.failed", f"issuer {issuer_name}: cannot write {path}: {exc}", rid,
+        recorder.event(name, EventKind.BUNDLE_FAILED, f"issuer {issuer_name}: cannot write {path}: {exc}", rid,
                        level="warning")
         return
     said, refused = push_bundle(path, pem, sinks)
     for message in said:
-        recorder.event(name, "bundle.pushed", message, rid)
+        recorder.event(name, EventKind.BUNDLE_PUSHED, message, rid)
     for message in refused:
-        recorder.event(name, "bundle.push_failed", message, rid, level="warning")
+        recorder.event(name, EventKind.BUNDLE_PUSH_FAILED, message, rid, level="warning")

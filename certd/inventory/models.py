@@ -99,6 +99,7 @@ class Certificate(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_error_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    failed_step: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the step of ``last_error``
 
 
 class Version(Base):

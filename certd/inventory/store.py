@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from certd.config.model import CertificateConfig, Config
+from certd.core.kinds import EventKind, Step
 from certd.core.policy import Current
 from certd.errors import InventoryError
 from certd.inventory.faults import inventory_error
@@ -120,10 +121,9 @@ class Inventory:
                         row.retired_at = now
                         retired.append(name)
                 for name in added + changed + retired:
-                    kind = (
-                        "config.added" if name in added else "config.changed" if name in changed else "config.retired"
-                    )
-                    s.add(Event(certificate=name, at=now, kind=kind, level="info", message=kind.split(".")[1]))
+                    kind = (EventKind.CONFIG_ADDED if name in added
+                            else EventKind.CONFIG_CHANGED if name in changed else EventKind.CONFIG_RETIRED)
+                    s.add(Event(certificate=name, at=now, kind=kind.value, level="info", message=kind.split(".")[1]))
         except SQLAlchemyError as exc:
             raise inventory_error(self.engine.url, exc) from exc
         return SyncReport(tuple(added), tuple(changed), tuple(retired))
@@ -204,7 +204,7 @@ class Inventory:
                 select(Event)
                 .where(
                     Event.certificate == name,
-                    Event.kind.in_(("renewal.succeeded", "renewal.failed")),
+                    Event.kind.in_((EventKind.RENEWAL_SUCCEEDED, EventKind.RENEWAL_FAILED)),
                     Event.at >= since,
                     Event.renewal_id != exclude,
                 )
@@ -228,19 +228,20 @@ class Inventory:
     def event(
         self,
         name: str,
-        kind: str,
+        kind: EventKind,
         message: str,
         now: datetime,
         *,
         renewal_id: str | None = None,
-        step: str | None = None,
+        step: Step | None = None,
         level: str = "info",
     ) -> None:
         """Append an event; events are history, not state, so they are not fenced."""
         with self.sessions.begin() as s:
             s.add(
                 Event(
-                    certificate=name, at=now, kind=kind, level=level, step=step, message=message,
+                    certificate=name, at=now, kind=kind.value, level=level, step=step.value if step else None,
+                    message=message,
                     renewal_id=renewal_id,
                 )
             )
@@ -301,36 +302,40 @@ class Inventory:
             cert.current_version_id = version_id
             return previous
 
-    def record_outcome(
+    def record_failure(
         self,
         name: str,
         now: datetime,
         *,
-        error: str | None,
-        next_attempt_at: datetime | None = None,
-        reason: str | None = None,
-    ) -> int:
-        """Failure counter and backoff for the scheduler; cleared by a success. Returns ``failures``.
+        step: Step,
+        error: str,
+        reason: str | None,
+        backoff: Callable[[int], datetime],
+    ) -> datetime | None:
+        """Count a failure and set its backoff in one transaction; return when the next attempt may start.
 
-        The counter is bumped in the same transaction that reads it, so two
-        failures recorded at once count twice.
+        ``backoff`` maps the new failure count to the end of the backoff. The
+        counter is bumped in the transaction that reads it (two failures
+        recorded at once count twice), and no reader ever sees the failure
+        without its backoff. ``None`` when the certificate has no row.
         """
         with self.sessions.begin() as s:
             cert = s.get(Certificate, name)
             if cert is None:
-                return 0
-            if error is None:
-                cert.failures, cert.next_attempt_at, cert.last_error, cert.last_reason = 0, None, None, None
-            else:
-                cert.failures = (cert.failures or 0) + 1
-                cert.next_attempt_at = next_attempt_at
-                cert.last_error, cert.last_error_at, cert.last_reason = error, now, reason
-            return cert.failures
+                return None
+            cert.failures = (cert.failures or 0) + 1
+            cert.next_attempt_at = backoff(cert.failures)
+            cert.last_error, cert.last_error_at, cert.last_reason = error, now, reason
+            cert.failed_step = step.value
+            return cert.next_attempt_at
 
-    def set_backoff(self, name: str, next_attempt_at: datetime | None) -> None:
-        """Move the end of a backoff without counting a failure (the time depends on the count)."""
+    def clear_failure(self, name: str, *, steps: tuple[Step, ...] | None = None) -> None:
+        """A success: forget the failure record, or only a failure of one of ``steps`` (what was re-run)."""
         with self.sessions.begin() as s:
-            s.execute(update(Certificate).where(Certificate.name == name).values(next_attempt_at=next_attempt_at))
+            q = update(Certificate).where(Certificate.name == name)
+            if steps is not None:
+                q = q.where(Certificate.failed_step.in_([step.value for step in steps]))
+            s.execute(q.values(failures=0, next_attempt_at=None, last_error=None, last_reason=None, failed_step=None))
 
     def clear_backoffs(self, *, keep_reasons: Iterable[str]) -> list[str]:
         """End every backoff except those whose reason is in ``keep_reasons``; return the names."""

@@ -41,6 +41,7 @@ def certificate_doc(
         "renew_at": rfc3339(version.renew_at) if version else None,
         "hard_deadline": rfc3339(found.hard_deadline),
         "last_error": (public_message(row.last_error) if public else row.last_error) if row else None,
+        "failed_step": row.failed_step if row else None,
         "failures": row.failures if row else 0,
         "next_attempt_at": rfc3339(row.next_attempt_at) if row else None,
     }
