@@ -86,7 +86,7 @@ class VaultSession:
         self.where = where + (f", namespace {config.namespace}" if config.namespace else "")
 
     def client(self) -> Any:
-        """The calling thread's hvac client, created on first use."""
+        """The calling thread's own hvac client: hvac keeps the token on a ``requests.Session`` (see above)."""
         client = getattr(self._local, "client", None)
         if client is None:
             cfg = self._config
@@ -206,7 +206,7 @@ class VaultSession:
 
     # -------------------------------------------------------------- answers
     def data(self, action: str, response: Any) -> dict[str, Any]:
-        """The ``data`` of a Vault answer; raises ``IssuerError`` (BadResponse) when there is none."""
+        """The ``data`` of a Vault answer; its ``warnings`` go to debug, a missing ``data`` is BadResponse."""
         data = response.get("data") if isinstance(response, dict) else None
         if not isinstance(data, dict):
             raise IssuerError(self.message(action, "Vault's answer has no data"), reason="BadResponse")
