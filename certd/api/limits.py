@@ -34,7 +34,7 @@ import json
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import h11
 import uvicorn
@@ -76,12 +76,27 @@ class GuardedH11Protocol(H11Protocol):
     keep-alive timer is cancelled by the first byte of the next request, so a
     client sending one header byte every few seconds would hold a connection
     slot forever. Here every wait for a request head has ``HEAD_TIMEOUT``.
+
+    Why a subclass of uvicorn's internals: uvicorn has no public setting or
+    hook for a head deadline (only ``timeout_keep_alive``), and an ASGI
+    middleware runs only once a head is complete, too late.
+    ``uvicorn.Config(http=<class>)`` is the public way to plug a protocol in,
+    but the class plugged in leans on these parts of
+    ``uvicorn.protocols.http.h11_impl.H11Protocol``, and only these
+    (``tests/test_library_seams.py`` checks them and names the uvicorn version
+    when they change): the methods ``connection_made``, ``connection_lost`` and
+    ``on_response_complete`` (called once a response is sent), and the
+    attributes ``conn`` (the ``h11.Connection``) and ``cycle`` (the current
+    request, ``None`` before the first, with ``response_complete``). The loop
+    and the transport are taken from asyncio, not from uvicorn's attributes.
     """
 
     _head_timer: asyncio.TimerHandle | None = None
+    _head_transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
+        self._head_transport = cast(asyncio.Transport, transport)  # a stream server's: it can abort()
         self._arm_head_timer()
 
     def on_response_complete(self) -> None:
@@ -96,16 +111,19 @@ class GuardedH11Protocol(H11Protocol):
     def _arm_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
-        self._head_timer = self.loop.call_later(HEAD_TIMEOUT, self._head_deadline)
+        self._head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT, self._head_deadline)
 
     def _head_deadline(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
-            self.transport.abort()  # asked to close HEAD_TIMEOUT ago and still not flushed: the peer is not reading
+        transport = self._head_transport
+        if transport is None:
+            return
+        if transport.is_closing():
+            transport.abort()  # asked to close HEAD_TIMEOUT ago and still not flushed: the peer is not reading
             return
         waiting_for_head = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
         if waiting_for_head:
-            self.transport.close()
+            transport.close()
             self._arm_head_timer()  # close() waits for unsent data; abort if the peer never takes it
 
 

@@ -3,14 +3,13 @@
 A handshake with SNI, accepting any certificate at the TLS layer so we can
 always report what was served, then verification with ``cryptography``
 against the pinned bundle (the same verifier as ``check``), so "verified"
-means the same thing in both places. The served chain comes from OpenSSL's
-unverified chain (public from Python 3.13; present as ``_sslobj`` method on
-3.11/3.12), falling back to the leaf alone.
+means the same thing in both places. The served chain is OpenSSL's
+unverified chain (see ``served_chain`` for how it is reached), or the leaf
+alone where that cannot be had.
 """
 
 from __future__ import annotations
 
-import _ssl
 import socket
 import ssl
 import time
@@ -26,9 +25,7 @@ from certd.errors import CheckFailed, VerifyError
 from certd.pki.certs import cert_names, fingerprint, load_pem_certs, serial_hex
 from certd.pki.x509check import verify_chain
 
-__all__ = ["ProbeResult", "probe", "system_roots", "verify_served"]
-
-_ENCODING_DER: int = getattr(_ssl, "ENCODING_DER", 2)
+__all__ = ["ProbeResult", "probe", "served_chain", "system_roots", "verify_served"]
 
 
 @dataclass(frozen=True)
@@ -87,13 +84,25 @@ def _split(endpoint: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _served_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
-    getter = getattr(sock, "get_unverified_chain", None) or getattr(
-        getattr(sock, "_sslobj", None), "get_unverified_chain", None
-    )
-    if getter is not None:
-        raw = getter() or []
-        return [x509.load_der_x509_certificate(c.public_bytes(_ENCODING_DER)) for c in raw]
+def served_chain(sock: ssl.SSLSocket) -> list[x509.Certificate]:
+    """The certificates the peer sent, in the order sent, whether or not they verify.
+
+    Why it reaches into ``ssl``: the served chain is the point of a probe (a
+    missing intermediate is what it must show), and ``getpeercert`` gives only
+    the leaf. The public ``SSLSocket.get_unverified_chain()`` (DER bytes)
+    exists only from Python 3.13 and is used when present. Before that, the
+    same OpenSSL call is only on the private ``_sslobj`` (an ``_ssl._SSLSocket``),
+    whose ``get_unverified_chain()`` returns ``_ssl.Certificate`` objects; their
+    ``public_bytes()`` gives PEM. This function is the only place certd touches
+    ``_sslobj``; ``tests/test_library_seams.py`` checks its shape and names the
+    Python version when it changes. Without either, the leaf alone is reported.
+    """
+    public = getattr(sock, "get_unverified_chain", None)
+    if public is not None:  # Python >= 3.13
+        return [x509.load_der_x509_certificate(der) for der in public() or []]
+    private = getattr(getattr(sock, "_sslobj", None), "get_unverified_chain", None)
+    if private is not None:  # Python 3.10 - 3.12
+        return [x509.load_pem_x509_certificate(c.public_bytes().encode()) for c in private() or []]
     der = sock.getpeercert(binary_form=True)
     return [x509.load_der_x509_certificate(der)] if der else []
 
@@ -120,7 +129,7 @@ def probe(
             ctx.wrap_socket(raw, server_hostname=sni) as tls,
         ):
             version = tls.version()
-            chain = _served_chain(tls)
+            chain = served_chain(tls)
     except (OSError, ssl.SSLError) as exc:
         return ProbeResult(endpoint, sni, error=f"handshake failed: {exc}")
     if not chain:
