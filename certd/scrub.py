@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from certd.config.model import Config
-from certd.config.rules import SECRET_KEYS
+from certd.config.secrets import SCRUBBED
 
 __all__ = ["OUTPUT_MARK", "held_secrets", "public_message", "refreshed", "scrub"]
 
@@ -31,8 +31,6 @@ OUTPUT_MARK = " | output: "
 _REDACTED = "***"
 _MIN = 6  # shorter values would redact ordinary words
 _MAX_FILE = 64 * 1024
-# The secret files check-config warns about, and the Kubernetes service-account token a Vault login sends.
-_SECRET_FILE_KEYS = (*SECRET_KEYS, "jwt_file")
 
 
 def _file_values(path: Path) -> list[str]:
@@ -53,7 +51,7 @@ def held_secrets(config: Config) -> tuple[str, ...]:
     values: set[str] = set()
     models: list[object] = [config.database, config.daemon, *config.issuers.values(), *config.deploy.values()]
     for model in models:
-        for key in _SECRET_FILE_KEYS:
+        for key in SCRUBBED:
             path = getattr(model, key, None)
             if isinstance(path, Path):
                 values.update(_file_values(path))

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import make_url
 
 from certd.config.deploy import DEPLOY_TYPES
 from certd.config.issuers import ISSUER_TYPES
-from certd.config.model import NAME_RE, NAME_RULE, SECRET_HINTS, CertificateConfig, Config, DaemonConfig, DatabaseConfig
+from certd.config.model import NAME_RE, NAME_RULE, CertificateConfig, Config, DaemonConfig, DatabaseConfig
 from certd.config.rules import cross_check, key_file_rules
-from certd.config.types import Model
+from certd.config.secrets import INLINE_HINTS
+from certd.config.types import Model, sqlite_file
 from certd.errors import ConfigError
 
 __all__ = ["default_config_path", "load_config"]
@@ -38,7 +40,7 @@ def _format_errors(path: Path, prefix: str, exc: ValidationError) -> list[str]:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             key = str(err["loc"][-1]) if err["loc"] else ""
-            hint = SECRET_HINTS.get(key)
+            hint = INLINE_HINTS.get(key)
             msg = f"unknown key; secrets are read from files: use {hint}" if hint else "unknown key"
         elif err["type"] == "missing":
             msg = "missing required key"
@@ -86,10 +88,11 @@ def _typed_tables(
 
 
 def _resolve_sqlite(url: str, base: Path) -> str:
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
-        return prefix + str((base / url[len(prefix) :]).resolve())
-    return url
+    """A relative SQLite file is relative to the config's directory, so a config can travel with its data."""
+    path = sqlite_file(url)
+    if path is None or path.is_absolute():
+        return url
+    return make_url(url).set(database=str((base / path).resolve())).render_as_string(hide_password=False)
 
 
 def _broken(raw: Any, valid: Mapping[str, Any]) -> set[str]:

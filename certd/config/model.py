@@ -82,16 +82,6 @@ DEFAULT_DB_URL = "sqlite:////var/lib/certd/certd.db"
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 NAME_RULE = "name must be letters, digits, '.', '_' or '-', start and end alphanumeric (max 63)"
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-SECRET_HINTS = {
-    "token": "token_file",
-    "secret_id": "secret_id_file",
-    "role_id": "role_id_file",
-    "tsig_secret": "tsig_secret_file",
-    "eab_hmac_key": "eab_hmac_key_file",
-    "secret": "secret_file",
-    "api_token": "api_token_file",
-    "password": "a *_file key",
-}
 
 
 class DatabaseConfig(Model):

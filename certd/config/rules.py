@@ -35,6 +35,8 @@ from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from certd.config.secrets import MODE_CHECKED, SCRUBBED
+from certd.config.types import sqlite_file
 from certd.core.durations import format_duration
 from certd.core.policy import min_remaining, remaining_floor
 from certd.pki.keybox import KEY_HINT, parse_key
@@ -192,20 +194,8 @@ def _directory_rules(
     return errors
 
 
-_FILE_KEYS = (
-    "key_file",
-    "api_token_file",
-    "ca_bundle",
-    "roots",
-    "tsig_secret_file",
-    "eab_hmac_key_file",
-    "token_file",
-    "role_id_file",
-    "secret_id_file",
-    "secret_file",
-    "kubeconfig",
-    "pid_file",
-)
+# Every file key whose file must exist; the Kubernetes token (jwt_file) is only there inside a pod.
+_FILE_KEYS = (*(key for key in SCRUBBED if key != "jwt_file"), "ca_bundle", "roots", "kubeconfig", "pid_file")
 
 
 def check_files(config: Config) -> list[str]:
@@ -248,8 +238,6 @@ def key_file_rules(path: Path, key_file: Path | None) -> list[str]:
     return [] if parse_key(data) is not None else [f"{where}: {key_file} {KEY_HINT}"]
 
 
-SECRET_KEYS = ("key_file", "api_token_file", "api_tls_key_file", "tsig_secret_file", "eab_hmac_key_file", "token_file",
-                "secret_id_file", "secret_file")
 
 
 def _readable_by(mode: int) -> str | None:
@@ -264,7 +252,7 @@ def check_secret_modes(config: Config) -> list[str]:
     sections += [(f"issuers.{n}", v) for n, v in config.issuers.items()]
     sections += [(f"deploy.{n}", v) for n, v in config.deploy.items() if getattr(v, "type", None) == "webhook"]
     for where, model in sections:
-        for key in SECRET_KEYS:
+        for key in MODE_CHECKED:
             value = getattr(model, key, None)
             if isinstance(value, Path):
                 refs.setdefault(value, []).append(f"{where}.{key}")
@@ -291,7 +279,7 @@ def check_secret_modes(config: Config) -> list[str]:
             also = f" (also {', '.join(keys[1:])})" if keys[1:] else ""
             lines.append(f"{config.path}: {keys[0]}: {value} is readable by {readers} (mode {mode:04o}): a secret "
                          f"should be 0600 or 0400, owned by the user certd runs as{also}")
-    database = _sqlite_path(config.database.url)
+    database = sqlite_file(config.database.url)
     if database is not None:
         try:
             mode = stat.S_IMODE(database.stat().st_mode)
@@ -303,11 +291,3 @@ def check_secret_modes(config: Config) -> list[str]:
                          "holds the inventory and its sealed keys; chmod 0600 (SQLite gives its -wal and -shm the "
                          "same mode)")
     return lines
-
-
-def _sqlite_path(url: str) -> Path | None:
-    prefix = "sqlite:///"
-    if not url.startswith(prefix) or url.startswith(prefix + "file:"):
-        return None
-    db = url[len(prefix):].split("?", 1)[0]
-    return Path(db) if db and db != ":memory:" else None

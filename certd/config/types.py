@@ -24,7 +24,15 @@ from sqlalchemy.exc import ArgumentError
 
 from certd.core.durations import format_duration, parse_duration
 
-__all__ = ["ConfigPath", "Duration", "HostPort", "Model", "PositiveDuration", "check_database_url"]
+__all__ = [
+    "ConfigPath",
+    "Duration",
+    "HostPort",
+    "Model",
+    "PositiveDuration",
+    "check_database_url",
+    "sqlite_file",
+]
 
 
 def _duration(value: Any) -> timedelta:
@@ -107,6 +115,22 @@ def check_database_url(url: str) -> URL:
             raise ValueError("an in-memory SQLite database cannot hold the inventory from one command to the "
                              f"next: name a file, {_SQLITE_FORMS}")
     return parsed
+
+
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file a SQLite URL names; ``None`` for another database, an in-memory one, a ``file:`` URI or junk.
+
+    The one reading of SQLite URLs: the loader resolves a relative file against the config's directory,
+    check-config looks at the file's mode, the engine prepares it, ``certd check`` refuses to create it.
+    """
+    try:
+        parsed = make_url(url) if isinstance(url, str) else url
+    except (ArgumentError, ValueError):
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
 
 
 def _database_url(url: str) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 from cryptography import x509
 
 from certd.errors import PublishError
+from certd.files import fsync_dir, write_atomic, write_new
 from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
 
 __all__ = [
@@ -65,29 +66,6 @@ class Generation:
 
     def read(self, filename: str) -> bytes:
         return (self.path / filename).read_bytes()
-
-
-def _write_new(path: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
-    """Create ``path`` (never an existing file) with exactly ``mode``, write all of ``data``, fsync."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow what we asked for
-        if uid != -1 or gid != -1:
-            os.fchown(fd, uid, gid)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def current_generation(output_dir: Path) -> Generation | None:
@@ -148,7 +126,7 @@ class Publisher:
 
     def _write(self, directory: Path, name: str, data: bytes) -> None:
         mode = self.key_mode if name in _KEY_FILES else _PUBLIC_MODE
-        _write_new(directory / name, data, mode, self._uid, self._gid)
+        write_new(directory / name, data, mode, self._uid, self._gid)
 
     def publish(self, serial: str, files: dict[str, bytes]) -> Generation:
         """Write a new generation and switch ``..data`` to it; return it."""
@@ -163,7 +141,7 @@ class Publisher:
             tmp.mkdir(mode=0o755)
             for fname in FILES:
                 self._write(tmp, fname, files[fname])
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             os.rename(tmp, self.output_dir / name)
             generation = Generation(name=name, path=self.output_dir / name)
             self.switch(generation)
@@ -182,7 +160,7 @@ class Publisher:
             os.rename(tmp_link, self.output_dir / DATA_LINK)
             for fname in FILES:
                 self._ensure_stable_link(fname)
-            _fsync_dir(self.output_dir)
+            fsync_dir(self.output_dir)
         except OSError as exc:
             raise PublishError(f"cannot switch {self.output_dir} to {generation.name}: {exc.strerror}") from exc
 
@@ -251,9 +229,7 @@ def write_file_atomic(path: Path, data: bytes, mode: int = _PUBLIC_MODE) -> bool
         if path.exists() and path.read_bytes() == data:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        _write_new(tmp, data, mode)
-        os.replace(tmp, path)
+        write_atomic(path, data, mode)
         return True
     except OSError as exc:
         raise PublishError(f"cannot write {path}: {exc.strerror or exc}") from exc

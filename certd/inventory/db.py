@@ -41,7 +41,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from certd.config.types import check_database_url
+from certd.config.types import check_database_url, sqlite_file
 from certd.errors import ConfigError, InventoryError
 from certd.inventory.faults import NEWER_SCHEMA, inventory_error, prepare_sqlite_file, safe_url
 from certd.inventory.models import Base
@@ -69,12 +69,11 @@ def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30
     except ValueError as exc:  # load_config refuses these first; this is for a URL given some other way
         raise ConfigError(f"database.url: {exc}") from None
     if parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        if db and db != ":memory:" and not db.startswith("file:"):
-            parent = Path(db).parent
-            if not parent.is_dir():
-                raise ConfigError(f"database.url: directory {parent} does not exist")
-            prepare_sqlite_file(url, Path(db))
+        db = sqlite_file(parsed)
+        if db is not None:
+            if not db.parent.is_dir():
+                raise ConfigError(f"database.url: directory {db.parent} does not exist")
+            prepare_sqlite_file(url, db)
         engine = create_engine(
             url, pool_size=8, max_overflow=32, connect_args={"timeout": busy_timeout.total_seconds(),
                                                              "check_same_thread": False}

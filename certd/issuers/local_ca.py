@@ -28,6 +28,7 @@ from certd.config.model import LocalCAIssuerConfig
 from certd.core.clock import Clock, SystemClock
 from certd.core.durations import format_duration, rfc3339
 from certd.errors import IssuerError
+from certd.files import write_atomic
 from certd.issuers.base import Issued, IssueRequest, RevocationReason
 from certd.pki.certs import certs_pem, fingerprint, is_self_signed, load_pem_certs, serial_hex
 from certd.pki.keys import (
@@ -62,13 +63,7 @@ def _ca_usage() -> x509.KeyUsage:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, data, 0o600)
 
 
 class LocalCA:

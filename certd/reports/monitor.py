@@ -12,13 +12,10 @@ is renewing.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from certd.config.model import Config
+from certd.config.types import sqlite_file
 from certd.core.durations import format_duration, rfc3339
 from certd.core.status import Assessment, Severity, Status, assess
 from certd.engine.app import App
@@ -36,15 +33,10 @@ def open_inventory(config: Config) -> App:
     Raises ``InventoryError`` when there is no inventory or its schema is not the newest
     (``certd db upgrade`` fixes both), ``ConfigError`` for an unusable URL.
     """
-    try:
-        url = make_url(config.database.url)
-    except ArgumentError:
-        url = None  # create_db_engine names the problem
-    if url is not None and url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
-        path = Path(str(url.database))
-        if not path.exists():
-            raise InventoryError(f"no inventory at {path}: run `certd db upgrade` or `certd run` first",
-                                 retryable=False)
+    path = sqlite_file(config.database.url)  # an unusable URL: create_db_engine names the problem
+    if path is not None and not path.exists():
+        raise InventoryError(f"no inventory at {path}: run `certd db upgrade` or `certd run` first",
+                             retryable=False)
     app = App.open(config, migrate=False, sync=False)
     try:
         if not schema_is_current(app.engine):

@@ -24,7 +24,6 @@ import os
 import re
 import socket
 import socketserver
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from typing import Any
 
 from certd.config.model import AcmeIssuerConfig
 from certd.errors import IssuerError
+from certd.files import write_atomic
 from certd.issuers.challenges.base import Challenge, ChallengeSolver
 
 __all__ = ["StandaloneHttp01", "WebrootHttp01", "build_http01"]
@@ -261,17 +261,8 @@ class WebrootHttp01:
     def _write(self, path: Path, content: str) -> None:
         """Atomically, so the web server never serves a half-written key authorization to the CA."""
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".certd-", dir=self.directory)
+            write_atomic(path, content.encode("ascii"), 0o644)
         except OSError as exc:
-            raise _write_error(path, exc) from exc
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(content.encode("ascii"))
-                os.fchmod(fh.fileno(), 0o644)
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             raise _write_error(path, exc) from exc
 
 
