@@ -24,7 +24,7 @@ from cryptography import x509
 
 from certd.config.load import load_config
 from certd.engine.app import App
-from certd.issuers.acme import cert_id
+from certd.issuers.acme.ari import cert_id
 from certd.issuers.base import RevocationReason
 from certd.pki.certs import load_pem_certs, serial_hex
 from tests.conftest import WriteConfig
