@@ -1,9 +1,15 @@
-"""The ACME transport: ``acme``'s ``ClientNetwork`` with bounded retries that a busy client needs.
+"""The ACME transport: ``acme``'s ``ClientNetwork`` with the bounded retries a busy client needs.
 
 ``acme`` retries a ``badNonce`` only once, and a busy client against a CA that rejects nonces (Pebble: 5% by
 default) then fails now and then; this network retries ``badNonce`` a bounded number of times, retries 5xx and
 connection errors with exponential backoff and jitter, honours a short ``Retry-After`` in place and leaves a long one
 to the error (``errors.converted``), so the scheduler waits instead of the worker.
+
+Only the library's public surface is used, so an ``acme`` upgrade cannot silently change what we override: the
+retries wrap the public ``get``/``post``, and the response a failure came in (for its status and ``Retry-After``,
+which ``messages.Error`` does not carry) is kept by a ``requests`` response hook on the network's ``session``.
+The helpers below send what ``ClientV2`` has no method for (``replaces``, POST-as-GET polling, key change)
+through that same public ``post``.
 
 Like its parent it is not safe to share between threads (one nonce pool, one ``requests.Session``): the account
 module gives every worker thread its own.
@@ -19,12 +25,15 @@ import requests
 from acme import client as acme_client
 from acme import errors as acme_errors
 from acme import messages
+from josepy.interfaces import JSONDeSerializable
 
 from certd.issuers.acme.errors import retry_after_seconds
 
-__all__ = ["AcmeNetwork"]
+__all__ = ["AcmeNetwork", "links", "post_as_get", "signed_post"]
 
-_BAD_NONCE_RETRIES = 10  # Pebble at 50% rejection: 10 in a row is ~1 in 1000 requests; bounded, not endless
+# Each ``post`` of the library already tries twice on badNonce, so 5 more calls make at most 12 POSTs in a row:
+# at Pebble's 50% fault-test rejection, about 1 failure in 4000 requests; bounded, not endless.
+_BAD_NONCE_RETRIES = 5
 _RETRY_IN_PLACE = 30.0  # seconds: a longer Retry-After goes back to the scheduler with the error
 
 
@@ -36,15 +45,20 @@ class AcmeNetwork(acme_client.ClientNetwork):
 
     def __init__(self, *args: Any, attempts: int, backoff: float, sleep: Callable[[float], None], **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.last_response: requests.Response | None = None
+        self._recorder = _Recorder()
+        self.session.hooks["response"].append(self._recorder)
         self._attempts = attempts
         self._backoff = backoff
         self._sleep = sleep
 
-    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
-        response: requests.Response = super()._send_request(method, url, *args, **kwargs)
-        self.last_response = response
-        return response
+    @property
+    def last_response(self) -> requests.Response | None:
+        """The last response received (nonce HEADs included): the one a following exception came from."""
+        return self._recorder.response
+
+    @last_response.setter
+    def last_response(self, response: requests.Response | None) -> None:
+        self._recorder.response = response
 
     def _pause(self, attempt: int, retry_after: float | None) -> None:
         delay = retry_after if retry_after is not None else self._backoff * 2**attempt
@@ -82,8 +96,50 @@ class AcmeNetwork(acme_client.ClientNetwork):
         return wait is None or wait <= _RETRY_IN_PLACE
 
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
-        return self._with_retries(lambda: self._post_once(*args, **kwargs))
+        """The library's signed POST, retried as the class says; ``ClientV2``'s methods come through here too."""
+        parent_post = super().post
+        return self._with_retries(lambda: parent_post(*args, **kwargs))
 
     def get(self, *args: Any, **kwargs: Any) -> requests.Response:
+        """The library's unsigned GET (directory, renewal info), retried as the class says."""
         parent_get = super().get
         return self._with_retries(lambda: parent_get(*args, **kwargs))
+
+
+class _Recorder:
+    """The session's response hook; a separate object so the session holds no reference back to the network,
+    whose ``__del__`` closes the session as soon as the last reference goes."""
+
+    def __init__(self) -> None:
+        self.response: requests.Response | None = None
+
+    def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.response = response
+
+
+def signed_post(client: acme_client.ClientV2, url: str, obj: JSONDeSerializable | None) -> requests.Response:
+    """POST ``obj`` signed by the client's account key, taking fresh nonces from the directory's ``newNonce``.
+
+    For requests ``ClientV2`` has no method for; raises what ``post`` raises (``messages.Error`` for a problem
+    document, ``acme.errors.ClientError`` for other failures), after the retries.
+    """
+    response: requests.Response = client.net.post(url, obj, new_nonce_url=client.directory["newNonce"])
+    return response
+
+
+def post_as_get(client: acme_client.ClientV2, url: str) -> requests.Response:
+    """Fetch an ACME resource (order, authorization, certificate) with POST-as-GET (RFC 8555 section 6.3)."""
+    return signed_post(client, url, None)
+
+
+def links(response: requests.Response, relation: str) -> list[str]:
+    """Every ``Link`` URL of ``relation`` in ``response``.
+
+    Not ``response.links``: that keeps one link per relation, and a certificate can have several
+    ``rel="alternate"`` chains (RFC 8555 section 7.4.2).
+    """
+    header = response.headers.get("Link")
+    if not header:
+        return []
+    return [link["url"] for link in requests.utils.parse_header_links(header)
+            if link.get("rel") == relation and "url" in link]
