@@ -14,7 +14,6 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from acme import messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.errors import DeserializationError
+from josepy.json_util import JSONObjectWithFields
+from josepy.json_util import field as jose_field
 from josepy.jwa import ES256
 from josepy.jwk import JWK, JWKEC
 
@@ -35,12 +36,22 @@ from certd import __version__
 from certd.config.model import AcmeIssuerConfig
 from certd.errors import IssuerError
 from certd.issuers.acme.errors import status_of
-from certd.issuers.acme.network import AcmeNetwork
+from certd.issuers.acme.network import AcmeNetwork, signed_post
 from certd.issuers.base import AccountStore
 
-__all__ = ["AcmeAccount"]
+__all__ = ["AcmeAccount", "KeyChange"]
 
 log = logging.getLogger("certd.issuers.acme")
+
+
+class KeyChange(JSONObjectWithFields):
+    """The ``keyChange`` inner payload (RFC 8555 section 7.3.5), which ``acme.messages`` does not define.
+
+    It is signed by the new key (proving its possession) and then sent inside a request signed by the old one.
+    """
+
+    account: str = jose_field("account")
+    old_key: JWK = jose_field("oldKey", decoder=JWK.from_json)
 
 
 class AcmeAccount:
@@ -120,9 +131,9 @@ class AcmeAccount:
         url = client.directory["keyChange"]
         new_pem = _new_key_pem()
         new_key = JWKEC.load(new_pem)
-        payload = json.dumps({"account": self._account.uri, "oldKey": old_key.public_key().to_partial_json()})
-        inner = acme_jws.JWS.sign(payload.encode(), key=new_key, alg=ES256, nonce=None, url=url)
-        client._post(url, inner)
+        payload = KeyChange(account=self._account.uri, old_key=old_key.public_key()).json_dumps().encode()
+        inner = acme_jws.JWS.sign(payload, key=new_key, alg=ES256, nonce=None, url=url)
+        signed_post(client, url, inner)  # the outer JWS: signed by the old key, with the account's kid
         with self._lock:
             self._accounts.save_account(self.name, self._config.directory, new_pem, self._account.uri)
             self._key = new_key

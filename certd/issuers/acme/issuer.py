@@ -29,6 +29,7 @@ from certd.errors import CertdError
 from certd.issuers.acme import ari
 from certd.issuers.acme.account import AcmeAccount
 from certd.issuers.acme.errors import converted, problem_text
+from certd.issuers.acme.network import signed_post
 from certd.issuers.acme.order import Orders
 from certd.issuers.base import AccountStore, Issued, IssueRequest, RenewalWindow, RevocationReason
 from certd.issuers.challenges.base import ChallengeSolver
@@ -79,7 +80,7 @@ class AcmeIssuer:
             order = self._orders.place(client, request)
             self._orders.authorize(client, order)
         with self._converted(request.certificate, "finalize"):
-            fullchains = self._orders.finalize(client, order, request.csr)
+            fullchains = self._orders.finalize(client, order)
         return self._orders.choose_chain(request.certificate, fullchains)
 
     def revoke(self, certificate: x509.Certificate, reason: RevocationReason) -> None:
@@ -120,7 +121,9 @@ class AcmeIssuer:
 
     @staticmethod
     def _post_revocation(client: acme_client.ClientV2, certificate: x509.Certificate, code: int | None) -> None:
-        response = client._post(client.directory["revokeCert"], _Revocation(certificate=certificate, reason=code))
+        """Not ``ClientV2.revoke``: that always sends a reason, and the retry without one must not."""
+        response = signed_post(client, client.directory["revokeCert"],
+                               _Revocation(certificate=certificate, reason=code))
         if response.status_code != 200:
             raise acme_errors.ClientError(f"revocation answered HTTP {response.status_code}, not 200")
 

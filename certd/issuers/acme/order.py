@@ -31,6 +31,7 @@ from josepy.jwk import JWK
 from certd.config.model import AcmeIssuerConfig
 from certd.errors import IssuerError, IssuerUnavailable
 from certd.issuers.acme.errors import problem_text, retry_after_seconds
+from certd.issuers.acme.network import links, post_as_get, signed_post
 from certd.issuers.base import Issued, IssueRequest
 from certd.issuers.challenges.base import Challenge, ChallengeSolver
 from certd.pki.certs import is_self_signed, load_pem_certs
@@ -86,7 +87,7 @@ class Orders:
         while True:
             order = NewOrder(identifiers=identifiers, profile=profile, replaces=replaces)
             try:
-                response = client._post(client.directory["newOrder"], order)
+                response = signed_post(client, client.directory["newOrder"], order)
                 break
             except messages.Error as err:
                 if replaces is not None and err.code in _REPLACES_REFUSED:
@@ -96,7 +97,7 @@ class Orders:
                     continue
                 raise
         body = messages.Order.from_json(response.json())
-        authzs = [client._authzr_from_response(client._post_as_get(url), uri=url) for url in body.authorizations]
+        authzs = [_authorization(client, url) for url in body.authorizations]
         csr_pem = request.csr.public_bytes(serialization.Encoding.PEM)
         return messages.OrderResource(body=body, uri=response.headers.get("Location"), authorizations=authzs,
                                       csr_pem=csr_pem)
@@ -170,7 +171,7 @@ class Orders:
         """POST-as-GET ``url`` until the caller stops, backing off and honouring ``Retry-After``."""
         delay = _POLL_FIRST
         while True:
-            response: requests.Response = client._post_as_get(url)
+            response = post_as_get(client, url)
             yield response
             wait = retry_after_seconds(response)
             pause = min(wait if wait is not None else delay, _POLL_MAX * 4)
@@ -180,12 +181,15 @@ class Orders:
             delay = min(delay * 2, _POLL_MAX)
 
     # -- finalize and download -----------------------------------------------------
-    def finalize(self, client: acme_client.ClientV2, order: messages.OrderResource,
-                 csr: x509.CertificateSigningRequest) -> list[str]:
-        """Finalize with ``csr`` and download the certificate: the default chain first, then the alternates."""
+    def finalize(self, client: acme_client.ClientV2, order: messages.OrderResource) -> list[str]:
+        """Finalize with the order's CSR and download the certificate: the default chain first, then the alternates.
+
+        A CA may still be validating (``orderNotReady``) or answer ``ready`` later: the order is polled and
+        finalized again when it says ``ready``, until it is ``valid`` or ``invalid``.
+        """
         deadline = time.monotonic() + _ORDER_TIMEOUT.total_seconds()
         try:
-            client._post(order.body.finalize, messages.CertificateRequest(csr=csr))
+            client.begin_finalization(order)
         except messages.Error as err:
             if err.code != "orderNotReady":
                 raise
@@ -195,13 +199,13 @@ class Orders:
                 detail = problem_text(body.error) if body.error is not None else "the CA gave no reason"
                 raise IssuerError(f"the order became invalid: {detail}", reason="OrderInvalid")
             if body.status == messages.STATUS_READY:
-                client._post(order.body.finalize, messages.CertificateRequest(csr=csr))
+                client.begin_finalization(order)
                 continue
             if body.status == messages.STATUS_VALID and body.certificate:
-                cert_response = client._post_as_get(body.certificate)
+                cert_response = post_as_get(client, body.certificate)
                 chains = [cert_response.text]
                 if self._config.preferred_chain:
-                    chains += [client._post_as_get(u).text for u in client._get_links(cert_response, "alternate")]
+                    chains += [post_as_get(client, u).text for u in links(cert_response, "alternate")]
                 return chains
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -227,6 +231,13 @@ class Orders:
                          self._config.preferred_chain)
         leaf, rest = chosen[0], chosen[1:]
         return Issued(leaf=leaf, chain=tuple(c for c in rest if not is_self_signed(c)))
+
+
+def _authorization(client: acme_client.ClientV2, url: str) -> messages.AuthorizationResource:
+    """The authorization at ``url``, fetched with POST-as-GET (``ClientV2.poll`` needs one already in hand)."""
+    response = post_as_get(client, url)
+    return messages.AuthorizationResource(body=messages.Authorization.from_json(response.json()),
+                                          uri=response.headers.get("Location", url))
 
 
 def _validation(chall: acme_challenges.Challenge, key: JWK) -> str:
