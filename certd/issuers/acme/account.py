@@ -104,7 +104,10 @@ class AcmeAccount:
             return self._directory
 
     def client(self) -> acme_client.ClientV2:
-        """This thread's client, made on first use with the shared directory and account."""
+        """This thread's client, made on first use with the shared directory and account.
+
+        Made again after a key rollover (another thread's included), so no thread signs with the old key.
+        """
         client: acme_client.ClientV2 | None = getattr(self._local, "client", None)
         if client is not None and getattr(self._local, "generation", -1) == self._generation:
             return client
@@ -156,6 +159,10 @@ class AcmeAccount:
         )
 
     def _ensure_account(self, directory: messages.Directory) -> tuple[JWK, messages.RegistrationResource]:
+        """The stored account, or a new one registered and stored before any order is signed with it.
+
+        Under the lock, so concurrent first orders register one account, not one per thread.
+        """
         with self._lock:
             if self._key is not None and self._account is not None:
                 return self._key, self._account
@@ -175,6 +182,7 @@ class AcmeAccount:
             return key, self._account
 
     def _register(self, directory: messages.Directory, key: JWK) -> str:
+        """Register ``key`` and return the account URL; a key the CA already knows keeps its existing account."""
         client = acme_client.ClientV2(directory, self._network(key, None))
         fields: dict[str, Any] = {"terms_of_service_agreed": True}
         if self._config.email:

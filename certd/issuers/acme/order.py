@@ -72,7 +72,11 @@ class Orders:
 
     # -- the order -----------------------------------------------------------------
     def place(self, client: acme_client.ClientV2, request: IssueRequest) -> messages.OrderResource:
-        """A new order for the request's names, with its authorizations fetched."""
+        """A new order for the request's names, with its authorizations fetched.
+
+        An unknown ``profile`` is refused here, before ordering, so the error can list what the directory offers
+        instead of whatever a CA answers to a profile it does not know.
+        """
         profile = self._config.profile
         if profile:
             offered = (client.directory.to_partial_json().get("meta") or {}).get("profiles") or {}
@@ -104,7 +108,11 @@ class Orders:
 
     # -- authorizations ------------------------------------------------------------
     def authorize(self, client: acme_client.ClientV2, order: messages.OrderResource) -> None:
-        """Solve every pending authorization of ``order`` and wait until the CA has validated each one."""
+        """Solve every pending authorization of ``order`` and wait until the CA has validated each one.
+
+        All challenges are presented before the first is answered, and cleaned up whatever happens: one solver call
+        per order lets a DNS solver wait for propagation once, and no token or TXT record outlives the order.
+        """
         pending = [a for a in order.authorizations if a.body.status == messages.STATUS_PENDING]
         if not pending:
             return  # every authorization still valid from an earlier order
@@ -131,6 +139,7 @@ class Orders:
             solver.cleanup(todo)
 
     def _pick(self, authzr: messages.AuthorizationResource) -> messages.ChallengeBody:
+        """The configured challenge type; its absence is an error naming what the CA offers, not a fallback."""
         wanted = self._config.challenge
         for challb in authzr.body.challenges:
             if challb.chall.typ == wanted:
