@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import itertools
 import uuid
 from collections.abc import Iterator
 from typing import TypeVar
@@ -58,15 +59,25 @@ def front_client(front: AriFront) -> tuple[client.ClientV2, JWKEC]:
     return acme, key
 
 
+def signed_post(acme: client.ClientV2, url: str, obj: NewOrderWithReplaces | None) -> requests.Response:
+    """The library's public ClientNetwork.post, as ClientV2 uses it (nonces from newNonce)."""
+    response: requests.Response = acme.net.post(url, obj, new_nonce_url=acme.directory["newNonce"])
+    return response
+
+
 def new_order(acme: client.ClientV2, csr_pem: bytes, replaces: str | None) -> messages.OrderResource:
     """ClientV2.new_order, with `replaces` in the signed payload (the library cannot send it)."""
     csr = x509.load_pem_x509_csr(csr_pem)
     names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=n) for n in names]
     order = NewOrderWithReplaces(identifiers=identifiers, replaces=replaces)
-    response = acme._post(acme.directory["newOrder"], order)
+    response = signed_post(acme, acme.directory["newOrder"], order)
     body = messages.Order.from_json(response.json())
-    authzs = [acme._authzr_from_response(acme._post_as_get(url), uri=url) for url in body.authorizations]
+    authzs = [
+        messages.AuthorizationResource(body=messages.Authorization.from_json(signed_post(acme, url, None).json()),
+                                       uri=url)
+        for url in body.authorizations
+    ]
     return messages.OrderResource(
         body=body, uri=response.headers.get("Location"), authorizations=authzs, csr_pem=csr_pem
     )
@@ -173,5 +184,6 @@ def test_renewal_info_and_replaces_through_front(ari_front: AriFront, http01_tok
     second_pem = issue(acme, key, http01_tokens, name, replaces=first_id)
     second = x509.load_pem_x509_certificates(second_pem.encode())[0]
     assert second.serial_number != first.serial_number
-    assert ari_front.replaces_seen == [first_id]
-    assert [o.get("replaces") for o in ari_front.new_orders] == [None, first_id]
+    # One order each; a badNonce retry (Pebble rejects 5% of nonces) re-sends the same body through the front.
+    assert ari_front.replaces_seen and set(ari_front.replaces_seen) == {first_id}
+    assert [r for r, _ in itertools.groupby(o.get("replaces") for o in ari_front.new_orders)] == [None, first_id]

@@ -20,11 +20,18 @@ from typing import Any
 import dns.message
 import dns.query
 import pytest
+from acme import messages
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
 
 from certd.config.load import load_config
 from certd.engine.app import App
-from certd.issuers.acme import cert_id
+from certd.errors import IssuerUnavailable, RateLimited
+from certd.issuers.acme.ari import cert_id
+from certd.issuers.acme.errors import converted
+from certd.issuers.acme.network import AcmeNetwork
 from certd.issuers.base import RevocationReason
 from certd.pki.certs import load_pem_certs, serial_hex
 from tests.conftest import WriteConfig
@@ -417,3 +424,114 @@ def test_preferred_chain_picks_the_alternate_root(
     assert chain and chain[-1].issuer == alternate.subject  # the chain ends at the preferred root, not the default
     default_top = load_pem_certs(pebble.roots_pem())[0]
     assert chain[-1].issuer != default_top.subject
+
+
+# -- the network's retries (certd.issuers.acme.network) against a real loopback server answering chosen faults ----
+
+PROBLEM = "application/problem+json"
+
+
+class _Scripted:
+    """A real HTTP server on 127.0.0.1 that answers each request with the next scripted (status, headers, body);
+    the last answer repeats. Records every (method, path) it was sent."""
+
+    def __init__(self, answers: list[tuple[int, dict[str, str], dict[str, Any]]]) -> None:
+        self.answers = answers
+        self.seen: list[tuple[str, str]] = []
+        script = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                script.seen.append((self.command, self.path))
+                if self.command == "HEAD":  # newNonce
+                    status, headers, doc = 200, {"Replay-Nonce": "bm9uY2U"}, {}
+                else:
+                    status, headers, doc = script.answers[min(len(script.seen_not_head()) - 1,
+                                                              len(script.answers) - 1)]
+                body = json.dumps(doc).encode() if doc else b""
+                self.send_response(status)
+                for key, value in {"Replay-Nonce": "bm9uY2U", **headers}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_HEAD = _answer
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def seen_not_head(self) -> list[tuple[str, str]]:
+        return [s for s in self.seen if s[0] != "HEAD"]
+
+
+@pytest.fixture
+def scripted() -> Iterator[Callable[[list[tuple[int, dict[str, str], dict[str, Any]]]], _Scripted]]:
+    servers: list[_Scripted] = []
+
+    def start(answers: list[tuple[int, dict[str, str], dict[str, Any]]]) -> _Scripted:
+        servers.append(_Scripted(answers))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.server.shutdown()
+        s.server.server_close()
+
+
+def _network(sleeps: list[float]) -> AcmeNetwork:
+    key = JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+    return AcmeNetwork(key=key, alg=ES256, attempts=4, backoff=0.01, sleep=sleeps.append)
+
+
+def _problem(code: str) -> dict[str, Any]:
+    return {"type": f"urn:ietf:params:acme:error:{code}", "detail": f"scripted {code}"}
+
+
+def test_network_retries_5xx_in_place_with_short_retry_after(scripted: Callable[..., _Scripted]) -> None:
+    server = scripted([(503, {"Content-Type": PROBLEM, "Retry-After": "2"}, _problem("serverInternal")),
+                       (500, {"Content-Type": PROBLEM}, _problem("serverInternal")),
+                       (200, {"Content-Type": "application/json"}, {"newOrder": "x"})])
+    sleeps: list[float] = []
+    net = _network(sleeps)
+    assert net.get(server.url + "/dir").json() == {"newOrder": "x"}
+    assert len(server.seen_not_head()) == 3
+    assert 2.0 <= sleeps[0] <= 2.5 and 0.02 <= sleeps[1] <= 0.025  # Retry-After, then backoff 0.01 * 2**1
+    assert net.last_response is not None and net.last_response.status_code == 200
+
+
+def test_network_gives_a_long_retry_after_back_to_the_scheduler(scripted: Callable[..., _Scripted]) -> None:
+    for status, code, kind in [(503, "serverInternal", IssuerUnavailable), (429, "rateLimited", RateLimited)]:
+        server = scripted([(status, {"Content-Type": PROBLEM, "Retry-After": "3600"}, _problem(code))])
+        sleeps: list[float] = []
+        net = _network(sleeps)
+        where = "ACME x: edge: order"
+        with pytest.raises(kind) as caught, converted(where, directory=server.url, ca_bundle=None,
+                                                      last_response=lambda net=net: net.last_response):
+            net.get(server.url + "/dir")
+        assert isinstance(caught.value.__cause__, messages.Error)
+        assert caught.value.reason == code and caught.value.retry_after == timedelta(hours=1)
+        assert caught.value.message.startswith(f"ACME x: edge: order: {code}: scripted {code}")
+        assert len(server.seen_not_head()) == 1 and sleeps == []  # no worker sleeps for an hour
+
+
+def test_network_retries_bad_nonce_a_bounded_number_of_times(scripted: Callable[..., _Scripted]) -> None:
+    bad = (400, {"Content-Type": PROBLEM}, _problem("badNonce"))
+    ok = (200, {"Content-Type": "application/json"}, {"status": "valid"})
+    server = scripted([bad, bad, bad, ok])
+    net = _network([])
+    assert net.post(server.url + "/order", None, new_nonce_url=server.url + "/nonce").json() == {"status": "valid"}
+    assert len(server.seen_not_head()) == 4
+
+    server = scripted([bad])
+    with pytest.raises(messages.Error) as caught:
+        net.post(server.url + "/order", None, new_nonce_url=server.url + "/nonce")
+    assert caught.value.code == "badNonce"
+    assert len(server.seen_not_head()) == 12  # the library's two tries, six times: bounded, not endless

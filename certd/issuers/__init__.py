@@ -24,7 +24,7 @@ def build_issuer(name: str, config: IssuerConfig, accounts: AccountStore) -> Iss
         from certd.issuers.local_ca import LocalCA
 
         return LocalCA(name, config)
-    module_name = {VaultIssuerConfig: "vault", AcmeIssuerConfig: "acme"}[type(config)]
+    module_name = {VaultIssuerConfig: "vault", AcmeIssuerConfig: "acme.issuer"}[type(config)]
     try:
         module = importlib.import_module(f"certd.issuers.{module_name}")
     except ModuleNotFoundError as exc:

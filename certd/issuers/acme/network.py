@@ -1,0 +1,145 @@
+"""The ACME transport: ``acme``'s ``ClientNetwork`` with the bounded retries a busy client needs.
+
+``acme`` retries a ``badNonce`` only once, and a busy client against a CA that rejects nonces (Pebble: 5% by
+default) then fails now and then; this network retries ``badNonce`` a bounded number of times, retries 5xx and
+connection errors with exponential backoff and jitter, honours a short ``Retry-After`` in place and leaves a long one
+to the error (``errors.converted``), so the scheduler waits instead of the worker.
+
+Only the library's public surface is used, so an ``acme`` upgrade cannot silently change what we override: the
+retries wrap the public ``get``/``post``, and the response a failure came in (for its status and ``Retry-After``,
+which ``messages.Error`` does not carry) is kept by a ``requests`` response hook on the network's ``session``.
+The helpers below send what ``ClientV2`` has no method for (``replaces``, POST-as-GET polling, key change)
+through that same public ``post``.
+
+Like its parent it is not safe to share between threads (one nonce pool, one ``requests.Session``): the account
+module gives every worker thread its own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import requests
+from acme import client as acme_client
+from acme import errors as acme_errors
+from acme import messages
+from josepy.interfaces import JSONDeSerializable
+
+from certd.issuers.acme.errors import retry_after_seconds
+
+__all__ = ["AcmeNetwork", "links", "post_as_get", "signed_post"]
+
+# Each ``post`` of the library already tries twice on badNonce, so 5 more calls make at most 12 POSTs in a row:
+# at Pebble's 50% fault-test rejection, about 1 failure in 4000 requests; bounded, not endless.
+_BAD_NONCE_RETRIES = 5
+_RETRY_IN_PLACE = 30.0  # seconds: a longer Retry-After goes back to the scheduler with the error
+
+
+class AcmeNetwork(acme_client.ClientNetwork):
+    """``ClientNetwork`` with bounded retries, and the last response kept for its ``Retry-After``.
+
+    One per thread, like its parent, so ``last_response`` needs no lock.
+    """
+
+    def __init__(self, *args: Any, attempts: int, backoff: float, sleep: Callable[[float], None], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._recorder = _Recorder()
+        self.session.hooks["response"].append(self._recorder)
+        self._attempts = attempts
+        self._backoff = backoff
+        self._sleep = sleep
+
+    @property
+    def last_response(self) -> requests.Response | None:
+        """The last response received (nonce HEADs included): the one a following exception came from."""
+        return self._recorder.response
+
+    @last_response.setter
+    def last_response(self, response: requests.Response | None) -> None:
+        self._recorder.response = response
+
+    def _pause(self, attempt: int, retry_after: float | None) -> None:
+        delay = retry_after if retry_after is not None else self._backoff * 2**attempt
+        self._sleep(delay * random.uniform(1.0, 1.25))  # noqa: S311 - jitter, not a secret
+
+    def _with_retries(self, call: Callable[[], requests.Response]) -> requests.Response:
+        bad_nonces = 0
+        attempt = 0
+        while True:
+            self.last_response = None
+            try:
+                return call()
+            except messages.Error as err:
+                if err.code == "badNonce" and bad_nonces < _BAD_NONCE_RETRIES:
+                    bad_nonces += 1
+                    continue
+                status = self.last_response.status_code if self.last_response is not None else 0
+                if not self._retry_in_place(status, attempt):
+                    raise
+            except acme_errors.ClientError:
+                status = self.last_response.status_code if self.last_response is not None else 0
+                if status < 500 or attempt + 1 >= self._attempts:
+                    raise
+            except (requests.ConnectionError, requests.Timeout):
+                if attempt + 1 >= self._attempts:
+                    raise
+            self._pause(attempt, retry_after_seconds(self.last_response))
+            attempt += 1
+
+    def _retry_in_place(self, status: int, attempt: int) -> bool:
+        """5xx (and 503 with a short ``Retry-After``) are worth another try here; 429 never is."""
+        if status < 500 or attempt + 1 >= self._attempts:
+            return False
+        wait = retry_after_seconds(self.last_response)
+        return wait is None or wait <= _RETRY_IN_PLACE
+
+    def post(self, *args: Any, **kwargs: Any) -> requests.Response:
+        """The library's signed POST, retried as the class says; ``ClientV2``'s methods come through here too."""
+        parent_post = super().post
+        return self._with_retries(lambda: parent_post(*args, **kwargs))
+
+    def get(self, *args: Any, **kwargs: Any) -> requests.Response:
+        """The library's unsigned GET (directory, renewal info), retried as the class says."""
+        parent_get = super().get
+        return self._with_retries(lambda: parent_get(*args, **kwargs))
+
+
+class _Recorder:
+    """The session's response hook; a separate object so the session holds no reference back to the network,
+    whose ``__del__`` closes the session as soon as the last reference goes."""
+
+    def __init__(self) -> None:
+        self.response: requests.Response | None = None
+
+    def __call__(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self.response = response
+
+
+def signed_post(client: acme_client.ClientV2, url: str, obj: JSONDeSerializable | None) -> requests.Response:
+    """POST ``obj`` signed by the client's account key, taking fresh nonces from the directory's ``newNonce``.
+
+    For requests ``ClientV2`` has no method for; raises what ``post`` raises (``messages.Error`` for a problem
+    document, ``acme.errors.ClientError`` for other failures), after the retries.
+    """
+    response: requests.Response = client.net.post(url, obj, new_nonce_url=client.directory["newNonce"])
+    return response
+
+
+def post_as_get(client: acme_client.ClientV2, url: str) -> requests.Response:
+    """Fetch an ACME resource (order, authorization, certificate) with POST-as-GET (RFC 8555 section 6.3)."""
+    return signed_post(client, url, None)
+
+
+def links(response: requests.Response, relation: str) -> list[str]:
+    """Every ``Link`` URL of ``relation`` in ``response``.
+
+    Not ``response.links``: that keeps one link per relation, and a certificate can have several
+    ``rel="alternate"`` chains (RFC 8555 section 7.4.2).
+    """
+    header = response.headers.get("Link")
+    if not header:
+        return []
+    return [link["url"] for link in requests.utils.parse_header_links(header)
+            if link.get("rel") == relation and "url" in link]
