@@ -130,7 +130,7 @@ def test_budget_holds_back_until_the_hard_deadline_only(write_config: WriteConfi
         assert row is not None and row.next_attempt_at is not None and row.last_reason == BUDGET_REASON
         assert clock.now() < row.next_attempt_at <= deadline  # never held past the deadline
         assert len(app.inventory.versions("backend")) == 1  # nothing was ordered
-        assert app.pipeline.verdict("backend").reason is Reason.BACKING_OFF
+        assert app.pipeline.verdicts()["backend"].reason is Reason.BACKING_OFF
 
         clock.advance(deadline - clock.now() + timedelta(minutes=5))  # inside the hard deadline
         late = app.pipeline.renew("backend")

@@ -170,7 +170,7 @@ def test_a_fault_at_every_boundary_is_recorded_and_backs_off(
             assert scheduler.scan() == []
         assert ca.orders == ordered
         redeployed = boundary in ("verify", "rollback")
-        assert app.pipeline.verdict("web").reason is (Reason.REDEPLOY if redeployed else Reason.BACKING_OFF)
+        assert app.pipeline.verdicts()["web"].reason is (Reason.REDEPLOY if redeployed else Reason.BACKING_OFF)
 
         # After it, a healthy retry clears the record: a new order where nothing was published (or the
         # rollback restored the old version), a new deploy where the new version is current but failed.

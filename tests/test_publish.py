@@ -37,7 +37,7 @@ def test_keep_generations_and_switch_back(tmp_path: Path) -> None:
     pub = Publisher(out, keep=2)
     gens = [pub.publish(f"s{i}", _files(str(i).encode())) for i in range(5)]
     assert [g.name for g in list_generations(out)] == [g.name for g in gens[-3:]]
-    previous = pub.previous()
+    previous = list_generations(out)[-2]
     assert previous == gens[-2]
     pub.switch(previous)
     assert (out / "cert.pem").read_bytes() == b"3:cert.pem"

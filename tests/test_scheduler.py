@@ -72,7 +72,7 @@ def _simulate(app: App, clock: FakeClock, days: int, exact: tuple[datetime, date
     while clock.now() < end:
         scheduler.scan()
         scans += 1
-        wakeup = scheduler.next_wakeup()
+        wakeup = scheduler.recompute_wakeup()
         assert wakeup is not None and wakeup > clock.now()
         precise = exact is not None and exact[0] <= clock.now() < exact[1]
         clock.current = min(wakeup if precise else max(wakeup, clock.now() + CHECK_INTERVAL), end)
@@ -143,7 +143,7 @@ def test_scan_submits_due_work_once_and_jobs_coalesce(write_config: WriteConfig,
         scheduler = Scheduler(lambda: app, clock, workers=1, inline=True)
         assert len(scheduler.scan()) == 5
         assert scheduler.scan() == []
-        wakeup = scheduler.next_wakeup()
+        wakeup = scheduler.recompute_wakeup()
         assert wakeup is not None and wakeup > START + timedelta(days=3)
     finally:
         app.close()

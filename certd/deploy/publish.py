@@ -192,11 +192,6 @@ class Publisher:
         for old in others[: max(0, len(others) - self.keep)]:
             shutil.rmtree(old.path, ignore_errors=True)
 
-    def previous(self) -> Generation | None:
-        """The newest complete generation other than the current one (for rollback)."""
-        cur = current_generation(self.output_dir)
-        others = [g for g in list_generations(self.output_dir) if cur is None or g.name != cur.name]
-        return others[-1] if others else None
 
 
 def file_set(key_pem: bytes, leaf: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> dict[str, bytes]:

@@ -64,7 +64,6 @@ class Attempt:
     timer: Callable[[str, str, float], None] | None = None  # (operation, step, seconds), for metrics
     current_step: Step = Step.PLAN
     version_id: int | None = None
-    warnings: list[str] = field(default_factory=list)
     timings: list[tuple[str, float]] = field(default_factory=list)  # (step, seconds), in order
 
     def timing_summary(self) -> str:

@@ -59,10 +59,6 @@ class Pipeline:
         """Replace an issuer's account key (ACME key change); ``CertdError`` if the issuer has none."""
         return operations.rollover(self.services, issuer_name)
 
-    def verdict(self, name: str, *, force: bool = False) -> Verdict:
-        """What ``plan`` shows and what ``renew`` acts on."""
-        return plan.verdict(self.services, name, force=force)
-
     def verdicts(self) -> dict[str, Verdict]:
         """``verdict`` for every configured certificate (for scans and ``plan``)."""
         return plan.verdicts(self.services)

@@ -230,10 +230,6 @@ class Scheduler:
             self.on_wakeup_changed(self._next_wakeup)
         return self._next_wakeup
 
-    def next_wakeup(self) -> datetime | None:
-        """The earliest ``renew_at`` (or backoff end) the last scan saw in the future."""
-        return self._next_wakeup
-
     def refresh_metrics(self, names: list[str]) -> None:
         """Per-certificate gauges from the inventory (correct even for another replica's work).
 

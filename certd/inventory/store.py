@@ -349,5 +349,3 @@ class Inventory:
                 s.execute(update(Certificate).where(Certificate.name.in_(names)).values(next_attempt_at=None))
             return names
 
-    def names_of(self, rows: Iterable[Version | Certificate]) -> list[list[str]]:
-        return [json.loads(r.names) for r in rows]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -25,8 +24,6 @@ __all__ = [
     "is_self_signed",
     "issued_by",
     "load_pem_certs",
-    "not_after",
-    "not_before",
     "serial_hex",
 ]
 
@@ -46,14 +43,6 @@ def serial_hex(cert: x509.Certificate) -> str:
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 over the DER, lowercase hex."""
     return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def not_before(cert: x509.Certificate) -> datetime:
-    return cert.not_valid_before_utc
-
-
-def not_after(cert: x509.Certificate) -> datetime:
-    return cert.not_valid_after_utc
 
 
 def _pem_cert_bodies(data: bytes) -> Iterator[tuple[int, bytes]]:
