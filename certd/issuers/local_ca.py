@@ -18,7 +18,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -60,6 +60,27 @@ def _ca_usage() -> x509.KeyUsage:
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def _ca_certificate(subject: x509.Name, issuer: x509.Name, key: PrivateKey, signer: PrivateKey, now: datetime,
+                    not_after: datetime, *, path_length: int) -> x509.Certificate:
+    """A CA certificate for ``key``, signed by ``signer`` (itself for the root, which then needs no AKI)."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(_ca_usage(), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if signer is not key:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+    return builder.sign(signer, signing_hash(signer))
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -128,37 +149,11 @@ class LocalCA:
         root_key = generate_key(self._config.key)
         cn = self._config.common_name
         root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} root")])
-        root = (
-            x509.CertificateBuilder()
-            .subject_name(root_name)
-            .issuer_name(root_name)
-            .public_key(root_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + _ROOT_LIFETIME)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(_ca_usage(), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(root_key.public_key()), critical=False)
-            .sign(root_key, signing_hash(root_key))
-        )
+        root = _ca_certificate(root_name, root_name, root_key, root_key, now, now + _ROOT_LIFETIME, path_length=1)
         inter_key = generate_key(self._config.key)
         inter_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{cn} intermediate")])
-        inter = (
-            x509.CertificateBuilder()
-            .subject_name(inter_name)
-            .issuer_name(root_name)
-            .public_key(inter_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - _BACKDATE)
-            .not_valid_after(now + self._config.intermediate_lifetime)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(_ca_usage(), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(inter_key.public_key()), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(root_key.public_key()), critical=False
-            )
-            .sign(root_key, signing_hash(root_key))
-        )
+        inter = _ca_certificate(inter_name, root_name, inter_key, root_key, now,
+                                now + self._config.intermediate_lifetime, path_length=0)
         # The root key signs only the intermediate; it is kept for re-issuing one.
         into.mkdir(parents=True, exist_ok=True, mode=0o700)
         _write_private(into / "root.key", key_pem(root_key))
