@@ -1,10 +1,11 @@
 """Prometheus metrics, named after cert-manager's where they overlap.
 
 One ``Metrics`` object per process owns its own registry (no global state),
-so tests can build as many as they like. The pipeline reports through
-``observe_result``; the daemon refreshes the per-certificate gauges from
-the inventory after each scan, so the gauges are right even for work done
-by another replica.
+so tests can build as many as they like. Counters are bumped as things
+happen; the per-certificate gauges are computed from the inventory on every
+scrape of ``/metrics`` (and after each scan), so they are right at the
+moment they are read — after an expiry nobody acted on, during a renewal
+that hangs, and for work done by another replica.
 """
 
 from __future__ import annotations

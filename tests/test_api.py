@@ -205,7 +205,10 @@ def _flags(metrics: str, name: str) -> dict[str, float]:
 def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
     write_config: WriteConfig, sqlite_url: str, tmp_path: Path
 ) -> None:
-    """A renewal that keeps failing: failing (200), past the hard deadline (503, critical), past not_after (expired)."""
+    """A renewal that keeps failing: failing (200), past the hard deadline (503, critical), past not_after (expired).
+
+    Nothing refreshes the gauges between the clock moving and the scrape: /metrics computes them when read.
+    """
     clock = FakeClock()
     config = load_config(write_config(READYZ_CONFIG, db_url=sqlite_url))
     metrics = Metrics()
@@ -215,13 +218,11 @@ def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
     scheduler = Scheduler(lambda: app, clock, workers=1, metrics=metrics, inline=True)
     state = ApiState(app=lambda: app, scheduler=scheduler, metrics=metrics, token=lambda: TOKEN,
                      health=lambda: {"status": "ok"})
-    names = list(config.certificates)
     try:
         with TestClient(create_api(state)) as client:
             assert "/readyz" in client.get("/openapi.json").json()["paths"]
             (tmp_path / "hook-ok").touch()
             assert app.pipeline.renew("backend", force=True).outcome == "renewed"
-            scheduler.refresh_metrics(names)
             ok = client.get("/readyz")
             assert ok.status_code == 200 and ok.json()["status"] == "ok" and ok.json()["certificates"] == []
             assert _flags(client.get("/metrics").text, "backend") == {
@@ -231,7 +232,6 @@ def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
             clock.advance(timedelta(minutes=1))  # a request at the same instant would be answered by the last renewal
             failed = app.pipeline.renew("backend", force=True)
             assert failed.outcome == "failed" and failed.failed_step == "deploy"
-            scheduler.refresh_metrics(names)
             one = client.get("/v1/certificates/backend").json()
             assert (one["status"], one["severity"]) == ("failing", "warning")
             # An unauthenticated read: the failure, not what the hook said (that is in certd history)
@@ -245,7 +245,6 @@ def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
 
             deadline = datetime.fromisoformat(one["hard_deadline"])
             clock.current = deadline + timedelta(seconds=1)
-            scheduler.refresh_metrics(names)
             resp = client.get("/readyz")
             assert resp.status_code == 503
             doc = resp.json()
@@ -258,7 +257,6 @@ def test_readyz_names_critical_and_expired_certificates_and_metrics_agree(
             assert _flags(client.get("/metrics").text, "edge")["failing"] == 0  # edge was never tried: pending
 
             clock.current = datetime.fromisoformat(one["not_after"]) + timedelta(seconds=1)
-            scheduler.refresh_metrics(names)
             expired = client.get("/readyz").json()
             assert [(c["name"], c["status"]) for c in expired["certificates"]] == [("backend", "expired")]
             flags = _flags(client.get("/metrics").text, "backend")

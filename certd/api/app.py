@@ -110,6 +110,9 @@ def create_api(state: ApiState) -> FastAPI:
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     def metrics() -> Response:
+        # The per-certificate gauges are computed now, from the inventory as it is: a certificate that expired
+        # since the last scan (or while a renewal hangs) reads expired=1 on this very scrape.
+        state.scheduler.refresh_metrics(list(state.app().config.certificates))
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/certificates", summary="Every certificate (same document as `certd list --json`)")
