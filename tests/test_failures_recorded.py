@@ -24,8 +24,9 @@ from certd.core.policy import Reason
 from certd.deploy.publish import published_serial
 from certd.engine.app import App
 from certd.engine.scheduler import Scheduler
-from certd.issuers.base import Issued, IssueRequest, RevocationReason
+from certd.issuers.base import Issued, IssueRequest
 from certd.issuers.local_ca import LocalCA
+from certd.pki.revocation import RevocationReason
 from tests.conftest import FakeClock, WriteConfig
 
 CONFIG = """

@@ -32,8 +32,8 @@ from certd.errors import IssuerUnavailable, RateLimited
 from certd.issuers.acme.ari import cert_id
 from certd.issuers.acme.errors import converted
 from certd.issuers.acme.network import AcmeNetwork
-from certd.issuers.base import RevocationReason
 from certd.pki.certs import load_pem_certs, serial_hex
+from certd.pki.revocation import RevocationReason
 from tests.conftest import WriteConfig
 from tests.servers.ari import AriFront
 from tests.servers.bind import BindServer

@@ -27,9 +27,9 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from certd.config.load import load_config
 from certd.engine.app import App
-from certd.issuers.base import RevocationReason
 from certd.pki.certs import load_pem_certs
 from certd.pki.keys import build_csr
+from certd.pki.revocation import RevocationReason
 from tests.conftest import WriteConfig
 from tests.servers.bind import BindServer
 from tests.servers.openbao_acme import IP_ROLE, OpenBaoAcme

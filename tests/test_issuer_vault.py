@@ -22,9 +22,10 @@ from cryptography import x509
 
 from certd.config.model import VaultIssuerConfig
 from certd.errors import CertdError, IssuerError, IssuerUnavailable
-from certd.issuers.base import Issuer, IssueRequest, RevocationReason
+from certd.issuers.base import Issuer, IssueRequest
 from certd.issuers.vault import VaultIssuer
 from certd.pki.keys import KeyType, build_csr, generate_key
+from certd.pki.revocation import RevocationReason
 from tests.servers.openbao import OpenBaoServer
 
 LOGIN_PATHS = ("auth/approle/login", "auth/kubernetes/login", "auth/token/lookup-self")

@@ -20,7 +20,7 @@ from certd.config.load import load_config
 from certd.engine.app import App
 from certd.engine.result import Result
 from certd.engine.scheduler import Scheduler
-from certd.issuers.base import RevocationReason
+from certd.pki.revocation import RevocationReason
 from tests.conftest import WriteConfig
 
 CONFIG = """

@@ -16,9 +16,10 @@ from certd.config.load import load_config
 from certd.config.model import Config
 from certd.engine.app import App
 from certd.inventory.models import Lease
-from certd.issuers.base import Issued, IssueRequest, RevocationReason
+from certd.issuers.base import Issued, IssueRequest
 from certd.issuers.local_ca import LocalCA
 from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
+from certd.pki.revocation import RevocationReason
 from certd.pki.x509check import verify_chain
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
 

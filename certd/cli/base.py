@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -27,13 +27,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from certd.config.load import load_config
-from certd.config.model import Config
 from certd.core.durations import parse_duration
-from certd.engine.app import App
 from certd.engine.result import Result
 from certd.errors import CertdError, ConfigError, InventoryError
 from certd.inputs import read_bounded
+
+if TYPE_CHECKING:  # the config and the engine are imported when a command needs them: `--help` stays fast
+    from certd.config.model import Config
+    from certd.engine.app import App
 
 __all__ = [
     "EXIT_FAILED",
@@ -131,12 +132,16 @@ class State:
     @property
     def config(self) -> Config:
         if self._config is None:
+            from certd.config.load import load_config
+
             with exit_on_errors():
                 self._config = load_config(self.config_path)
         return self._config
 
     def app(self, *, sync: bool = True) -> App:
         if self._app is None:
+            from certd.engine.app import App
+
             with exit_on_errors():
                 self._app = App.open(self.config, sync=sync)
         return self._app

@@ -15,11 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
-
-from certd.inventory.faults import inventory_error, safe_url
-from certd.inventory.keycheck import rotate
-from certd.pki.keybox import KeyBox
 
 if TYPE_CHECKING:
     from certd.cli.base import State
@@ -37,6 +32,7 @@ def db_group() -> None:
 def db_upgrade(state: State) -> None:
     """Run Alembic migrations to the newest schema (SQLite or PostgreSQL) and sync the config."""
     from certd.cli.base import out
+    from certd.inventory.faults import safe_url
 
     app = state.app()
     out.print(f"database at {safe_url(app.engine.url)} is up to date", markup=False)
@@ -57,7 +53,12 @@ def db_rotate_key(state: State, new_key_file: Path) -> None:
     that shares the inventory and restart certd there (replicas still on the old key refuse to
     store keys until then).
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
     from certd.cli.base import EXIT_USAGE, die, err, exit_on_errors, out
+    from certd.inventory.faults import inventory_error
+    from certd.inventory.keycheck import rotate
+    from certd.pki.keybox import KeyBox
 
     config = state.config
     if config.database.key_file is None:

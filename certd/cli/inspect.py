@@ -32,14 +32,10 @@ from certd.cli.base import (
     select,
     styled,
 )
-from certd.config.load import load_config
 from certd.core.durations import parse_duration
 from certd.core.status import Severity
-from certd.deploy.publish import write_file_atomic
 from certd.errors import CertdError
 from certd.pki.certs import certs_pem, load_pem_certs
-from certd.reports.monitor import check_doc, check_summary, open_inventory
-from certd.reports.views import history_doc, list_doc, plan_doc
 
 __all__ = ["COMMANDS"]
 
@@ -49,6 +45,9 @@ __all__ = ["COMMANDS"]
 @pass_state
 def list_cmd(state: State, as_json: bool) -> None:
     """Every certificate: name, issuer, names, status, serial, not_after, renew_at, last_error."""
+    from certd.reports.views import list_doc
+
+
     doc = list_doc(state.app(sync=False))
     if as_json:
         emit_json(doc)
@@ -68,6 +67,9 @@ def list_cmd(state: State, as_json: bool) -> None:
 @pass_state
 def plan_cmd(state: State, as_json: bool) -> None:
     """Dry run: what would renew, when and why. Changes nothing."""
+    from certd.reports.views import plan_doc
+
+
     doc = plan_doc(state.app(sync=False))
     if as_json:
         emit_json(doc)
@@ -84,6 +86,9 @@ def plan_cmd(state: State, as_json: bool) -> None:
 @pass_state
 def history_cmd(state: State, name: str, as_json: bool) -> None:
     """Versions and events of one certificate, newest first."""
+    from certd.reports.views import history_doc
+
+
     app = state.app(sync=False)
     if app.inventory.certificate(name) is None and name not in app.config.certificates:
         die(f"no certificate named {name}", EXIT_USAGE)
@@ -143,6 +148,8 @@ def probe_cmd(endpoint: str, sni: str | None, ca_bundle: Path | None, timeout: s
 @pass_state
 def bundle_cmd(state: State, name: str, out_file: Path | None) -> None:
     """The minimal CA bundle a load balancer should pin for NAME's issuer (never the system store)."""
+    from certd.deploy.publish import write_file_atomic
+
     select(state, (name,), False)
     app = state.app(sync=False)
     with exit_on_errors():
@@ -176,6 +183,9 @@ def check_cmd(state: State, as_json: bool, warn_within: str | None) -> None:
     Reads the inventory as it is: renews nothing, contacts no CA, migrates and creates nothing. Statuses
     are those of `certd list`; perfdata after "|" counts certificates by severity.
     """
+    from certd.config.load import load_config
+    from certd.reports.monitor import check_doc, check_summary, open_inventory
+
     within = None
     if warn_within is not None:
         try:

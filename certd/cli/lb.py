@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.markup import escape
@@ -30,13 +30,13 @@ from certd.cli.base import (
     pass_state,
     plugin_unknown,
 )
-from certd.config.load import load_config
 from certd.core.clock import SystemClock
 from certd.core.durations import rfc3339
 from certd.core.status import Severity
 from certd.errors import CertdError
-from certd.lb.audit import AuditError, Finding, audit_file, config_findings, live_findings
-from certd.lb.haproxy_config import haproxy_lines
+
+if TYPE_CHECKING:
+    from certd.lb.audit import Finding
 
 __all__ = ["COMMANDS"]
 
@@ -74,6 +74,9 @@ def haproxy_config_cmd(state: State, edges: tuple[str, ...], backends: tuple[str
     bundle_file>` with its first DNS name as sni, verifyhost and check-sni, health-checked with GET /healthz.
     Paste the output into haproxy.cfg, or load it as one more -f file.
     """
+    from certd.lb.haproxy_config import haproxy_lines
+
+
     with exit_on_errors():
         lines = haproxy_lines(state.config, list(edges), [_backend(b) for b in backends], bind=bind,
                               client_cert=client_cert)
@@ -136,6 +139,10 @@ def audit_lb_cmd(state: State, file: Path, live: bool, timeout: str, as_json: bo
     names the load balancer checks are looked up among its certificates, and CA files compared with the
     issuers' bundle_file. Every finding has a line and a code; see docs/load-balancer.md.
     """
+    from certd.config.load import load_config
+    from certd.lb.audit import AuditError, audit_file, config_findings, live_findings
+
+
     try:
         per_handshake = duration_option(timeout).total_seconds()
     except click.BadParameter as exc:

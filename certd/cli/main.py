@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 from rich.markup import escape
-from sqlalchemy.exc import SQLAlchemyError
 
 from certd import __version__
 from certd.cli.base import (
@@ -40,13 +39,10 @@ from certd.cli.ca import ca_group
 from certd.cli.db import db_group
 from certd.cli.inspect import COMMANDS
 from certd.cli.lb import COMMANDS as LB_COMMANDS
-from certd.config.load import default_config_path
-from certd.config.rules import check_files, check_secret_modes
 from certd.errors import CertdError
 from certd.inputs import CERT_LIMIT, KEY_LIMIT, InputError, Part
-from certd.inventory.faults import inventory_error
-from certd.issuers.base import RevocationReason
 from certd.logs import setup_logging
+from certd.pki.revocation import RevocationReason
 
 __all__ = ["cli", "main"]
 
@@ -59,7 +55,14 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except BrokenPipeError:
             stdout_closed()
-        except SQLAlchemyError as exc:  # a database fault after the inventory opened: one line, exit 3
+        except Exception as exc:
+            # A database fault after the inventory opened: one line, exit 3. SQLAlchemy is imported only by
+            # commands that open the inventory, so an error cannot be one of its own before then.
+            sqlalchemy_exc = sys.modules.get("sqlalchemy.exc")
+            if sqlalchemy_exc is None or not isinstance(exc, sqlalchemy_exc.SQLAlchemyError):
+                raise
+            from certd.inventory.faults import inventory_error
+
             config = ctx.obj._config if isinstance(ctx.obj, State) else None
             die(str(inventory_error(config.database.url if config else "<unknown>", exc)), EXIT_INVENTORY)
 
@@ -79,6 +82,8 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
     certd issues certificates (ACME, Vault PKI or its own local CA), writes
     them atomically, makes servers load them, and proves they are served.
     """
+    from certd.config.load import default_config_path
+
     setup_logging(log_level or ("info" if ctx.invoked_subcommand == "run" else "warning"))
     # `main` hands in when the process started (see certd.entry); in-process callers get "now".
     invoked_at = ctx.obj if isinstance(ctx.obj, datetime) else datetime.now(UTC)
@@ -91,6 +96,8 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
 @pass_state
 def check_config(state: State, strict: bool) -> None:
     """Validate the config; errors name the file, the key and the problem."""
+    from certd.config.rules import check_files, check_secret_modes
+
     config = state.config
     missing = check_files(config)
     for line in missing:

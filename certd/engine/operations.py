@@ -31,9 +31,10 @@ from certd.engine.services import Services
 from certd.errors import CertdError, DeployError
 from certd.inputs import InputError
 from certd.inventory.models import VersionState
-from certd.issuers.base import KeyRollover, RevocationReason
+from certd.issuers.base import KeyRollover
 from certd.pki.certs import load_pem_certs
 from certd.pki.keys import PrivateKey, key_pem, load_key_pem
+from certd.pki.revocation import RevocationReason
 from certd.pki.x509check import check_certificate, usable_chain
 
 __all__ = ["deploy", "import_certificate", "install", "needs_install", "revoke", "rollover"]

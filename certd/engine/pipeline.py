@@ -19,7 +19,7 @@ from certd.engine.ari_refresh import refresh_renewal_info
 from certd.engine.result import Result
 from certd.engine.services import Services
 from certd.engine.trust import trust_bundle
-from certd.issuers.base import RevocationReason
+from certd.pki.revocation import RevocationReason
 
 __all__ = ["Pipeline"]
 

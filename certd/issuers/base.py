@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
 from certd.pki.keys import KeyType, PrivateKey
+from certd.pki.revocation import RevocationReason
 
 __all__ = [
     "AccountStore",
@@ -33,27 +33,6 @@ __all__ = [
     "RenewalWindow",
     "RevocationReason",
 ]
-
-
-class RevocationReason(StrEnum):
-    """RFC 5280 CRLReason names, as accepted by ``certd revoke --reason``."""
-
-    UNSPECIFIED = "unspecified"
-    KEY_COMPROMISE = "keyCompromise"
-    CA_COMPROMISE = "cACompromise"
-    AFFILIATION_CHANGED = "affiliationChanged"
-    SUPERSEDED = "superseded"
-    CESSATION_OF_OPERATION = "cessationOfOperation"
-    CERTIFICATE_HOLD = "certificateHold"
-    PRIVILEGE_WITHDRAWN = "privilegeWithdrawn"
-    AA_COMPROMISE = "aACompromise"
-
-    @property
-    def code(self) -> int:
-        """The RFC 5280 integer code (7 is unused)."""
-        order = list(RevocationReason)
-        idx = order.index(self)
-        return idx if idx < 7 else idx + 1
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from certd.core.clock import Clock, SystemClock
 from certd.core.durations import format_duration, rfc3339
 from certd.errors import IssuerError
 from certd.files import write_atomic
-from certd.issuers.base import Issued, IssueRequest, RevocationReason
+from certd.issuers.base import Issued, IssueRequest
 from certd.pki.certs import certs_pem, fingerprint, is_self_signed, load_pem_certs, serial_hex
 from certd.pki.keys import (
     KeyType,
@@ -41,6 +41,7 @@ from certd.pki.keys import (
     san_entries,
     signing_hash,
 )
+from certd.pki.revocation import RevocationReason
 
 __all__ = ["LocalCA"]
 

@@ -31,9 +31,10 @@ from certd.issuers.acme.account import AcmeAccount
 from certd.issuers.acme.errors import converted, problem_text
 from certd.issuers.acme.network import signed_post
 from certd.issuers.acme.order import Orders
-from certd.issuers.base import AccountStore, Issued, IssueRequest, RenewalWindow, RevocationReason
+from certd.issuers.base import AccountStore, Issued, IssueRequest, RenewalWindow
 from certd.issuers.challenges.base import ChallengeSolver
 from certd.pki.certs import load_pem_certs
+from certd.pki.revocation import RevocationReason
 
 __all__ = ["AcmeIssuer", "build"]
 

@@ -37,11 +37,12 @@ from certd.config.model import VaultIssuerConfig
 from certd.core.clock import Clock, SystemClock
 from certd.core.durations import format_duration
 from certd.errors import IssuerError
-from certd.issuers.base import AccountStore, Issued, IssueRequest, RevocationReason
+from certd.issuers.base import AccountStore, Issued, IssueRequest
 from certd.issuers.vault.auth import VaultAuth
 from certd.issuers.vault.client import VaultSession
 from certd.pki.certs import is_self_signed, load_pem_certs
 from certd.pki.keys import is_ip, load_key_pem
+from certd.pki.revocation import RevocationReason
 
 __all__ = ["VaultIssuer", "build"]
 
