@@ -18,7 +18,10 @@ file, and a reader that resolves ``..data`` once sees one matching set. A
 crash leaves at worst a ``..tmp-`` directory, removed by the next publish.
 
 Previous generations are kept (``keep``) so a failed deploy can switch back
-without reissuing.
+without reissuing. ``keep`` counts good generations only: one whose deploy or
+verify failed is marked (``mark_failed``) and removed at the next publish
+unless it is current, so failed attempts can never push the last good
+certificate off disk; the rollback target a publish is given is never removed.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ __all__ = [
 DATA_LINK = "..data"
 GEN_PREFIX = "..gen-"
 TMP_PREFIX = "..tmp-"
+FAILED_MARK = ".certd-failed"  # inside a generation whose deploy or verify failed
 FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
 _KEY_FILES = frozenset({"privkey.pem", "combined.pem"})
 _PUBLIC_MODE = 0o644
@@ -66,6 +70,11 @@ class Generation:
 
     def read(self, filename: str) -> bytes:
         return (self.path / filename).read_bytes()
+
+    @property
+    def failed(self) -> bool:
+        """Its deploy or verify failed: it does not count towards ``keep`` and is no rollback target."""
+        return (self.path / FAILED_MARK).exists()
 
 
 def current_generation(output_dir: Path) -> Generation | None:
@@ -128,8 +137,11 @@ class Publisher:
         mode = self.key_mode if name in _KEY_FILES else _PUBLIC_MODE
         write_new(directory / name, data, mode, self._uid, self._gid)
 
-    def publish(self, serial: str, files: dict[str, bytes]) -> Generation:
-        """Write a new generation and switch ``..data`` to it; return it."""
+    def publish(self, serial: str, files: dict[str, bytes], *, rollback_to: str | None = None) -> Generation:
+        """Write a new generation and switch ``..data`` to it; return it.
+
+        ``rollback_to`` names the generation a failed rollout would switch back to: never pruned here.
+        """
         if set(files) != set(FILES):
             raise PublishError(f"publish needs exactly {', '.join(FILES)}")
         try:
@@ -145,7 +157,7 @@ class Publisher:
             os.rename(tmp, self.output_dir / name)
             generation = Generation(name=name, path=self.output_dir / name)
             self.switch(generation)
-            self._prune(generation)
+            self._prune(generation, rollback_to)
             return generation
         except OSError as exc:
             raise PublishError(f"cannot publish into {self.output_dir}: {exc.strerror or exc}") from exc
@@ -187,10 +199,25 @@ class Publisher:
                 else:
                     p.unlink(missing_ok=True)
 
-    def _prune(self, current: Generation) -> None:
+    def _prune(self, current: Generation, rollback_to: str | None) -> None:
+        """Keep the current generation, the rollback target and the newest ``keep`` good ones; drop the rest."""
         others = [g for g in list_generations(self.output_dir) if g.name != current.name]
-        for old in others[: max(0, len(others) - self.keep)]:
-            shutil.rmtree(old.path, ignore_errors=True)
+        good = [g for g in others if not g.failed]
+        doomed = [g for g in others if g.failed] + good[: max(0, len(good) - self.keep)]
+        for old in doomed:
+            if old.name != rollback_to:
+                shutil.rmtree(old.path, ignore_errors=True)
+
+    def mark_failed(self, generation: Generation) -> None:
+        """Its deploy or verify failed; ``mark_good`` undoes it when a redeploy of it succeeds."""
+        try:
+            (generation.path / FAILED_MARK).touch(mode=0o644)
+        except OSError as exc:
+            raise PublishError(f"cannot mark {generation.name} in {self.output_dir} failed: {exc.strerror}") from exc
+
+    @staticmethod
+    def mark_good(generation: Generation) -> None:
+        (generation.path / FAILED_MARK).unlink(missing_ok=True)
 
 
 

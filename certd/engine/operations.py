@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 from cryptography import x509
 
 from certd.core.kinds import EventKind, Step
-from certd.deploy.publish import FILES, Generation, current_generation, published_serial
+from certd.deploy.publish import FILES, Generation, Publisher, current_generation, published_serial
 from certd.engine import runner
 from certd.engine.attempt import Attempt, as_step_error
 from certd.engine.renew import add_version
@@ -66,6 +66,7 @@ def _deploy(s: Services, attempt: Attempt) -> Result:
     material = Material.of_version(version, key, roots)
     state, pending = s.rollout.deploy_and_verify(attempt, material, version.id, attempt.beat.lease
                                                  if attempt.beat else None)
+    Publisher.mark_good(gen)  # served now: it counts towards keep again and can be rolled back to
     s.recorder.success(attempt)
     return Result(name, "deployed", serial=version.serial, state=state, renewal_id=attempt.rid,
                   reason="DeployPending" if pending else None)

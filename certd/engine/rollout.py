@@ -129,7 +129,8 @@ class Rollout:
             publisher = self.publisher(attempt.cfg)
         with attempt.step(Step.PUBLISH):
             beat.fence()  # the fencing check and the switch are as close as the file system allows
-            generation = publisher.publish(material.serial, material.files())
+            generation = publisher.publish(material.serial, material.files(),
+                                           rollback_to=attempt.old.generation if attempt.old else None)
             now = self.clock.now()
             self.inventory.make_current(beat.lease, version_id, now)
             self.inventory.update_version(beat.lease, version_id, now, state=VersionState.PUBLISHED.value,
@@ -139,6 +140,7 @@ class Rollout:
         try:
             return self.deploy_and_verify(attempt, material, version_id, beat.lease)
         except StepError:
+            publisher.mark_failed(generation)  # never counted by keep, never a rollback target
             if attempt.cfg.rollback and attempt.old is not None:
                 self.rollback(attempt, publisher, attempt.old, material.roots, beat.lease)
             raise
