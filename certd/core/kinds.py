@@ -57,6 +57,7 @@ class EventKind(StrEnum):
     REVOKE_DONE = "revoke.done"
     REVOKE_REASON_DROPPED = "revoke.reason_dropped"
     REVOKE_FAILED = "revoke.failed"
+    ACCOUNT_REGISTERED_AGAIN = "account.registered_again"
     AGENT_PUBLISHED = "agent.published"
     AGENT_FAILED = "agent.failed"
     BUDGET_OVERRIDDEN = "budget.overridden"

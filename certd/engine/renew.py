@@ -74,6 +74,8 @@ def _renew(s: Services, attempt: Attempt, force: bool) -> Result:
         request = IssueRequest(certificate=name, names=tuple(cfg.names), key_type=cfg.key, csr=csr,
                                lifetime=cfg.lifetime, replaces=old.ari_cert_id if old else None)
         issued = _issue(s, attempt, issuer, request, force)
+        for kind, message in issued.notices:
+            s.recorder.event(name, kind, message, rid, step=Step.ISSUE, level="warning")
         if issued.private_key is not None:
             key = issued.private_key
     with attempt.step(Step.CHECK, at="chain"):

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from cryptography import x509
 
+from certd.core.kinds import EventKind
 from certd.pki.keys import KeyType, PrivateKey
 from certd.pki.revocation import RevocationReason
 
@@ -60,6 +61,8 @@ class Issued:
     leaf: x509.Certificate
     chain: tuple[x509.Certificate, ...]
     private_key: PrivateKey | None = None
+    # What the issuer had to do on the way that an operator should hear of (each becomes an event).
+    notices: tuple[tuple[EventKind, str], ...] = ()
 
 
 @dataclass(frozen=True)

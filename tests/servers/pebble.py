@@ -58,6 +58,7 @@ class PebbleServer:
             if dns_server is None:
                 dns_server = self._start_challtestsrv()
             self.dns_server = dns_server
+            self._files, self._acme_port, self._mgmt_port = files, acme_port, mgmt_port
             self._start_pebble(files, acme_port, mgmt_port)
         except BaseException:
             self.stop()
@@ -124,6 +125,14 @@ class PebbleServer:
             f"ACME directory {self.directory_url}",
         )
         self.pid = proc.pid
+
+    def restart(self) -> None:
+        """Stop Pebble and start it again on the same ports: every account and order is lost, and the root is
+        new (a CA reset; a real CA would keep its root, so a test trusts both)."""
+        pebble = next(p for p in self._procs if p.name == "pebble")
+        pebble.stop()
+        self._procs.remove(pebble)
+        self._start_pebble(self._files, self._acme_port, self._mgmt_port)
 
     def _mgmt_get(self, path: str) -> bytes:
         resp = requests.get(f"{self.mgmt_url}{path}", verify=str(self.ca_bundle), timeout=10)

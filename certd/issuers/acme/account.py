@@ -117,6 +117,39 @@ class AcmeAccount:
         self._local.client, self._local.generation = client, self._generation
         return client
 
+    def register_again(self, lost: str) -> str:
+        """The CA answered ``accountDoesNotExist`` for account ``lost``: register again; the new account URL.
+
+        A CA that was reset, or a staging CA wiped, no longer knows the account; waiting does not bring it
+        back. The same key is registered again (a CA that lost its state accepts it as new); a CA that keeps
+        the key as deactivated refuses it (``unauthorized``), and then a new key is made. Under the lock, and
+        only if no other thread has done it already, so a burst of failing orders registers once.
+        """
+        directory = self.directory()
+        with self._lock:
+            if self._account is not None and self._account.uri != lost:
+                return str(self._account.uri)
+            stored = self._accounts.load_account(self.name, self._config.directory)
+            key_pem = stored[0] if stored is not None else _new_key_pem()
+            try:
+                uri = self._register(directory, JWKEC.load(key_pem))
+            except messages.Error as err:
+                if err.code != "unauthorized":
+                    raise
+                key_pem = _new_key_pem()
+                uri = self._register(directory, JWKEC.load(key_pem))
+            self._accounts.save_account(self.name, self._config.directory, key_pem, uri)
+            self._key = JWKEC.load(key_pem)
+            self._account = messages.RegistrationResource(body=messages.Registration(), uri=uri)
+            self._generation += 1  # every thread's client is rebuilt with the new account
+        log.warning("%s: the CA no longer knew account %s; registered again as %s", self.name, lost, uri)
+        return uri
+
+    @property
+    def uri(self) -> str | None:
+        """The account URL in use, once known."""
+        return str(self._account.uri) if self._account is not None else None
+
     def network(self) -> AcmeNetwork | None:
         """This thread's network if it has made one: its last response explains the error being converted."""
         net: AcmeNetwork | None = getattr(getattr(self._local, "client", None), "net", None)

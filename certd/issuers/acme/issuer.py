@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from pathlib import Path
 
 import requests
@@ -25,7 +26,8 @@ from josepy.json_util import field as jose_field
 
 from certd.config.model import AcmeIssuerConfig
 from certd.core.clock import Clock, SystemClock
-from certd.errors import CertdError
+from certd.core.kinds import EventKind
+from certd.errors import CertdError, IssuerError
 from certd.issuers.acme import ari
 from certd.issuers.acme.account import AcmeAccount
 from certd.issuers.acme.errors import converted, problem_text
@@ -76,6 +78,21 @@ class AcmeIssuer:
         return self._roots
 
     def issue(self, request: IssueRequest) -> Issued:
+        """One order; a CA that forgot the account gets it registered again and the order placed once more."""
+        try:
+            return self._issue(request)
+        except IssuerError as err:
+            if err.reason != "accountDoesNotExist":
+                raise
+            lost = self._account.uri
+        with self._converted(request.certificate, "account"):
+            uri = self._account.register_again(lost or "")
+        issued = self._issue(request)
+        notice = (EventKind.ACCOUNT_REGISTERED_AGAIN,
+                  f"issuer {self.name}: the CA answered accountDoesNotExist for {lost}; registered again as {uri}")
+        return replace(issued, notices=(*issued.notices, notice))
+
+    def _issue(self, request: IssueRequest) -> Issued:
         with self._converted(request.certificate, "order"):
             client = self._account.client()
             order = self._orders.place(client, request)
