@@ -173,14 +173,15 @@ def test_a_fault_at_every_boundary_is_recorded_and_backs_off(
         redeployed = boundary in ("verify", "rollback")
         assert app.pipeline.verdicts()["web"].reason is (Reason.REDEPLOY if redeployed else Reason.BACKING_OFF)
 
-        # After it, a healthy retry clears the record: a new order where nothing was published (or the
-        # rollback restored the old version), a new deploy where the new version is current but failed.
+        # After it, a healthy retry clears the record: a new order where nothing was published, a new deploy
+        # where the new version is current but failed, or where the rollback restored the old version and the
+        # new one is rolled out again (no order: it was issued already).
         faults.armed = False
         clock.current = row.next_attempt_at + timedelta(seconds=1)
         if boundary == "verify":
             app.config.certificates["web"].verify.clear()  # the closed port stays closed
         scheduler.scan()
-        redeploy = boundary in ("verify", "rollback")
+        redeploy = boundary in ("verify", "rollback", "deploy")
         assert ca.orders == ordered + (0 if redeploy else 1)
         row = app.inventory.certificate("web")
         assert row is not None and (row.failures, row.last_error, row.next_attempt_at) == (0, None, None)

@@ -9,6 +9,10 @@ Guarantees:
 - a version that fails ``check`` is never published: the files on disk and
   what servers load stay as they were;
 - the load balancers trust the new CA before any server presents it;
+- a certificate already issued is never ordered again because its rollout
+  failed: while a newer version whose publish, deploy or verify failed still
+  has its files and its life ahead of it, a due renewal rolls that version
+  out again (a load balancer down for an hour costs no order);
 - certd's own rate-limit budget never holds a renewal inside the hard
   deadline, nor one the operator forced: there the CA's own answer decides.
 """
@@ -23,6 +27,7 @@ from cryptography import x509
 
 from certd.core.kinds import EventKind, Step
 from certd.core.policy import evaluate, hard_deadline, pick_renew_at
+from certd.deploy.publish import Generation
 from certd.engine import runner
 from certd.engine.attempt import Attempt
 from certd.engine.plan import current, wanted
@@ -30,7 +35,7 @@ from certd.engine.result import Result
 from certd.engine.rollout import Material
 from certd.engine.services import Services
 from certd.engine.trust import anchors, ensure_trusted, refresh_bundle_file
-from certd.inventory.models import NewVersion, VersionState
+from certd.inventory.models import NewVersion, Version, VersionState
 from certd.issuers.base import Issued, Issuer, IssueRequest, RenewalInfo
 from certd.pki.certs import certs_pem, fingerprint, serial_hex
 from certd.pki.keys import PrivateKey, build_csr, generate_key, key_pem, key_type_of
@@ -65,6 +70,11 @@ def _renew(s: Services, attempt: Attempt, force: bool) -> Result:
         return Result(name, "skipped", serial=old.serial if old else None, state=old.state if old else None,
                       renewal_id=rid, reason=str(verdict.reason))
     s.recorder.event(name, EventKind.RENEWAL_STARTED, f"{verdict.reason}: {verdict.message}", rid, step=Step.PLAN)
+    if not force:
+        with attempt.step(Step.PLAN):
+            again = _issued_before(s, attempt)
+        if again is not None:
+            return _roll_out_again(s, attempt, *again)
     with attempt.step(Step.KEY):
         key = generate_key(cfg.key)
         csr = build_csr(key, cfg.names)
@@ -106,6 +116,44 @@ def _renew(s: Services, attempt: Attempt, force: bool) -> Result:
                      f"({attempt.timing_summary()})", rid, step=Step.RECORD)
     return Result(name, "renewed", serial=material.serial, state=state, renewal_id=rid,
                   reason="DeployPending" if pending else str(verdict.reason))
+
+
+# A version that failed in one of these steps was issued and checked: it can be rolled out again.
+_AFTER_ISSUANCE = frozenset({Step.TRUST, Step.PUBLISH, Step.DEPLOY, Step.VERIFY, Step.ROLLBACK})
+
+
+def _issued_before(s: Services, attempt: Attempt) -> tuple[Version, Generation] | None:
+    """The newest version, newer than the current one, that failed after issuance and can be rolled out again.
+
+    It must be what the config asks for (issuer, names, key type), not be due itself, and still have its
+    generation on this host (the key is read from there).
+    """
+    cfg, old, now = attempt.cfg, attempt.old, s.clock.now()
+    newest = next(iter(s.inventory.versions(attempt.name)), None)
+    if newest is None or (old is not None and newest.id <= old.id) or newest.state != VersionState.FAILED.value:
+        return None
+    if newest.failed_step not in _AFTER_ISSUANCE or newest.generation is None:
+        return None
+    if (newest.issuer, json.loads(newest.names), newest.key_type) != (cfg.issuer, list(cfg.names), str(cfg.key)):
+        return None
+    if (newest.renew_at or newest.not_after) <= now:
+        return None
+    path = cfg.output_dir / newest.generation
+    if not (path / "privkey.pem").is_file():
+        return None
+    return newest, Generation(newest.generation, path)
+
+
+def _roll_out_again(s: Services, attempt: Attempt, version: Version, generation: Generation) -> Result:
+    name, cfg, rid = attempt.name, attempt.cfg, attempt.rid
+    with attempt.step(Step.PUBLISH, at="issuer"):
+        roots = tuple(s.issuer(cfg.issuer).roots() or ())
+    state, pending = s.rollout.roll_out_again(attempt, version, generation, roots)
+    s.recorder.success(attempt)
+    s.recorder.event(name, EventKind.RENEWAL_SUCCEEDED, f"serial {version.serial} {state}, issued earlier and "
+                     f"rolled out again: no new order ({attempt.timing_summary()})", rid, step=Step.RECORD)
+    return Result(name, "renewed", serial=version.serial, state=state, renewal_id=rid,
+                  reason="DeployPending" if pending else "RolledOutAgain")
 
 
 def _issue(s: Services, attempt: Attempt, issuer: Issuer, request: IssueRequest, force: bool) -> Issued:

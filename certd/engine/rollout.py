@@ -145,6 +145,38 @@ class Rollout:
                 self.rollback(attempt, publisher, attempt.old, material.roots, beat.lease)
             raise
 
+    def roll_out_again(self, attempt: Attempt, version: Version, generation: Generation,
+                       roots: tuple[x509.Certificate, ...]) -> tuple[str, bool]:
+        """Roll out a version issued earlier whose rollout failed, from its generation on disk: no new order.
+
+        As ``roll_out`` from the switch on: the generation becomes current, deploy and verify run, and a
+        failure rolls back to the attempt's current version. Success makes the generation good again.
+        """
+        beat = attempt.beat
+        assert beat is not None
+        with attempt.step(Step.PUBLISH, at="publisher"):
+            publisher = self.publisher(attempt.cfg)
+        with attempt.step(Step.PUBLISH):
+            key = generation.read("privkey.pem")
+            beat.fence()
+            publisher.switch(generation)
+            now = self.clock.now()
+            self.inventory.make_current(beat.lease, version.id, now)
+            self.inventory.update_version(beat.lease, version.id, now, state=VersionState.PUBLISHED.value,
+                                          failed_step=None, error=None)
+            attempt.version_id = version.id
+            self.recorder.event(attempt.name, EventKind.PUBLISH_DONE, f"serial {version.serial} in {generation.name} "
+                                "again: issued earlier, its rollout failed; rolled out again instead of a new order",
+                                attempt.rid, step=Step.PUBLISH)
+        try:
+            state = self.deploy_and_verify(attempt, Material.of_version(version, key, roots), version.id, beat.lease)
+        except StepError:
+            if attempt.cfg.rollback and attempt.old is not None:
+                self.rollback(attempt, publisher, attempt.old, roots, beat.lease)
+            raise
+        publisher.mark_good(generation)
+        return state
+
     def deploy_and_verify(self, attempt: Attempt, material: Material, version_id: int,
                           lease: LeaseInfo | None) -> tuple[str, bool]:
         """Run every deploy target, then every verify endpoint; the version's state after them."""
