@@ -25,9 +25,10 @@ _READY_HELP = (
     "Independent flags (not one-hot; several can be 1), computed by certd/status.py: "
     "ready=a published, unexpired, unrevoked version is current; "
     "renewing=the policy wants a new certificate (due, or backing off after a failure); "
-    "failing=the last renewal attempt failed (also when critical or expired); "
+    "failing=the last renewal attempt failed (also when expired); "
     "expiring=the current version is past its renewal time (also when expired); "
-    "critical=failing and past the hard deadline, the last tenth of the lifetime (also when expired); "
+    "critical=past the hard deadline, the last tenth of the lifetime, and not renewed: failing, running or hung "
+    "(also when expired); "
     "expired=the current version is past notAfter; "
     "revoked=the current version was revoked."
 )

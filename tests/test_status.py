@@ -54,22 +54,27 @@ DAY = timedelta(days=1)
         (Row(), Ver("served"), T0 + DAY, Status.SERVED, Severity.OK, {C.READY}),
         # past the renewal time, nothing has failed (yet)
         (Row(), Ver(), RENEW_AT, Status.EXPIRING, Severity.WARNING, {C.READY, C.EXPIRING}),
-        (Row(), Ver(renew_at=None), NOT_AFTER - DAY, Status.SERVED, Severity.OK, {C.READY}),
+        (Row(), Ver(renew_at=None), RENEW_AT, Status.SERVED, Severity.OK, {C.READY}),
+        # a renewal time never recorded does not hide the hard deadline
+        (Row(), Ver(renew_at=None), NOT_AFTER - DAY, Status.CRITICAL, Severity.CRITICAL, {C.READY, C.CRITICAL}),
         # failing with time left, before and after the renewal time
         (FAILED, Ver(), T0 + DAY, Status.FAILING, Severity.WARNING, {C.READY, C.FAILING}),
         (FAILED, Ver(), RENEW_AT + DAY, Status.FAILING, Severity.WARNING, {C.READY, C.FAILING, C.EXPIRING}),
         # a deploy that failed leaves the published version "failed" and current
         (FAILED, Ver("failed"), T0 + DAY, Status.FAILING, Severity.WARNING, {C.FAILING}),
         (Row(), Ver("failed"), T0 + DAY, Status.FAILING, Severity.WARNING, {C.FAILING}),
-        # inside the hard deadline: critical only when also failing
+        # inside the hard deadline and not renewed: critical, whether the last attempt failed or one is still
+        # running (or hangs) and nothing failed yet
         (FAILED, Ver(), DEADLINE, Status.CRITICAL, Severity.CRITICAL,
          {C.READY, C.FAILING, C.EXPIRING, C.CRITICAL}),
-        (Row(), Ver(), DEADLINE, Status.EXPIRING, Severity.WARNING, {C.READY, C.EXPIRING}),
+        (Row(), Ver(), DEADLINE, Status.CRITICAL, Severity.CRITICAL, {C.READY, C.EXPIRING, C.CRITICAL}),
+        (Row(), Ver(), DEADLINE - DAY, Status.EXPIRING, Severity.WARNING, {C.READY, C.EXPIRING}),
         # expired wins over everything that happened to the files
-        (Row(), Ver("served"), NOT_AFTER, Status.EXPIRED, Severity.CRITICAL, {C.EXPIRED, C.EXPIRING}),
+        (Row(), Ver("served"), NOT_AFTER, Status.EXPIRED, Severity.CRITICAL, {C.EXPIRED, C.EXPIRING, C.CRITICAL}),
         (FAILED, Ver("served"), NOT_AFTER + DAY, Status.EXPIRED, Severity.CRITICAL,
          {C.EXPIRED, C.EXPIRING, C.FAILING, C.CRITICAL}),
-        (Row(), Ver("revoked"), NOT_AFTER, Status.EXPIRED, Severity.CRITICAL, {C.EXPIRED, C.EXPIRING, C.REVOKED}),
+        (Row(), Ver("revoked"), NOT_AFTER, Status.EXPIRED, Severity.CRITICAL,
+         {C.EXPIRED, C.EXPIRING, C.REVOKED, C.CRITICAL}),
         # revoked and not replaced
         (Row(), Ver("revoked"), T0 + DAY, Status.REVOKED, Severity.WARNING, {C.REVOKED}),
         (FAILED, Ver("revoked"), T0 + DAY, Status.REVOKED, Severity.WARNING, {C.REVOKED, C.FAILING}),
@@ -77,7 +82,8 @@ DAY = timedelta(days=1)
         (FAILED, Ver("revoked"), DEADLINE, Status.CRITICAL, Severity.CRITICAL,
          {C.REVOKED, C.FAILING, C.EXPIRING, C.CRITICAL}),
         # removed from the config: nothing else matters
-        (Row(retired_at=T0), Ver(), NOT_AFTER + DAY, Status.RETIRED, Severity.OK, {C.EXPIRED, C.EXPIRING}),
+        (Row(retired_at=T0), Ver(), NOT_AFTER + DAY, Status.RETIRED, Severity.OK,
+         {C.EXPIRED, C.EXPIRING, C.CRITICAL}),
         (Row(failures=None), Ver(), T0 + DAY, Status.SERVED, Severity.OK, {C.READY}),
     ],
 )

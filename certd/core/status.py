@@ -19,8 +19,10 @@ Two views of the same facts:
 
   1. ``retired``  - removed from the config; monitoring no longer cares.
   2. ``expired``  - past ``not_after``, whatever happened to its files.
-  3. ``critical`` - the last attempt failed and the hard deadline
-     (``policy.hard_deadline``, the last tenth of the lifetime) has passed.
+  3. ``critical`` - the hard deadline (``policy.hard_deadline``, the last
+     tenth of the lifetime) has passed and the certificate was not
+     renewed: whether the last attempt failed, is still running, or hangs
+     (a renewal that never ends must not look better than one that fails).
   4. ``revoked``  - the current version was revoked and not yet replaced.
   5. ``failing``  - the last attempt failed and there is time left; also a
      certificate that was never issued because every attempt failed, and
@@ -178,7 +180,7 @@ def _conditions(
         found.add(Condition.EXPIRED)
     if now >= (version.renew_at or version.not_after):
         found.add(Condition.EXPIRING)
-    if failing and now >= deadline:
+    if now >= deadline:
         found.add(Condition.CRITICAL)
     if version.state == "revoked":
         found.add(Condition.REVOKED)
@@ -221,8 +223,9 @@ def assess(
     if Condition.EXPIRED in conditions:
         return result(Status.EXPIRED, f"expired at {rfc3339(version.not_after)}")
     if Condition.CRITICAL in conditions:
-        return result(Status.CRITICAL,
-                      f"renewal failing ({_failures(row)}) past the hard deadline {rfc3339(deadline)}; {expires}")
+        why = f"renewal failing ({_failures(row)})" if Condition.FAILING in conditions else (
+            "not renewed (the renewal is running, hangs, or nothing runs it)")
+        return result(Status.CRITICAL, f"{why} past the hard deadline {rfc3339(deadline)}; {expires}")
     if Condition.REVOKED in conditions:
         return result(Status.REVOKED, f"the current certificate was revoked and not replaced; {expires}")
     if Condition.FAILING in conditions:
