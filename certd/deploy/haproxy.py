@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import hashes
 from certd.config.model import HaproxyDeployConfig
 from certd.deploy.base import DeployContext
 from certd.deploy.haproxy_runtime import RuntimeApi
-from certd.errors import DeployError
+from certd.errors import DeployError, TargetAbsent
 from certd.pki.certs import load_pem_certs
 
 __all__ = ["HaproxyTarget"]
@@ -50,6 +50,7 @@ __all__ = ["HaproxyTarget"]
 _MAX_ANSWER = 300
 _SERIAL = re.compile(r"^Serial:\s*([0-9A-Fa-f]+)\s*$", re.MULTILINE)
 # HAProxy's wording for "that path is not a certificate I loaded" differs by command and version.
+_LOCKED = "currently locked"  # "Operations on certificates are currently locked!"
 _UNKNOWN = ("not referenced", "not found", "unknown certificate", "can't display", "no such", "didn't find")
 
 
@@ -99,7 +100,38 @@ class HaproxyTarget:
         self._api = RuntimeApi(config.socket, self._timeout, f"deploy {name}")
 
     def _command(self, command: str) -> str:
-        return self._api.command(command)
+        """One runtime command, with HAProxy's two answers that are not about the command itself handled.
+
+        "Operations on certificates are currently locked" means another runtime operation on certificates
+        (an operator's, a commit in progress) holds HAProxy's lock for a moment: retried for up to
+        ``timeout``, not taken as a refusal. No answer at all to a ``set`` or ``commit`` means HAProxy may
+        have died on it (HAProxy 2.6 has been seen to crash there): checked at once, so a dead load
+        balancer fails the deploy as dead instead of looking like a quiet success.
+        """
+        deadline = time.monotonic() + self._timeout
+        delay = 0.05
+        while True:
+            answer = self._api.command(command)
+            if _LOCKED not in answer.lower() or time.monotonic() >= deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        if not answer.strip() and command.startswith(("set ", "commit ")):
+            self._raise_if_dead(command)
+        return answer
+
+    def _raise_if_dead(self, command: str) -> None:
+        verb = " ".join(command.split()[:3])
+        try:
+            info = self._api.command("show info\n")
+        except (TargetAbsent, DeployError) as exc:
+            raise DeployError(f"deploy {self.name}: HAProxy stopped answering after `{verb}` and its runtime socket "
+                              f"{self._config.socket} no longer works ({exc}): HAProxy crashed or was stopped; "
+                              "its listeners are down until it is started again") from exc
+        if "Pid:" not in info:
+            raise DeployError(f"deploy {self.name}: HAProxy stopped answering after `{verb}`: `show info` on "
+                              f"{self._config.socket} answers {_quote(info)}: HAProxy crashed or was stopped")
+        raise DeployError(f"deploy {self.name}: HAProxy gave no answer to `{verb}` (it is still running)")
 
     # -- the steps -----------------------------------------------------------------
     def _abort(self) -> None:
