@@ -106,6 +106,12 @@ def test_bundle_change_is_pushed_into_haproxy_without_reload(
         status, failed_after = _failed_checks(haproxy)
         assert status.startswith("UP") and failed_after == failed_before  # no health check failed
         assert haproxy._proc.proc.poll() is None and haproxy.pid == haproxy._proc.pid  # no reload
+
+        # The bundle did not change: HAProxy, which holds it already, is left alone (no set/commit at all).
+        again = app.pipeline.renew("backend", force=True)
+        assert again.outcome == "renewed", again
+        said = [e.message for e in app.inventory.events("backend") if e.kind == "bundle.pushed"]
+        assert f"already holds these {n} certificate(s); nothing pushed" in said[0], said
     finally:
         app.close()
 

@@ -84,6 +84,11 @@ def _payload(pem: bytes) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _fingerprints(shown: str) -> set[str]:
+    """The SHA-1 fingerprints ``show ssl ca-file`` lists (upper-case hex)."""
+    return {m.upper() for m in re.findall(r"^SHA1 FingerPrint: ([0-9A-Fa-f]+)", shown, re.MULTILINE)}
+
+
 def _is_unknown(answer: str) -> bool:
     low = answer.lower()
     return any(marker in low for marker in _UNKNOWN)
@@ -254,7 +259,7 @@ class HaproxyTarget:
             )
         return f"haproxy: committed serial {ctx.serial} to {self._path}{via} via {self._config.socket}"
 
-    def _ca_file_in_use(self, path: Path, where: str) -> None:
+    def _ca_file_in_use(self, path: Path, where: str) -> set[str]:
         """Refuse a push HAProxy would accept and then not apply.
 
         Measured on HAProxy 2.6: a committed ca-file reaches a ``server`` line
@@ -264,12 +269,14 @@ class HaproxyTarget:
         exactly when a CA rotation needs the new one.
         """
         shown = self._command(f"show ssl ca-file {where}\n")
+        loaded = _fingerprints(shown)
         if re.search(r"^Status: Unused", shown, re.MULTILINE):
             raise DeployError(
                 f"deploy {self.name}: HAProxy has ca-file {path} loaded but no server or bind line uses it live "
                 "(Status: Unused): HAProxy applies a new ca-file only to server lines that also have a client "
                 "certificate; add `crt FILE` to the server lines that pin it (certd haproxy-config --client-cert "
                 "NAME) or reload HAProxy after each bundle change", reason="CaFileNotLive")
+        return loaded
 
     def push_ca_file(self, path: Path, pem: bytes) -> str | None:
         """Replace a ``ca-file`` HAProxy loaded (``set``/``commit ssl ca-file``) when it is ours; no reload.
@@ -281,8 +288,10 @@ class HaproxyTarget:
         if self._config.ca_file is None or Path(self._config.ca_file) != Path(path):
             return None
         where = _escape(str(path))
+        pushed = {c.fingerprint(hashes.SHA1()).hex().upper() for c in load_pem_certs(pem)}  # noqa: S303 - HAProxy shows SHA1
         with _socket_lock(self._config.socket):
-            self._ca_file_in_use(path, where)
+            if self._ca_file_in_use(path, where) == pushed:  # every runtime change is a risk (2.6 crashed on one)
+                return f"haproxy: ca-file {path} already holds these {len(pushed)} certificate(s); nothing pushed"
             answer = self._command(f"set ssl ca-file {where} <<\n{_payload(pem)}\n")
             if "transaction created" not in answer.lower() and "transaction updated" not in answer.lower():
                 with contextlib.suppress(DeployError):
@@ -295,8 +304,7 @@ class HaproxyTarget:
                 raise DeployError(f"deploy {self.name}: HAProxy refused commit ssl ca-file {path}: {_quote(answer)}")
             shown = self._command(f"show ssl ca-file {where}\n")
         # Confirmed by fingerprint, not by count: a CA rotation promotes only once every sink holds the new CA.
-        loaded = {m.upper() for m in re.findall(r"^SHA1 FingerPrint: ([0-9A-Fa-f]+)", shown, re.MULTILINE)}
-        pushed = {c.fingerprint(hashes.SHA1()).hex().upper() for c in load_pem_certs(pem)}  # noqa: S303 - HAProxy shows SHA1
+        loaded = _fingerprints(shown)
         if pushed - loaded:
             raise DeployError(f"deploy {self.name}: after commit, HAProxy's ca-file {path} holds {len(loaded)} "
                               f"certificate(s), missing {len(pushed - loaded)} of the {len(pushed)} pushed")

@@ -130,10 +130,11 @@ def refresh_bundle_file(config: Config, name: str, issuer_name: str, issuer: Iss
                         recorder: Recorder, rid: str, sinks: Iterable[object] = ()) -> None:
     """Rewrite the issuer's ``bundle_file`` when it changed, and push it to the servers that pin it live.
 
-    The push runs after every renewal of the issuer's certificates, changed
-    or not: it is idempotent, and a server that missed one (down, refused)
-    converges on the next. A failure is a warning, not a failed renewal: the
-    certificate itself was rolled out.
+    The bundle is offered after every renewal of the issuer's certificates,
+    changed or not, so a server that missed one (down, refused) converges on
+    the next; a sink that already holds exactly this bundle is not touched
+    (``push_ca_file`` compares fingerprints first). A failure is a warning,
+    not a failed renewal: the certificate itself was rolled out.
     """
     path = config.issuers[issuer_name].bundle_file
     if path is None:
