@@ -6,7 +6,10 @@ root — never the system store. It is the union of
 * what the issuer says it signs with now (``CaChain``: Vault, the local CA;
   during a CA rotation that includes the staged next CA), and
 * the CA certificates every certificate of this issuer that is served now
-  chains to (its version's chain plus the pinned root that signed it).
+  chains to (its version's chain plus the pinned root that signed it) — and,
+  while a certificate's current version is not confirmed deployed (its
+  rollout is running, or failed without a rollback), the version before it,
+  which servers may still present.
 
 So an old CA stays pinned exactly as long as a served certificate needs it,
 and leaves the bundle on its own once the last such certificate was replaced:
@@ -33,6 +36,7 @@ from certd.deploy.base import TrustSink
 from certd.deploy.publish import write_file_atomic
 from certd.engine.recorder import Recorder
 from certd.errors import CertdError, DeployError, TargetAbsent
+from certd.inventory.models import VersionState
 from certd.inventory.store import Inventory
 from certd.issuers.base import CaChain, Issuer
 from certd.pki.certs import certs_pem, fingerprint, issued_by, load_pem_certs
@@ -47,19 +51,29 @@ def anchors(leaf: x509.Certificate, chain: Sequence[x509.Certificate],
     return [*chain, *(r for r in roots if issued_by(top, r))]
 
 
+def _confirmed(state: str, deploy: Sequence[str]) -> bool:
+    """The version is what servers present: deployed or served, or published where there is nothing to deploy."""
+    final = {VersionState.DEPLOYED.value, VersionState.SERVED.value}
+    return state in final or (not deploy and state == VersionState.PUBLISHED.value)
+
+
 def issuer_bundle(config: Config, issuer_name: str, issuer: Issuer, inventory: Inventory,
                   extra: Iterable[x509.Certificate] = ()) -> list[x509.Certificate]:
     """Every CA certificate a server of ``issuer_name`` may present a chain to now, each once."""
     certs = list(issuer.ca_chain()) if isinstance(issuer, CaChain) else []
     roots = issuer.roots() or []
-    served = inventory.current_versions()
+    current, before = inventory.current_versions(), inventory.previously_served()
     for name, cfg in config.certificates.items():
-        version = served.get(name)
-        if cfg.issuer != issuer_name or version is None:
+        if cfg.issuer != issuer_name:
             continue
-        leaf = load_pem_certs(version.cert_pem.encode())[0]
-        chain = load_pem_certs(version.chain_pem.encode()) if version.chain_pem else []
-        certs += anchors(leaf, chain, roots)
+        version = current.get(name)
+        maybe_served = [version] if version is not None else []
+        if version is None or not _confirmed(version.state, cfg.deploy):
+            maybe_served += [before[name]] if name in before else []
+        for v in maybe_served:
+            leaf = load_pem_certs(v.cert_pem.encode())[0]
+            chain = load_pem_certs(v.chain_pem.encode()) if v.chain_pem else []
+            certs += anchors(leaf, chain, roots)
     certs += extra
     if not certs:
         certs += roots

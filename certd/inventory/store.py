@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -179,6 +179,26 @@ class Inventory:
     def current_versions(self) -> dict[str, Version]:
         with self.sessions() as s:
             q = select(Version).join(Certificate, Certificate.current_version_id == Version.id)
+            rows = {v.certificate: v for v in s.execute(q).scalars()}
+            s.expunge_all()
+            return rows
+
+    def previously_served(self) -> dict[str, Version]:
+        """Per certificate, the newest version before its current one that was deployed or served.
+
+        While the current version's rollout is in progress (or failed without a rollback), servers may
+        still present this one: the trust bundle keeps its CA until the new one is confirmed.
+        """
+        served = (VersionState.SUPERSEDED.value, VersionState.DEPLOYED.value, VersionState.SERVED.value)
+        with self.sessions() as s:
+            newest = (
+                select(Version.certificate, func.max(Version.id).label("id"))
+                .join(Certificate, Certificate.name == Version.certificate)
+                .where(Version.state.in_(served), Version.id != func.coalesce(Certificate.current_version_id, -1))
+                .group_by(Version.certificate)
+                .subquery()
+            )
+            q = select(Version).join(newest, Version.id == newest.c.id)
             rows = {v.certificate: v for v in s.execute(q).scalars()}
             s.expunge_all()
             return rows
