@@ -13,6 +13,7 @@ from certd.core.policy import (
     Wanted,
     backoff_until,
     evaluate,
+    hard_deadline,
     jitter_bound,
     lifetime_renew_at,
     pick_renew_at,
@@ -112,3 +113,22 @@ def test_a_failure_retrying_cannot_fix_backs_off_from_an_hour_to_a_day() -> None
                      own_budget=False) - T0 for n in range(1, 10)]
     assert gaps[0] >= timedelta(hours=1) and gaps[1] >= timedelta(hours=2)
     assert max(gaps) <= timedelta(days=1) and gaps[-1] == timedelta(days=1)
+
+
+def test_a_failure_retrying_cannot_fix_never_sleeps_past_expiry_inside_the_hard_deadline() -> None:
+    """Issue 18: an hour (doubling to a day) outside the deadline; inside it a quarter of what is left, so
+    attempts keep coming before not_after, and few of them (each wait is a share of the time left)."""
+    lifetime = timedelta(days=90)
+    not_before = T0
+    not_after = not_before + lifetime
+    deadline = hard_deadline(not_before, not_after)
+    now, failures, attempts = deadline, 1, 0
+    while not_after - now > timedelta(minutes=30):
+        at = retry_at(failures, now, rng=random.Random(failures), deadline=deadline, retryable=False,
+                      retry_after=None, own_budget=False, lifetime=lifetime, not_after=not_after)
+        assert now < at < not_after, (now, at)
+        now, failures, attempts = at, failures + 1, attempts + 1
+    assert 5 <= attempts <= 40, attempts  # tries keep coming to the end, yet no order storm
+    before = retry_at(3, deadline - timedelta(days=2), rng=random.Random(1), deadline=deadline, retryable=False,
+                      retry_after=None, own_budget=False, lifetime=lifetime, not_after=not_after)
+    assert before - (deadline - timedelta(days=2)) >= timedelta(hours=4)  # outside the deadline: the long wait

@@ -189,17 +189,23 @@ def retry_at(
     retry_after: timedelta | None,
     own_budget: bool,
     lifetime: timedelta | None = None,
+    not_after: datetime | None = None,
 ) -> datetime:
     """When a certificate whose last attempt failed may be tried again.
 
     - the backoff of ``backoff_until`` (which shrinks to a minute past the hard deadline);
-    - a failure retrying cannot fix waits at least an hour (doubling to a day), deadline or not;
+    - a failure retrying cannot fix waits at least an hour (doubling to a day) — but inside the hard
+      deadline never past expiry: there it waits a quarter of the time left (at least the base
+      interval), so a few more attempts happen before ``not_after`` and their number stays small;
     - the other side's ``retry_after`` is honoured — except certd's *own* budget, which never
       holds a certificate past its hard deadline (there certd asks the CA, whose answer decides).
     """
     at = backoff_until(failures, now, rng=rng, deadline=deadline, lifetime=lifetime)
     if not retryable:  # an hour, doubling to a day: an operator has to change something first
-        at = max(at, now + min(_HOPELESS_FLOOR * (1 << min(max(failures - 1, 0), 5)), timedelta(days=1)))
+        hopeless = now + min(_HOPELESS_FLOOR * (1 << min(max(failures - 1, 0), 5)), timedelta(days=1))
+        if deadline is not None and not_after is not None and now >= deadline:
+            hopeless = min(hopeless, max(now + (not_after - now) / 4, now + _base_interval(lifetime)))
+        at = max(at, hopeless)
     if retry_after is not None:
         wanted = now + retry_after
         if own_budget and deadline is not None:
