@@ -13,7 +13,7 @@ from pydantic import (
     model_validator,
 )
 
-from certd.config.types import ConfigPath, Duration, HostPort, Model
+from certd.config.types import ConfigPath, Duration, HostPort, Model, PositiveDuration
 from certd.core.durations import format_duration
 from certd.pki.keys import KeyType
 
@@ -97,6 +97,7 @@ class AcmeIssuerConfig(_IssuerBase):
     eab_hmac_key_file: ConfigPath | None = None
     preferred_chain: str | None = None
     timeout: Duration = timedelta(seconds=30)
+    attempt_timeout: PositiveDuration = timedelta(minutes=10)  # one whole order, however many requests it takes
 
     @model_validator(mode="before")
     @classmethod

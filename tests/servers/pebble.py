@@ -126,6 +126,10 @@ class PebbleServer:
         )
         self.pid = proc.pid
 
+    @property
+    def acme_port(self) -> int:
+        return self._acme_port
+
     def restart(self) -> None:
         """Stop Pebble and start it again on the same ports: every account and order is lost, and the root is
         new (a CA reset; a real CA would keep its root, so a test trusts both)."""

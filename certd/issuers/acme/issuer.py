@@ -26,6 +26,7 @@ from josepy.json_util import field as jose_field
 
 from certd.config.model import AcmeIssuerConfig
 from certd.core.clock import Clock, SystemClock
+from certd.core.durations import format_duration
 from certd.core.kinds import EventKind
 from certd.errors import CertdError, IssuerError
 from certd.issuers.acme import ari
@@ -93,8 +94,22 @@ class AcmeIssuer:
         return replace(issued, notices=(*issued.notices, notice))
 
     def _issue(self, request: IssueRequest) -> Issued:
+        """One order under the attempt's deadline (``attempt_timeout``): a CA that hangs cannot hold a worker."""
+        limit = self._config.attempt_timeout
+        said = (f"the attempt ran out of its {format_duration(limit)} (issuers.{self.name}.attempt_timeout) "
+                "waiting for the CA")
         with self._converted(request.certificate, "order"):
             client = self._account.client()
+        net = self._account.network()
+        assert net is not None  # made with this thread's client
+        net.deadline = (time.monotonic() + limit.total_seconds(), said)
+        try:
+            return self._order(client, request)
+        finally:
+            net.deadline = None
+
+    def _order(self, client: acme_client.ClientV2, request: IssueRequest) -> Issued:
+        with self._converted(request.certificate, "order"):
             order = self._orders.place(client, request)
             self._orders.authorize(client, order)
         with self._converted(request.certificate, "finalize"):

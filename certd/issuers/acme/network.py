@@ -18,6 +18,7 @@ module gives every worker thread its own.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,14 +28,19 @@ from acme import errors as acme_errors
 from acme import messages
 from josepy.interfaces import JSONDeSerializable
 
+from certd.errors import IssuerUnavailable
 from certd.issuers.acme.errors import retry_after_seconds
 
-__all__ = ["AcmeNetwork", "links", "post_as_get", "signed_post"]
+__all__ = ["AcmeNetwork", "AttemptDeadline", "links", "post_as_get", "signed_post"]
 
 # Each ``post`` of the library already tries twice on badNonce, so 5 more calls make at most 12 POSTs in a row:
 # at Pebble's 50% fault-test rejection, about 1 failure in 4000 requests; bounded, not endless.
 _BAD_NONCE_RETRIES = 5
 _RETRY_IN_PLACE = 30.0  # seconds: a longer Retry-After goes back to the scheduler with the error
+
+
+class AttemptDeadline(IssuerUnavailable):
+    """The whole attempt (``attempt_timeout``) ran out: a CA that answers slowly, or accepts and never answers."""
 
 
 class AcmeNetwork(acme_client.ClientNetwork):
@@ -45,11 +51,23 @@ class AcmeNetwork(acme_client.ClientNetwork):
 
     def __init__(self, *args: Any, attempts: int, backoff: float, sleep: Callable[[float], None], **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self._request_timeout = float(kw.get("timeout", 45))  # the parent's default, kept where we can read it
         self._recorder = _Recorder()
         self.session.hooks["response"].append(self._recorder)
         self._attempts = attempts
         self._backoff = backoff
         self._sleep = sleep
+        # Set by the issuer for one attempt: (monotonic deadline, what to say when it passes).
+        self.deadline: tuple[float, str] | None = None
+
+    def _bounded(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Each request's timeout shrinks to what the attempt has left; none starts once it is spent."""
+        if self.deadline is None:
+            return kwargs
+        left = self.deadline[0] - time.monotonic()
+        if left <= 0:
+            raise AttemptDeadline(self.deadline[1])
+        return {**kwargs, "timeout": max(0.1, min(float(kwargs.get("timeout", self._request_timeout)), left))}
 
     @property
     def last_response(self) -> requests.Response | None:
@@ -62,7 +80,10 @@ class AcmeNetwork(acme_client.ClientNetwork):
 
     def _pause(self, attempt: int, retry_after: float | None) -> None:
         delay = retry_after if retry_after is not None else self._backoff * 2**attempt
-        self._sleep(delay * random.uniform(1.0, 1.25))  # noqa: S311 - jitter, not a secret
+        delay *= random.uniform(1.0, 1.25)  # noqa: S311 - jitter, not a secret
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline[0]:
+            raise AttemptDeadline(self.deadline[1])
+        self._sleep(delay)
 
     def _with_retries(self, call: Callable[[], requests.Response]) -> requests.Response:
         bad_nonces = 0
@@ -98,12 +119,17 @@ class AcmeNetwork(acme_client.ClientNetwork):
     def post(self, *args: Any, **kwargs: Any) -> requests.Response:
         """The library's signed POST, retried as the class says; ``ClientV2``'s methods come through here too."""
         parent_post = super().post
-        return self._with_retries(lambda: parent_post(*args, **kwargs))
+        return self._with_retries(lambda: parent_post(*args, **self._bounded(kwargs)))
 
     def get(self, *args: Any, **kwargs: Any) -> requests.Response:
         """The library's unsigned GET (directory, renewal info), retried as the class says."""
         parent_get = super().get
-        return self._with_retries(lambda: parent_get(*args, **kwargs))
+        return self._with_retries(lambda: parent_get(*args, **self._bounded(kwargs)))
+
+    def head(self, *args: Any, **kwargs: Any) -> requests.Response:
+        """The nonce HEAD, bounded by the attempt like every other request."""
+        response: requests.Response = super().head(*args, **self._bounded(kwargs))
+        return response
 
 
 class _Recorder:
