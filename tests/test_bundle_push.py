@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from certd.config.load import load_config
+from certd.core.policy import Reason
 from certd.engine.app import App
 from certd.pki.certs import load_pem_certs
 from tests.conftest import WriteConfig
@@ -133,9 +134,16 @@ def test_a_ca_file_haproxy_would_not_apply_live_is_refused_with_the_fix(
         )
         assert app.pipeline.deploy("backend").outcome == "deployed"
         renewed = app.pipeline.renew("backend", force=True)
-        assert renewed.outcome == "renewed", renewed  # the certificate itself rolled out: the bundle is a warning
+        # The certificate rolled out, but a load balancer that does not hold the bundle is no success: recorded
+        # (failing, backed off) and retried by redeploying this version, never by a new order.
+        assert (renewed.outcome, renewed.failed_step) == ("failed", "trust"), renewed
+        error = renewed.error or ""
+        assert "Status: Unused" in error and "add `crt FILE` to the server lines" in error, error
         failed = [e.message for e in app.inventory.events("backend") if e.kind == "bundle.push_failed"]
-        assert failed and "Status: Unused" in failed[-1] and "add `crt FILE` to the server lines" in failed[-1], failed
+        assert failed and "Status: Unused" in failed[-1], failed
         assert "transaction" not in haproxy.runtime("show ssl ca-file")  # nothing was left half-pushed
+        assert app.pipeline.verdicts()["backend"].reason is Reason.REDEPLOY
+        again = app.pipeline.deploy("backend")  # the retry: the same version, the same refusal, still no success
+        assert (again.outcome, again.failed_step) == ("failed", "trust"), again
     finally:
         app.close()

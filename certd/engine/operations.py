@@ -28,6 +28,7 @@ from certd.engine.renew import add_version
 from certd.engine.result import Result
 from certd.engine.rollout import Material
 from certd.engine.services import Services
+from certd.engine.trust import refresh_bundle_file
 from certd.errors import CertdError, DeployError
 from certd.inputs import InputError
 from certd.inventory.models import VersionState
@@ -67,6 +68,11 @@ def _deploy(s: Services, attempt: Attempt) -> Result:
     state, pending = s.rollout.deploy_and_verify(attempt, material, version.id, attempt.beat.lease
                                                  if attempt.beat else None)
     Publisher.mark_good(gen)  # served now: it counts towards keep again and can be rolled back to
+    if attempt.row is not None and attempt.row.failed_step == Step.TRUST:
+        with attempt.step(Step.TRUST):  # what a failed bundle push left undone after the renewal
+            issuer = s.issuer(cfg.issuer)
+            refresh_bundle_file(s.config, name, cfg.issuer, issuer, s.inventory, s.recorder, attempt.rid,
+                                s.rollout.targets.values())
     s.recorder.success(attempt)
     return Result(name, "deployed", serial=version.serial, state=state, renewal_id=attempt.rid,
                   reason="DeployPending" if pending else None)

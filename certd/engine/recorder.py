@@ -41,7 +41,9 @@ _FAILED_KIND: dict[Operation, EventKind] = {
 }
 # A success of these operations clears only failures of the steps they re-ran.
 _CLEARS_STEPS: dict[Operation, tuple[Step, ...]] = {
-    "deploy": (Step.DEPLOY, Step.VERIFY), "install": (Step.PUBLISH, Step.DEPLOY, Step.VERIFY), "revoke": (Step.REVOKE,),
+    "deploy": (Step.DEPLOY, Step.VERIFY, Step.TRUST),
+    "install": (Step.PUBLISH, Step.DEPLOY, Step.VERIFY),
+    "revoke": (Step.REVOKE,),
 }
 
 

@@ -110,8 +110,9 @@ def _renew(s: Services, attempt: Attempt, force: bool) -> Result:
         ensure_trusted(s.config, name, cfg.issuer, issuer, s.inventory, s.recorder, rid,
                        anchors(issued.leaf, chain, roots or ()), targets)
     state, pending = s.rollout.roll_out(attempt, material)
+    with attempt.step(Step.TRUST):  # a load balancer that did not take the bundle (or died) is no success
+        refresh_bundle_file(s.config, name, cfg.issuer, issuer, s.inventory, s.recorder, rid, targets)
     s.recorder.success(attempt)
-    refresh_bundle_file(s.config, name, cfg.issuer, issuer, s.inventory, s.recorder, rid, targets)
     s.recorder.event(name, EventKind.RENEWAL_SUCCEEDED, f"serial {material.serial} {state} "
                      f"({attempt.timing_summary()})", rid, step=Step.RECORD)
     return Result(name, "renewed", serial=material.serial, state=state, renewal_id=rid,

@@ -142,13 +142,16 @@ def ensure_trusted(config: Config, name: str, issuer_name: str, issuer: Issuer, 
 
 def refresh_bundle_file(config: Config, name: str, issuer_name: str, issuer: Issuer, inventory: Inventory,
                         recorder: Recorder, rid: str, sinks: Iterable[object] = ()) -> None:
-    """Rewrite the issuer's ``bundle_file`` when it changed, and push it to the servers that pin it live.
+    """After a rollout: rewrite the issuer's ``bundle_file`` when it changed, and have every sink hold it.
 
     The bundle is offered after every renewal of the issuer's certificates,
     changed or not, so a server that missed one (down, refused) converges on
     the next; a sink that already holds exactly this bundle is not touched
-    (``push_ca_file`` compares fingerprints first). A failure is a warning,
-    not a failed renewal: the certificate itself was rolled out.
+    (``push_ca_file`` compares fingerprints first). A bundle that could not
+    be written, or a sink that refused it or died taking it, fails the step
+    (``DeployError``, reason ``TrustNotPushed``): the rollout is not a success
+    while a load balancer does not hold what it should, or is gone. The
+    certificate itself stays in service; the next deploy of it retries this.
     """
     path = config.issuers[issuer_name].bundle_file
     if path is None:
@@ -159,10 +162,13 @@ def refresh_bundle_file(config: Config, name: str, issuer_name: str, issuer: Iss
             recorder.event(name, EventKind.BUNDLE_WRITTEN, f"issuer {issuer_name}: trust bundle written to {path}", rid)
     except CertdError as exc:
         recorder.event(name, EventKind.BUNDLE_FAILED, f"issuer {issuer_name}: cannot write {path}: {exc}", rid,
-                       level="warning")
-        return
+                       step=Step.TRUST, level="error")
+        raise DeployError(f"issuer {issuer_name}: cannot write the trust bundle {path}: {exc}",
+                          reason="TrustNotPushed") from exc
     said, refused = push_bundle(path, pem, sinks)
     for message in said:
-        recorder.event(name, EventKind.BUNDLE_PUSHED, message, rid)
+        recorder.event(name, EventKind.BUNDLE_PUSHED, message, rid, step=Step.TRUST)
     for message in refused:
-        recorder.event(name, EventKind.BUNDLE_PUSH_FAILED, message, rid, level="warning")
+        recorder.event(name, EventKind.BUNDLE_PUSH_FAILED, message, rid, step=Step.TRUST, level="error")
+    if refused:
+        raise DeployError(f"the trust bundle {path} did not reach {'; '.join(refused)}", reason="TrustNotPushed")
