@@ -133,9 +133,16 @@ class PebbleServer:
     def restart(self) -> None:
         """Stop Pebble and start it again on the same ports: every account and order is lost, and the root is
         new (a CA reset; a real CA would keep its root, so a test trusts both)."""
+        self.down()
+        self.up()
+
+    def down(self) -> None:
+        """Stop Pebble (its state is gone with it); ``up`` starts it again on the same ports."""
         pebble = next(p for p in self._procs if p.name == "pebble")
         pebble.stop()
         self._procs.remove(pebble)
+
+    def up(self) -> None:
         self._start_pebble(self._files, self._acme_port, self._mgmt_port)
 
     def _mgmt_get(self, path: str) -> bytes:

@@ -70,13 +70,20 @@ class AcmeIssuer:
         self._clock: Clock = clock or SystemClock()
         self._account = AcmeAccount(name, config, accounts, attempts=max(1, attempts), backoff=backoff, sleep=sleep)
         self._orders = Orders(name, config, solver=solver, sleep=sleep)
-        self._roots: list[x509.Certificate] | None = None
-        if config.roots is not None:
-            self._roots = load_pem_certs(Path(config.roots).read_bytes())
+        self.roots()  # a missing or broken roots file fails building the issuer, inside the step that needs it
 
     # -- Issuer --------------------------------------------------------------------
     def roots(self) -> list[x509.Certificate] | None:
-        return self._roots
+        """The pinned roots, read at every use (like the Vault issuer's): a root the operator adds to the file
+        (a CA that had to make a new one) counts from the next attempt on, without a reload."""
+        path = self._config.roots
+        if path is None:
+            return None
+        try:
+            return load_pem_certs(Path(path).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise IssuerError(f"issuer {self.name}: cannot load roots from {path}: {exc}",
+                              reason="RootsUnreadable") from exc
 
     def issue(self, request: IssueRequest) -> Issued:
         """One order; a CA that forgot the account gets it registered again and the order placed once more."""
