@@ -50,6 +50,7 @@ class EventKind(StrEnum):
     VERIFY_DONE = "verify.done"
     ROLLBACK_DONE = "rollback.done"
     ROLLBACK_FAILED = "rollback.failed"
+    ROLLBACK_SKIPPED = "rollback.skipped"
     IMPORT_WARNING = "import.warning"
     IMPORT_REJECTED = "import.rejected"
     IMPORT_SUCCEEDED = "import.succeeded"

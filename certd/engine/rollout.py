@@ -139,7 +139,15 @@ class Rollout:
                                 attempt.rid, step=Step.PUBLISH)
         try:
             return self.deploy_and_verify(attempt, material, version_id, beat.lease)
-        except StepError:
+        except StepError as exc:
+            if isinstance(exc.error, TargetAbsent) and not _any_endpoint_up(attempt.cfg):
+                # The server is down, not refusing this certificate: leave it published, so the server loads
+                # the new one when it starts. Rolling back would have it start on the old one, and the retry
+                # (a redeploy of this version, no new order) finishes the job once it runs again.
+                self.recorder.event(attempt.name, EventKind.ROLLBACK_SKIPPED, f"{exc.error}: serial "
+                                    f"{material.serial} stays published for when it starts; not rolled back",
+                                    attempt.rid, step=Step.DEPLOY, level="warning")
+                raise
             publisher.mark_failed(generation)  # never counted by keep, never a rollback target
             if attempt.cfg.rollback and attempt.old is not None:
                 self.rollback(attempt, publisher, attempt.old, material.roots, beat.lease)

@@ -75,12 +75,14 @@ def _holds_socket(pid: int, inode: str) -> bool:
 
 
 class NginxServer:
-    def __init__(self, cert_path: Path, key_path: Path, *, workdir: Path | None = None) -> None:
+    def __init__(self, cert_path: Path, key_path: Path, *, workdir: Path | None = None,
+                 port: int | None = None) -> None:
+        """``port`` (default: a free one) lets a test start the same server again where clients expect it."""
         self.prefix = workdir or make_workdir("nginx")
         self._own_workdir = workdir is None
         for sub in ("logs", "tmp"):
             (self.prefix / sub).mkdir(exist_ok=True)
-        self.port = free_port()
+        self.port = port or free_port()
         self.pid_file = self.prefix / "nginx.pid"
         self.log_path = self.prefix / "logs" / "nginx.log"
         self.config = self.prefix / "nginx.conf"
