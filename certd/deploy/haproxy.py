@@ -37,10 +37,13 @@ import threading
 import time
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certd.config.model import HaproxyDeployConfig
 from certd.deploy.base import DeployContext
+from certd.deploy.haproxy_guard import GUARD
 from certd.deploy.haproxy_runtime import RuntimeApi
 from certd.errors import DeployError, TargetAbsent
 from certd.pki.certs import load_pem_certs
@@ -82,6 +85,15 @@ def _payload(pem: bytes) -> str:
     """The PEM without blank lines: a blank line ends a ``<<`` payload early."""
     lines = [line for line in pem.decode("ascii").splitlines() if line.strip()]
     return "\n".join(lines) + "\n"
+
+
+def _is_client_certificate(leaf: x509.Certificate) -> bool:
+    """A certificate HAProxy presents as a client (``crt`` on ``server`` lines): its EKU names clientAuth."""
+    try:
+        usage = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage
 
 
 def _fingerprints(shown: str) -> set[str]:
@@ -257,7 +269,14 @@ class HaproxyTarget:
                 f"deploy {self.name}: after commit HAProxy has serial {loaded:x} loaded for {self._path}, "
                 f"expected {ctx.serial}"
             )
+        if _is_client_certificate(ctx.leaf):
+            GUARD.client_cert_committed(self._config.socket, self._pid())
         return f"haproxy: committed serial {ctx.serial} to {self._path}{via} via {self._config.socket}"
+
+    def _pid(self) -> int:
+        """The running HAProxy's pid (``show info``): a reload or restart is a new process."""
+        match = re.search(r"^Pid: (\d+)", self._command("show info\n"), re.MULTILINE)
+        return int(match.group(1)) if match else 0
 
     def _ca_file_in_use(self, path: Path, where: str) -> set[str]:
         """Refuse a push HAProxy would accept and then not apply.
@@ -292,6 +311,12 @@ class HaproxyTarget:
         with _socket_lock(self._config.socket):
             if self._ca_file_in_use(path, where) == pushed:  # every runtime change is a risk (2.6 crashed on one)
                 return f"haproxy: ca-file {path} already holds these {len(pushed)} certificate(s); nothing pushed"
+            pid = self._pid()
+            if GUARD.ca_update_would_crash(self._config.socket, pid):
+                raise DeployError(
+                    f"deploy {self.name}: not pushing ca-file {path}: HAProxy (pid {pid}) crashes on a ca-file update "
+                    "after the client certificate its server lines pin was replaced at runtime (haproxy#3165, seen "
+                    "on 2.6.12); the bundle is written on disk: reload HAProxy to load it", reason="HaproxyWouldCrash")
             answer = self._command(f"set ssl ca-file {where} <<\n{_payload(pem)}\n")
             if "transaction created" not in answer.lower() and "transaction updated" not in answer.lower():
                 with contextlib.suppress(DeployError):
@@ -303,6 +328,7 @@ class HaproxyTarget:
                     self._command(f"abort ssl ca-file {where}\n")
                 raise DeployError(f"deploy {self.name}: HAProxy refused commit ssl ca-file {path}: {_quote(answer)}")
             shown = self._command(f"show ssl ca-file {where}\n")
+            GUARD.ca_committed(self._config.socket, pid)
         # Confirmed by fingerprint, not by count: a CA rotation promotes only once every sink holds the new CA.
         loaded = _fingerprints(shown)
         if pushed - loaded:
