@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.conftest import WriteConfig
-from tests.servers.ports import free_port
+from tests.servers.ports import default_signals, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "daemon-test-token"
@@ -63,7 +63,8 @@ class Daemon:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(config), "run"], cwd=REPO,
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=default_signals)
         self.log = log
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:

@@ -29,7 +29,7 @@ from certd.config.load import load_config
 from certd.engine.app import App
 from certd.pki.keys import KeyType, generate_key, key_pem
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
-from tests.servers.ports import free_port
+from tests.servers.ports import default_signals, free_port
 from tests.servers.postgres import PostgresCluster, postgres_bindir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_new_database_files_are_0600_under_umask_022(write_config: WriteConfig, 
     log = tmp_path / "daemon.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg), "run"], cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, umask=0o022)
+                                stderr=subprocess.STDOUT, umask=0o022, preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 60
         while len(_sidecars(db_path)) < 2 or not (tmp_path / "out/edge/cert.pem").exists():
@@ -538,7 +538,7 @@ def test_rotate_key(write_config: WriteConfig, db_url: str, tmp_path: Path) -> N
     log = tmp_path / "agent.log"
     with log.open("w") as out:
         agent = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg_b), "run", "--agent"], cwd=REPO,
-                                 stdout=out, stderr=subprocess.STDOUT)
+                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 60
         while not all((tmp_path / f"host-b/{n}/combined.pem").exists() for n in ("edge", "backend")):

@@ -94,6 +94,21 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+RESET_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for every process a test signals or stops: the default action for the usual signals.
+
+    An ignored signal stays ignored across fork and exec, and neither ``restore_signals`` (SIGPIPE, SIGXFSZ only)
+    nor ``start_new_session`` changes that. A suite started under ``nohup`` ignores SIGHUP, and one started in the
+    background of a non-interactive shell ignores SIGINT and SIGQUIT: their children would too, so a ``sleep``
+    sent SIGHUP would never die, and "the process survived" would prove nothing.
+    """
+    for signum in RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
 class ServerError(RuntimeError):
     """A server did not start or misbehaved; the message carries its log tail."""
 
@@ -127,6 +142,7 @@ class ServerProcess:
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=default_signals,
         )
         stop_at_exit(self, self.stop)
 
