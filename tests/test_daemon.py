@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.cli import certd
 from tests.conftest import WriteConfig
 from tests.servers.ports import default_signals, free_port
 
@@ -128,9 +129,8 @@ def test_twenty_posts_and_a_cli_renew_make_one_version(daemon: Daemon, tmp_path:
     deadline = time.monotonic() + 30
     while daemon.get("/v1/certificates/slow").json()["status"] != "deployed" and time.monotonic() < deadline:
         time.sleep(0.2)
-    history = [sys.executable, "-m", "certd", "-c", str(tmp_path / "certd.toml"), "history", "slow", "--json"]
-    before = len(json.loads(subprocess.run(history, capture_output=True, text=True, cwd=REPO,
-                                           check=True).stdout)["versions"])
+    history = ("history", "slow", "--json")
+    before = len(json.loads(certd(*history, config=tmp_path / "certd.toml", check=True).stdout)["versions"])
     cli = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(tmp_path / "certd.toml"), "renew", "slow",
                             "--force", "--json"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     barrier = threading.Barrier(20)
@@ -153,7 +153,7 @@ def test_twenty_posts_and_a_cli_renew_make_one_version(daemon: Daemon, tmp_path:
     while daemon.get("/v1/certificates/slow").json()["status"] != "deployed" and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1)
-    after = json.loads(subprocess.run(history, capture_output=True, text=True, cwd=REPO, check=True).stdout)
+    after = json.loads(certd(*history, config=tmp_path / "certd.toml", check=True).stdout)
     assert len(after["versions"]) == before + 1, after["versions"]
     assert json.loads(out)["results"][0]["serial"] == after["versions"][0]["serial"]
 
