@@ -27,9 +27,15 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy --strict certd
 
+# Two pytest-xdist workers, each with its own servers; tests that need 127.0.0.1:80 share one worker (loadgroup).
+# PYTEST_XDIST="-n 0" runs everything in one process (for -x, pdb, or a single test).
+PYTEST_XDIST ?= -n 2 --dist loadgroup
+
 pytest: venv
 	scripts/install-system-deps.sh test
-	$(BIN)/pytest $(PYTEST_ARGS)
+	rc=0; $(BIN)/pytest $(PYTEST_XDIST) $(PYTEST_ARGS) || rc=$$?; \
+	  [ $$rc -eq 0 ] || echo "pytest exited $$rc (1 tests failed, 2 interrupted, 3 internal error, 4 usage, 5 no tests)" >&2; \
+	  exit $$rc
 
 test: lint typecheck pytest
 

@@ -60,19 +60,24 @@ def sqlite_url(tmp_path: Path) -> str:
 WriteConfig = Callable[..., Path]
 
 
-@pytest.fixture
-def write_config(tmp_path: Path) -> WriteConfig:
-    """Write a certd.toml into tmp_path from a TOML body; ``{tmp}`` is replaced by tmp_path."""
+def config_writer(directory: Path) -> WriteConfig:
+    """Write a certd.toml into ``directory`` from a TOML body; ``{tmp}`` is replaced by ``directory``."""
 
     def write(body: str, *, db_url: str | None = None, name: str = "certd.toml") -> Path:
-        text = textwrap.dedent(body).replace("{tmp}", str(tmp_path))
+        text = textwrap.dedent(body).replace("{tmp}", str(directory))
         if db_url is not None and "[database]" not in text:
             text = f'[database]\nurl = "{db_url}"\n\n' + text
-        path = tmp_path / name
+        path = directory / name
         path.write_text(text)
         return path
 
     return write
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> WriteConfig:
+    """Write a certd.toml into tmp_path from a TOML body; ``{tmp}`` is replaced by tmp_path."""
+    return config_writer(tmp_path)
 
 
 LOCAL_CA_CONFIG = """

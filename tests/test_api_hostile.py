@@ -20,6 +20,7 @@ import requests
 
 from certd.api.limits import HEAD_TIMEOUT, LIMIT_CONCURRENCY, MAX_BODY
 from certd.core.signing import API_LABEL, signed_headers
+from tests.cli import certd
 from tests.conftest import WriteConfig
 from tests.servers.ports import free_port
 from tests.test_daemon import REPO, Daemon
@@ -266,8 +267,7 @@ def test_all_interfaces_without_a_token_is_a_config_error(write_config: WriteCon
     config.write_text(config.read_text().replace("[daemon]\n", '[daemon]\napi_token_file = "api.token"\n'))
     done = _run(config)  # a token, but reads neither authenticated nor declared public
     assert done.returncode == 2 and "daemon.api_listen" in done.stderr and "api_public_reads" in done.stderr
-    check = subprocess.run([sys.executable, "-m", "certd", "-c", str(config), "check-config"], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
+    check = certd("check-config", config=config)
     assert check.returncode == 2 and "daemon.api_listen" in (check.stdout + check.stderr)
 
 
@@ -339,8 +339,7 @@ def test_an_empty_token_file_is_named_at_start(write_config: WriteConfig, tmp_pa
     token_file = tmp_path / "api.token"
     token_file.write_text("  \n")
     token_file.chmod(0o600)
-    check = subprocess.run([sys.executable, "-m", "certd", "-c", str(config), "check-config"], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
+    check = certd("check-config", config=config)
     assert check.returncode == 0 and f"daemon.api_token_file: {token_file} is empty" in check.stderr, check.stderr
     d = Daemon(config, port, tmp_path / "daemon.log")
     try:

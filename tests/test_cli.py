@@ -1,4 +1,5 @@
-"""The ``certd`` command as operators and scripts use it: real processes, exit codes, JSON shapes."""
+"""The ``certd`` command as operators and scripts use it: exit codes, JSON shapes, and real processes where the
+process is the point (concurrent processes, kill -9, a closed or full stdout, the real binary's exit codes)."""
 
 from __future__ import annotations
 
@@ -20,20 +21,8 @@ from certd.deploy.publish import FILES, list_generations
 from certd.inventory.db import create_db_engine, schema_is_current, upgrade
 from certd.pki.certs import load_pem_certs, serial_hex
 from certd.pki.keys import KeyType, generate_key, key_pem, load_key_pem
+from tests.cli import REPO, certd
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def certd(*args: str, config: Path | None = None, check: bool = False, timeout: float = 120,
-          **kw: object) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "certd"]
-    if config is not None:
-        cmd += ["-c", str(config)]
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, cwd=REPO, **kw)  # type: ignore[call-overload]
-    if check and proc.returncode != 0:
-        raise AssertionError(f"certd {' '.join(args)} exited {proc.returncode}: {proc.stderr}")
-    return proc  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -92,10 +81,11 @@ def test_renew_json_list_plan_history_bundle(cfg: Path, tmp_path: Path) -> None:
 
 
 def test_renew_all_exit_code_and_unknown_name(cfg: Path) -> None:
-    assert certd("renew", "--all", config=cfg).returncode == 0
-    unknown = certd("renew", "nope", config=cfg)
+    """The real binary's exit codes (the other tests run the same command group in-process)."""
+    assert certd("renew", "--all", config=cfg, process=True).returncode == 0
+    unknown = certd("renew", "nope", config=cfg, process=True)
     assert unknown.returncode == 2 and "no certificate named nope" in unknown.stderr
-    assert certd("renew", config=cfg).returncode == 2
+    assert certd("renew", config=cfg, process=True).returncode == 2
 
 
 def _versions(cfg: Path) -> list[dict[str, object]]:

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import requests
 
+from tests.cli import certd
 from tests.conftest import WriteConfig
-from tests.servers.ports import free_port
+from tests.servers.ports import default_signals, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN = "daemon-test-token"
@@ -63,7 +64,8 @@ class Daemon:
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(config), "run"], cwd=REPO,
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=env)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=default_signals)
         self.log = log
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:
@@ -127,9 +129,8 @@ def test_twenty_posts_and_a_cli_renew_make_one_version(daemon: Daemon, tmp_path:
     deadline = time.monotonic() + 30
     while daemon.get("/v1/certificates/slow").json()["status"] != "deployed" and time.monotonic() < deadline:
         time.sleep(0.2)
-    history = [sys.executable, "-m", "certd", "-c", str(tmp_path / "certd.toml"), "history", "slow", "--json"]
-    before = len(json.loads(subprocess.run(history, capture_output=True, text=True, cwd=REPO,
-                                           check=True).stdout)["versions"])
+    history = ("history", "slow", "--json")
+    before = len(json.loads(certd(*history, config=tmp_path / "certd.toml", check=True).stdout)["versions"])
     cli = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(tmp_path / "certd.toml"), "renew", "slow",
                             "--force", "--json"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     barrier = threading.Barrier(20)
@@ -152,7 +153,7 @@ def test_twenty_posts_and_a_cli_renew_make_one_version(daemon: Daemon, tmp_path:
     while daemon.get("/v1/certificates/slow").json()["status"] != "deployed" and time.monotonic() < deadline:
         time.sleep(0.2)
     time.sleep(1)
-    after = json.loads(subprocess.run(history, capture_output=True, text=True, cwd=REPO, check=True).stdout)
+    after = json.loads(certd(*history, config=tmp_path / "certd.toml", check=True).stdout)
     assert len(after["versions"]) == before + 1, after["versions"]
     assert json.loads(out)["results"][0]["serial"] == after["versions"][0]["serial"]
 

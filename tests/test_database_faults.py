@@ -1,9 +1,11 @@
-"""Database faults and keys at rest, through the real CLI on real SQLite files and real PostgreSQL servers.
+"""Database faults and keys at rest, through the CLI on real SQLite files and real PostgreSQL servers.
 
 Every fault an operator can cause ends with exit 3 and one line naming the
 database (password hidden) and the cause. Root ignores file modes, so when
 the tests run as root the read-only cases run certd under ``setpriv`` without
-capabilities: uid 0 then gets an ordinary owner's permissions.
+capabilities: uid 0 then gets an ordinary owner's permissions. Those runs and
+the daemon are real processes; the other commands run in-process
+(``tests/cli.py``), where certd opens and reports the database the same way.
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from sqlalchemy.pool import NullPool
 from certd.config.load import load_config
 from certd.engine.app import App
 from certd.pki.keys import KeyType, generate_key, key_pem
+from tests.cli import REPO, certd
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
-from tests.servers.ports import free_port
+from tests.servers.ports import default_signals, free_port
 from tests.servers.postgres import PostgresCluster, postgres_bindir
 
-REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cret"
 IN_MEMORY = "an in-memory SQLite database cannot hold the inventory from one command to the next"
 MISMATCH = "this key_file does not match the one the inventory was sealed with"
@@ -51,8 +53,10 @@ def _unprivileged() -> list[str]:
 
 def _certd(*args: str, config: Path, unprivileged: bool = False,
            timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    cmd = [*(_unprivileged() if unprivileged else []), sys.executable, "-m", "certd", "-c", str(config), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, umask=0o022)
+    """In-process, except where file modes must apply to root (``setpriv``) or the command is the daemon."""
+    process = unprivileged or args[0] == "run"
+    return certd(*args, config=config, process=process, prefix=_unprivileged() if unprivileged else (),
+                 timeout=timeout, umask=0o022)
 
 
 def _one_db_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -181,7 +185,7 @@ def test_new_database_files_are_0600_under_umask_022(write_config: WriteConfig, 
     log = tmp_path / "daemon.log"
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg), "run"], cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT, umask=0o022)
+                                stderr=subprocess.STDOUT, umask=0o022, preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 60
         while len(_sidecars(db_path)) < 2 or not (tmp_path / "out/edge/cert.pem").exists():
@@ -538,7 +542,7 @@ def test_rotate_key(write_config: WriteConfig, db_url: str, tmp_path: Path) -> N
     log = tmp_path / "agent.log"
     with log.open("w") as out:
         agent = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(cfg_b), "run", "--agent"], cwd=REPO,
-                                 stdout=out, stderr=subprocess.STDOUT)
+                                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=default_signals)
     try:
         deadline = time.monotonic() + 60
         while not all((tmp_path / f"host-b/{n}/combined.pem").exists() for n in ("edge", "backend")):

@@ -20,6 +20,7 @@ from certd.config.load import load_config
 from certd.engine.app import App
 from certd.errors import ConfigError
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
+from tests.servers.ports import default_signals
 
 _PF_KTHREAD = 0x00200000
 
@@ -53,7 +54,8 @@ def _gone(pid: int, within: float = 5.0) -> bool:
 
 @pytest.fixture
 def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["sleep", "60"])
+    # Default dispositions: a signal certd must not send would kill it, so "it survived" means it was not sent.
+    proc = subprocess.Popen(["sleep", "60"], preexec_fn=default_signals)
     yield proc
     proc.kill()
     proc.wait()

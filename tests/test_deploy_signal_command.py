@@ -14,6 +14,7 @@ import pytest
 from certd.config.load import load_config
 from certd.engine.app import App
 from tests.conftest import LOCAL_CA_CONFIG, WriteConfig
+from tests.servers.ports import default_signals
 
 
 def _app(write_config: WriteConfig, target: str) -> App:
@@ -30,7 +31,7 @@ def hup_catcher(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]
             f"def hup(*_):\n    open({str(marker)!r}, 'a').write('hup\\n')\n"
             "signal.signal(signal.SIGHUP, hup)\nprint('ready', flush=True)\n"
             "while True: time.sleep(0.1)\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, preexec_fn=default_signals)
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
     yield proc, marker
     proc.kill()
@@ -63,7 +64,8 @@ def test_missing_pid_file_is_pending_on_first_start_and_a_dead_pid_fails_later(
         assert (first.outcome, first.state, first.reason) == ("renewed", "published", "DeployPending"), first
         assert any(f"pid file {tmp_path}/app.pid does not exist" in e.message for e in app.inventory.events("edge")
                    if e.kind == "deploy.pending")
-        server = subprocess.Popen(["sleep", "60"])
+        # SIGHUP's default action must end it, also when the suite runs under nohup (SIGHUP ignored).
+        server = subprocess.Popen(["sleep", "60"], preexec_fn=default_signals)
         try:
             (tmp_path / "app.pid").write_text(str(server.pid))
             done = app.pipeline.deploy("edge")
@@ -71,7 +73,7 @@ def test_missing_pid_file_is_pending_on_first_start_and_a_dead_pid_fails_later(
             assert server.wait(timeout=10) == -signal.SIGHUP
         finally:
             server.kill()
-        dead = subprocess.Popen(["true"])
+        dead = subprocess.Popen(["true"], preexec_fn=default_signals)
         dead.wait()
         (tmp_path / "app.pid").write_text(str(dead.pid))
         gone = app.pipeline.renew("edge", force=True)  # it was deployed before: now a server down is a failure

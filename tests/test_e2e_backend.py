@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +14,16 @@ import requests
 from cryptography import x509
 
 from certd.pki.certs import load_pem_certs, serial_hex
+from tests.cli import certd as run_certd
 from tests.servers.openbao import OpenBaoServer
 from tests.servers.tlsutil import issue_server_cert, make_ca, write_server_files
 
-REPO = Path(__file__).resolve().parent.parent
 NAME = "backend-1.internal.test"
 ROLE = "backend-internal"
 
 
 def certd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "certd", "-c", str(config), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=120)
+    return run_certd(*args, config=config)
 
 
 def _config(vault: Any, tmp: Path, db: str, nginx: Any | None) -> str:

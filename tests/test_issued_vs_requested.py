@@ -18,20 +18,18 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from certd.config.load import load_config
 from certd.engine.app import App
 from certd.metrics import Metrics
+from tests.cli import certd
 from tests.servers.openbao import OpenBaoServer
-from tests.test_cli import REPO
 
 
 def _certd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "certd", "-c", str(config), *args], capture_output=True,
-                          text=True, cwd=REPO, timeout=120)
+    return certd(*args, config=config)
 
 
 def _config(bao: OpenBaoServer, tmp: Path, *, mount: str, role: str, lifetime: str, renew_before: str,

@@ -9,8 +9,6 @@ import concurrent.futures
 import functools
 import http.server
 import json
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,6 +32,7 @@ from certd.issuers.acme.errors import converted
 from certd.issuers.acme.network import AcmeNetwork
 from certd.pki.certs import load_pem_certs, serial_hex
 from certd.pki.revocation import RevocationReason
+from tests.cli import certd
 from tests.conftest import WriteConfig
 from tests.servers.ari import AriFront
 from tests.servers.bind import BindServer
@@ -328,8 +327,7 @@ def test_renew_all_force_of_200_certificates_through_the_cli(
     certs = {f"bulk{i}": [f"bulk{i}.fleet.example.test"] for i in range(200)}
     extra = "[issuers.pebble.rate_limits]\ncertificates_per_domain = 1000\nnew_orders = 1000"
     path = write_config(acme_config(pebble, tmp_path, certs, workers=16, issuer_extra=extra))
-    proc = subprocess.run([sys.executable, "-m", "certd", "-c", str(path), "renew", "--all", "--force", "--json"],
-                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parent.parent)
+    proc = certd("renew", "--all", "--force", "--json", config=path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads(proc.stdout)["results"]
     assert len(results) == 200
@@ -388,8 +386,7 @@ def test_account_key_rollover(
     app = open_app(path)
     assert app.pipeline.renew("edge").outcome == "renewed"
     before = app.inventory.load_account("pebble", pebble.directory_url)
-    proc = subprocess.run([sys.executable, "-m", "certd", "-c", str(path), "account", "rollover", "pebble", "--json"],
-                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    proc = certd("account", "rollover", "pebble", "--json", config=path)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     after = app.inventory.load_account("pebble", pebble.directory_url)
@@ -402,8 +399,7 @@ def test_account_key_rollover(
     app.inventory.save_account("pebble", pebble.directory_url, before[0], before[1])
     stale = open_app(path).pipeline.renew("edge", force=True)
     assert stale.outcome == "failed" and "ACME pebble: edge: order:" in (stale.error or ""), stale.error
-    bad = subprocess.run([sys.executable, "-m", "certd", "-c", str(path), "account", "rollover", "nope"],
-                         capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    bad = certd("account", "rollover", "nope", config=path)
     assert bad.returncode == 2 and "no ACME issuer named nope" in bad.stderr
 
 

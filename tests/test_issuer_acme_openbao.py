@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address
@@ -30,11 +29,11 @@ from certd.engine.app import App
 from certd.pki.certs import load_pem_certs
 from certd.pki.keys import build_csr
 from certd.pki.revocation import RevocationReason
+from tests.cli import certd as run_certd
 from tests.conftest import WriteConfig
 from tests.servers.bind import BindServer
 from tests.servers.openbao_acme import IP_ROLE, OpenBaoAcme
 
-REPO = Path(__file__).resolve().parent.parent
 HTTP01 = 'http01_listen = "127.0.0.1:80"'
 
 
@@ -65,8 +64,7 @@ def bao_config(acme: OpenBaoAcme, tmp: Path, certs: dict[str, list[str]], *, iss
 
 
 def certd(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "certd", "-c", str(config), *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_certd(*args, config=config, timeout=timeout)
 
 
 def certd_json(config: Path, *args: str) -> list[dict[str, Any]]:

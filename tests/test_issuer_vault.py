@@ -243,11 +243,12 @@ def test_namespace_is_sent_on_every_request(vault: Bao, tmp_path: Path) -> None:
 
 
 def test_expired_token_is_replaced_by_a_new_login(vault: Bao, tmp_path: Path) -> None:
-    _, role_id, secret_id = vault.server.approle(token_ttl="2s")
+    # OpenBao's shortest TTL; the login's lease_duration says 1 s, and the token really lapses on the server.
+    _, role_id, secret_id = vault.server.approle(token_ttl="1s")
     issuer = make_issuer(vault, tmp_path, role_id_file=write(tmp_path / "rid", role_id),
                          secret_id_file=write(tmp_path / "sid", secret_id))
     issuer.issue(request("a.example.test"))
-    time.sleep(2.3)
+    time.sleep(1.3)
     issuer.issue(request("a.example.test"))
     assert vault.count("auth/approle/login") == 2
     assert vault.count("pki/sign/backend") == 2  # the expiry was known: no 403 first
@@ -257,11 +258,13 @@ def test_expired_token_is_replaced_by_a_new_login(vault: Bao, tmp_path: Path) ->
 def test_secret_id_expiring_mid_run_needs_the_rotated_file(vault: Bao, tmp_path: Path, limit: dict[str, Any]) -> None:
     """The token lapses, the re-login finds its secret_id used up or expired: a credential rejection until the
     operator (or an agent) writes a fresh secret_id to the file, which the next login reads."""
-    role, role_id, secret_id = vault.server.approle(token_ttl="2s", **limit)
+    # The secret_id's own 2 s must leave time for the first login on a busy machine; a used-up one needs no wait.
+    ttl = 2 if "secret_id_ttl" in limit else 1
+    role, role_id, secret_id = vault.server.approle(token_ttl=f"{ttl}s", **limit)
     issuer = make_issuer(vault, tmp_path, role_id_file=write(tmp_path / "rid", role_id),
                          secret_id_file=write(tmp_path / "sid", secret_id))
     issuer.issue(request("a.example.test"))
-    time.sleep(2.3)
+    time.sleep(ttl + 0.3)
     with pytest.raises(IssuerError) as err:
         issuer.issue(request("a.example.test"))
     assert err.value.reason == "PermissionDenied" and not err.value.retryable

@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,12 +24,12 @@ import pytest
 import requests
 
 from certd.pki.certs import load_pem_certs, serial_hex
+from tests.cli import certd as run_certd
 from tests.servers.fixtures import require
 from tests.servers.haproxy import HaproxyServer
 from tests.servers.nginx import NginxServer
 from tests.servers.ports import HOST, ServerProcess, free_port, make_workdir, tcp_open
 
-REPO = Path(__file__).resolve().parent.parent
 BACKEND = "backend-1.internal"
 
 _CERTD_TOML = """\
@@ -71,8 +70,7 @@ defaults
 
 
 def certd(*args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "certd", *(["-c", str(config)] if config else []), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    return run_certd(*args, config=config)
 
 
 def expected(text: str) -> set[tuple[int, str]]:

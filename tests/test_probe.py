@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,17 +17,16 @@ import pytest
 from certd.config.load import load_config
 from certd.engine.app import App
 from certd.pki.certs import fingerprint, load_pem_certs, serial_hex
+from tests.cli import certd
 from tests.conftest import WriteConfig
 from tests.servers.tlsutil import make_ca, write_pem
 from tests.test_deploy_haproxy import BASE, NAME
 
-REPO = Path(__file__).resolve().parent.parent
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2  # certd/cli.py
 
 
 def certd_probe(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "certd", "probe", *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+    return certd("probe", *args)
 
 
 @dataclass

@@ -41,6 +41,19 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which turns xdist_group marks into the @group the scheduler reads
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist: the tests that bind 127.0.0.1:80 (OpenBao validates HTTP-01 only there) run on one
+    worker, one after another (``--dist loadgroup``), instead of finding the port taken and skipping; and the
+    ``slow`` tests are handed out first, so that no worker is left running a long one alone at the end."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    for item in items:
+        if "port80" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("port80"))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: same order on every worker
+
+
 class _Stoppable(Protocol):
     def stop(self) -> None: ...
 

@@ -1,8 +1,12 @@
 """Loopback ports for test servers, and the owned subprocess that listens on them.
 
-Ports are picked by binding to port 0 and closing again, so another process could grab one in between; to
-keep two fixtures of *this* session from colliding, every port handed out is remembered and never reused.
-The process helper lives here too because every server module needs the same start / wait / stop logic.
+Ports are picked by binding and closing again, so another process could grab one in between; to keep two
+fixtures of *this* session from colliding, every port handed out is remembered and never reused. Under
+pytest-xdist each worker picks from its own block of ports below the kernel's ephemeral range, so two workers
+never hand out the same port and no client's outgoing connection takes one in between (without xdist, or once
+a block is used up, the kernel picks: port 0).
+The process helper lives here too because every server module needs the same start / wait / stop logic, and so
+does ``default_signals``, which every process a test later signals must start with.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -54,13 +59,46 @@ def _bindable(kind: socket.SocketKind, port: int) -> bool:
     return True
 
 
+# Blocks for xdist workers: below Linux's default ephemeral range (32768-60999), above the well-known ports.
+_BLOCKS_START, _BLOCKS_END = 10000, 32000
+
+
+def _worker_block() -> range | None:
+    """This xdist worker's own ports (``PYTEST_XDIST_WORKER=gw<i>`` of ``PYTEST_XDIST_WORKER_COUNT``), or None."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 0):
+        return None
+    size = (_BLOCKS_END - _BLOCKS_START) // int(count)
+    start = _BLOCKS_START + int(worker[2:]) * size
+    return range(start, start + size) if size >= 100 else None
+
+
+_block = _worker_block()
+_next_in_block = random.randrange(len(_block)) if _block else 0  # another run of the suite starts elsewhere
+
+
+def _from_block(udp_too: bool) -> int | None:
+    global _next_in_block
+    assert _block is not None
+    for _ in range(len(_block)):
+        port = _block[_next_in_block % len(_block)]
+        _next_in_block += 1
+        if port not in _handed_out and _bindable(socket.SOCK_STREAM, port) and (
+                not udp_too or _bindable(socket.SOCK_DGRAM, port)):
+            return port
+    return None
+
+
 def free_port(udp_too: bool = False) -> int:
     """A loopback TCP port (also free for UDP if asked: DNS servers need both on the same number)."""
     with _lock:
+        if _block is not None and (port := _from_block(udp_too)) is not None:
+            _handed_out.add(port)
+            return port
         for _ in range(200):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                 s.bind((HOST, 0))
-                port: int = s.getsockname()[1]
+                port = s.getsockname()[1]
             if port in _handed_out or (udp_too and not _bindable(socket.SOCK_DGRAM, port)):
                 continue
             _handed_out.add(port)
@@ -92,6 +130,21 @@ def log_tail(path: Path, lines: int = 40) -> str:
     except OSError as exc:
         return f"<no log: {exc}>"
     return "\n".join(text.splitlines()[-lines:])
+
+
+RESET_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for every process a test signals or stops: the default action for the usual signals.
+
+    An ignored signal stays ignored across fork and exec, and neither ``restore_signals`` (SIGPIPE, SIGXFSZ only)
+    nor ``start_new_session`` changes that. A suite started under ``nohup`` ignores SIGHUP, and one started in the
+    background of a non-interactive shell ignores SIGINT and SIGQUIT: their children would too, so a ``sleep``
+    sent SIGHUP would never die, and "the process survived" would prove nothing.
+    """
+    for signum in RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
 
 
 class ServerError(RuntimeError):
@@ -127,6 +180,7 @@ class ServerProcess:
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=default_signals,
         )
         stop_at_exit(self, self.stop)
 

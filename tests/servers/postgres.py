@@ -17,7 +17,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from tests.servers.ports import HOST, ServerError, forget, free_port, log_tail, make_workdir, stop_at_exit
+from tests.servers.ports import (
+    HOST,
+    ServerError,
+    default_signals,
+    forget,
+    free_port,
+    log_tail,
+    make_workdir,
+    stop_at_exit,
+)
 
 ENV_URL = "CERTD_TEST_POSTGRES_URL"
 
@@ -55,6 +64,7 @@ class PostgresCluster:
             capture_output=True,
             text=True,
             timeout=60,
+            preexec_fn=default_signals,  # pg_ctl start forks the postmaster that pg_ctl stop later signals
         )
         if result.returncode != 0:
             raise ServerError(
