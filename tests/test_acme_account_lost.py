@@ -9,6 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from acme import client as acme_client
+from acme import messages
+from josepy.jwa import ES256
+from josepy.jwk import JWKEC
+
 from certd.config.load import load_config
 from certd.core.kinds import EventKind
 from certd.engine.app import App
@@ -51,5 +56,43 @@ def test_a_ca_that_lost_the_account_gets_it_registered_again(
         third = app.pipeline.renew("edge", force=True)  # the new account is used from now on, no second notice
         assert third.outcome == "renewed"
         assert sum(e.kind == EventKind.ACCOUNT_REGISTERED_AGAIN for e in app.inventory.events("edge")) == 1
+    finally:
+        app.close()
+
+
+def _deactivate(pebble: PebbleServer, key_pem: bytes, uri: str) -> None:
+    """The operator (or the CA) deactivates the account (RFC 8555 section 7.3.6), through the acme library."""
+    account = messages.RegistrationResource(body=messages.Registration(), uri=uri)
+    for _ in range(10):  # Pebble rejects 5% of nonces; the library retries once
+        net = acme_client.ClientNetwork(JWKEC.load(key_pem), account=account, alg=ES256,
+                                        verify_ssl=str(pebble.ca_bundle))
+        try:
+            acme_client.ClientV2(acme_client.ClientV2.get_directory(pebble.directory_url, net),
+                                 net).deactivate_registration(account)
+            return
+        except messages.Error as err:
+            if err.code != "badNonce":
+                raise
+    raise AssertionError("could not deactivate the account")
+
+
+def test_a_deactivated_account_is_replaced_by_a_new_one(
+    pebble_factory: Callable[..., PebbleServer], write_config: WriteConfig, tmp_path: Path
+) -> None:
+    pebble = pebble_factory(extra_env=NO_REUSE)
+    app = App.open(load_config(write_config(acme_config(pebble, tmp_path, {"edge": ["off.example.test"]}))))
+    try:
+        assert app.pipeline.renew("edge").outcome == "renewed"
+        stored = app.inventory.load_account("pebble", pebble.directory_url)
+        assert stored is not None and stored[1] is not None
+        old_key, old_uri = stored
+        _deactivate(pebble, old_key, old_uri)
+
+        again = app.pipeline.renew("edge", force=True)
+        assert again.outcome == "renewed", again
+        stored = app.inventory.load_account("pebble", pebble.directory_url)
+        assert stored is not None and stored[1] != old_uri and stored[0] != old_key  # a new key: the old is refused
+        said = [e.message for e in app.inventory.events("edge") if e.kind == EventKind.ACCOUNT_REGISTERED_AGAIN]
+        assert len(said) == 1 and "deactivated" in said[0] and old_uri in said[0]
     finally:
         app.close()

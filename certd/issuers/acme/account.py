@@ -117,20 +117,21 @@ class AcmeAccount:
         self._local.client, self._local.generation = client, self._generation
         return client
 
-    def register_again(self, lost: str) -> str:
-        """The CA answered ``accountDoesNotExist`` for account ``lost``: register again; the new account URL.
+    def register_again(self, lost: str, *, new_key: bool = False) -> str:
+        """The CA no longer accepts account ``lost``: register again; the new account URL.
 
-        A CA that was reset, or a staging CA wiped, no longer knows the account; waiting does not bring it
-        back. The same key is registered again (a CA that lost its state accepts it as new); a CA that keeps
-        the key as deactivated refuses it (``unauthorized``), and then a new key is made. Under the lock, and
-        only if no other thread has done it already, so a burst of failing orders registers once.
+        A CA that was reset, or a staging CA wiped, no longer knows the account (``accountDoesNotExist``);
+        waiting does not bring it back. The same key is registered again (a CA that lost its state accepts
+        it as new); a CA that refuses that key (``unauthorized``) gets a new one. A deactivated account
+        (RFC 8555 section 7.3.6: its key is refused for good) always gets a new key (``new_key``). Under the
+        lock, and only if no other thread has done it already, so a burst of failing orders registers once.
         """
         directory = self.directory()
         with self._lock:
             if self._account is not None and self._account.uri != lost:
                 return str(self._account.uri)
             stored = self._accounts.load_account(self.name, self._config.directory)
-            key_pem = stored[0] if stored is not None else _new_key_pem()
+            key_pem = stored[0] if stored is not None and not new_key else _new_key_pem()
             try:
                 uri = self._register(directory, JWKEC.load(key_pem))
             except messages.Error as err:

@@ -90,14 +90,15 @@ class AcmeIssuer:
         try:
             return self._issue(request)
         except IssuerError as err:
-            if err.reason != "accountDoesNotExist":
+            deactivated = err.reason == "unauthorized" and "deactivated" in err.message.lower()
+            if err.reason != "accountDoesNotExist" and not deactivated:
                 raise
-            lost = self._account.uri
+            lost, why = self._account.uri, "the account is deactivated" if deactivated else "accountDoesNotExist"
         with self._converted(request.certificate, "account"):
-            uri = self._account.register_again(lost or "")
+            uri = self._account.register_again(lost or "", new_key=deactivated)
         issued = self._issue(request)
         notice = (EventKind.ACCOUNT_REGISTERED_AGAIN,
-                  f"issuer {self.name}: the CA answered accountDoesNotExist for {lost}; registered again as {uri}")
+                  f"issuer {self.name}: the CA answered {why} for {lost}; registered again as {uri}")
         return replace(issued, notices=(*issued.notices, notice))
 
     def _issue(self, request: IssueRequest) -> Issued:
