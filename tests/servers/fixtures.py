@@ -187,9 +187,14 @@ def openbao_factory() -> Iterator[Callable[..., OpenBaoServer]]:
 @pytest.fixture
 def port80() -> None:
     """OpenBao validates HTTP-01 only on port 80: skip, saying why, when 127.0.0.1:80 cannot be bound."""
+    import time
+
     from tests.servers.openbao_acme import port80_free
 
-    if (why := port80_free()) is not None:
+    deadline = time.monotonic() + 10  # a responder of another process's order holds it only for moments
+    while (why := port80_free()) is not None and "in use" in why and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if why is not None:
         pytest.skip(why)
 
 

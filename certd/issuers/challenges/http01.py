@@ -25,6 +25,7 @@ import re
 import socket
 import socketserver
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -160,23 +161,31 @@ class _Responder:
 
 
 def _bind(listen: str, address: tuple[str, int], family: socket.AddressFamily, responder: _Responder) -> _Server:
-    """Open the socket, turning the usual failures into an error an operator can act on."""
-    try:
-        return _Server(address, family, responder)
-    except OSError as exc:
-        retryable = exc.errno == errno.EADDRINUSE
-        why = {
-            errno.EADDRINUSE: "the address is already in use",
-            errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
-            errno.EADDRNOTAVAIL: "no such local address",
-        }.get(exc.errno or 0, exc.strerror or str(exc))
-        raise IssuerError(
-            f"HTTP-01 standalone responder cannot listen on {listen}: {why}; set http01_listen to an address "
-            "certd may bind (the CA must reach it on port 80, e.g. through your proxy), or http01_webroot to "
-            "serve the challenge from an existing web server",
-            reason=_REASON,
-            retryable=retryable,
-        ) from exc
+    """Open the socket, turning the usual failures into an error an operator can act on.
+
+    An address in use is tried again for up to two seconds: another certd process answering its own order on
+    the same port (a CLI renewal beside the daemon) holds it only while its challenges are outstanding.
+    """
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            return _Server(address, family, responder)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            why = {
+                errno.EADDRINUSE: "the address is already in use",
+                errno.EACCES: "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+                errno.EADDRNOTAVAIL: "no such local address",
+            }.get(exc.errno or 0, exc.strerror or str(exc))
+            raise IssuerError(
+                f"HTTP-01 standalone responder cannot listen on {listen}: {why}; set http01_listen to an address "
+                "certd may bind (the CA must reach it on port 80, e.g. through your proxy), or http01_webroot to "
+                "serve the challenge from an existing web server",
+                reason=_REASON,
+                retryable=exc.errno == errno.EADDRINUSE,
+            ) from exc
 
 
 _registry: dict[str, _Responder] = {}
