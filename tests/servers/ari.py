@@ -99,7 +99,9 @@ class AriFront:
     """HTTPS proxy to one PebbleServer that adds ARI; ``directory_url`` is what the client under test gets.
 
     Records, for assertions: ``asked`` (every certID looked up, decoded), ``replaces_seen`` (each ``replaces``
-    in a newOrder payload, in arrival order) and ``new_orders`` (every newOrder payload, decoded).
+    in a newOrder payload, in arrival order) and ``new_orders`` (every newOrder payload, decoded), counting only
+    the newOrder requests Pebble accepted (201): one it refused, e.g. for a bad nonce (5 % by default), made no
+    order, and the client sends it again.
     """
 
     def __init__(self, pebble: PebbleServer, *, retry_after: int = DEFAULT_RETRY_AFTER) -> None:
@@ -242,14 +244,14 @@ class AriFront:
                     status, headers, out = front._renewal_info(path[len(RENEWAL_INFO_PATH) + 1 :])
                     self._reply(status, list(headers.items()), out)
                     return
-                if self.command == "POST" and path == front._new_order_path:
-                    front._note_new_order(body)
                 try:
                     status, headers_list, out = self._forward(body)
                 except (OSError, http.client.HTTPException) as exc:
                     problem = {"type": "about:blank", "detail": f"ARI front: Pebble unreachable: {exc}"}
                     self._reply(502, [("Content-Type", "application/problem+json")], json.dumps(problem).encode())
                     return
+                if self.command == "POST" and path == front._new_order_path and status == 201:
+                    front._note_new_order(body)
                 if self.command == "GET" and path == front._directory_path and status == 200:
                     directory = json.loads(out)
                     directory["renewalInfo"] = front.renewal_info_url
