@@ -530,4 +530,4 @@ def test_network_retries_bad_nonce_a_bounded_number_of_times(scripted: Callable[
     with pytest.raises(messages.Error) as caught:
         net.post(server.url + "/order", None, new_nonce_url=server.url + "/nonce")
     assert caught.value.code == "badNonce"
-    assert len(server.seen_not_head()) == 12  # the library's two tries, six times: bounded, not endless
+    assert len(server.seen_not_head()) == 16  # the library's two tries, eight times: bounded, not endless
