@@ -26,11 +26,12 @@ what is no longer needed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography import x509
 
-from certd.config.model import Config
+from certd.config.model import CertificateConfig, Config
 from certd.core.kinds import EventKind, Step
 from certd.deploy.base import TrustSink
 from certd.deploy.publish import write_file_atomic
@@ -51,24 +52,30 @@ def anchors(leaf: x509.Certificate, chain: Sequence[x509.Certificate],
     return [*chain, *(r for r in roots if issued_by(top, r))]
 
 
-def _confirmed(state: str, deploy: Sequence[str]) -> bool:
-    """The version is what servers present: deployed or served, or published where there is nothing to deploy."""
+def _confirmed(state: str, cfg: CertificateConfig, in_operation: bool) -> bool:
+    """The version is what servers present: its rollout ended (no lease held) in deployed or served, or in
+    published where there is nothing to deploy. While the rollout runs, ``deployed`` only says the server
+    was told (a SIGHUP sent: old workers may still present the old certificate while verify runs)."""
+    if in_operation:
+        return False
     final = {VersionState.DEPLOYED.value, VersionState.SERVED.value}
-    return state in final or (not deploy and state == VersionState.PUBLISHED.value)
+    return state in final or (not cfg.deploy and state == VersionState.PUBLISHED.value)
 
 
 def issuer_bundle(config: Config, issuer_name: str, issuer: Issuer, inventory: Inventory,
-                  extra: Iterable[x509.Certificate] = ()) -> list[x509.Certificate]:
+                  extra: Iterable[x509.Certificate] = (), settled: str | None = None) -> list[x509.Certificate]:
     """Every CA certificate a server of ``issuer_name`` may present a chain to now, each once."""
     certs = list(issuer.ca_chain()) if isinstance(issuer, CaChain) else []
     roots = issuer.roots() or []
     current, before = inventory.current_versions(), inventory.previously_served()
+    # Leases are compared with the wall clock, as the lease holders themselves do.
+    busy = inventory.held_leases(datetime.now(UTC)) - {settled}  # the caller's own rollout has finished
     for name, cfg in config.certificates.items():
         if cfg.issuer != issuer_name:
             continue
         version = current.get(name)
         maybe_served = [version] if version is not None else []
-        if version is None or not _confirmed(version.state, cfg.deploy):
+        if version is None or not _confirmed(version.state, cfg, name in busy):
             maybe_served += [before[name]] if name in before else []
         for v in maybe_served:
             leaf = load_pem_certs(v.cert_pem.encode())[0]
@@ -83,7 +90,7 @@ def issuer_bundle(config: Config, issuer_name: str, issuer: Issuer, inventory: I
 def trust_bundle(name: str, issuer_name: str, issuer: Issuer, inventory: Inventory,
                  config: Config) -> list[x509.Certificate]:
     """What a load balancer pins for ``name``: its issuer's bundle."""
-    certs = issuer_bundle(config, issuer_name, issuer, inventory)
+    certs = issuer_bundle(config, issuer_name, issuer, inventory, settled=name)
     if not certs:
         raise CertdError(f"certificate {name}: issuer {issuer_name} has no CA certificates to pin yet")
     return certs

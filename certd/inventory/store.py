@@ -28,7 +28,7 @@ from certd.errors import InventoryError
 from certd.inventory.faults import inventory_error
 from certd.inventory.keycheck import assert_sealing_key
 from certd.inventory.leases import LeaseInfo, assert_held
-from certd.inventory.models import Account, Certificate, Event, NewVersion, Version, VersionState
+from certd.inventory.models import Account, Certificate, Event, Lease, NewVersion, Version, VersionState
 from certd.pki.keybox import KeyBox
 
 __all__ = ["Inventory", "SyncReport", "config_hash"]
@@ -182,6 +182,11 @@ class Inventory:
             rows = {v.certificate: v for v in s.execute(q).scalars()}
             s.expunge_all()
             return rows
+
+    def held_leases(self, now: datetime) -> set[str]:
+        """The certificates an operation holds the lease of at ``now`` (a renewal or a deploy is running)."""
+        with self.sessions() as s:
+            return set(s.execute(select(Lease.certificate).where(Lease.expires_at > now)).scalars())
 
     def previously_served(self) -> dict[str, Version]:
         """Per certificate, the newest version before its current one that was deployed or served.
