@@ -89,6 +89,15 @@ def pebble() -> Iterator[PebbleServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def pebble_fresh_authz() -> Iterator[PebbleServer]:
+    """Pebble that validates every order's authorizations (no reuse), for faults aimed at the challenge phase."""
+    require("pebble", "pebble-challtestsrv", package="pebble")
+    server = PebbleServer(extra_env={"PEBBLE_AUTHZREUSE": "0"})
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def pebble_factory() -> Iterator[Callable[..., PebbleServer]]:
     """pebble_factory(nonce_reject=5, dns_server=None, extra_env=None, certificate_validity=None) for own knobs."""

@@ -96,7 +96,16 @@ class AcmeIssuer:
             lost, why = self._account.uri, "the account is deactivated" if deactivated else "accountDoesNotExist"
         with self._converted(request.certificate, "account"):
             uri = self._account.register_again(lost or "", new_key=deactivated)
-        issued = self._issue(request)
+        try:
+            issued = self._issue(request)
+        except IssuerError as err:
+            if err.reason != "accountDoesNotExist":
+                raise
+            # Forgotten again moments after it was made: a CA out of step with itself (a replica behind, a
+            # reset in progress), not an account an operator must fix. Retried on the normal backoff, which
+            # keeps attempts coming up to the deadline, instead of the hour a hopeless failure waits.
+            raise IssuerError(f"{err.message} (again, right after registering {uri}: retried)",
+                              reason=err.reason, retryable=True) from err
         notice = (EventKind.ACCOUNT_REGISTERED_AGAIN,
                   f"issuer {self.name}: the CA answered {why} for {lost}; registered again as {uri}")
         return replace(issued, notices=(*issued.notices, notice))
@@ -119,6 +128,7 @@ class AcmeIssuer:
     def _order(self, client: acme_client.ClientV2, request: IssueRequest) -> Issued:
         with self._converted(request.certificate, "order"):
             order = self._orders.place(client, request)
+        with self._converted(request.certificate, "challenge"):
             self._orders.authorize(client, order)
         with self._converted(request.certificate, "finalize"):
             fullchains = self._orders.finalize(client, order)

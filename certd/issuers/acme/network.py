@@ -29,7 +29,7 @@ from acme import messages
 from josepy.interfaces import JSONDeSerializable
 
 from certd.errors import IssuerUnavailable
-from certd.issuers.acme.errors import retry_after_seconds
+from certd.issuers.acme.errors import problem_text, retry_after_seconds
 
 __all__ = ["AcmeNetwork", "AttemptDeadline", "links", "post_as_get", "signed_post"]
 
@@ -58,16 +58,40 @@ class AcmeNetwork(acme_client.ClientNetwork):
         self._attempts = attempts
         self._backoff = backoff
         self._sleep = sleep
-        # Set by the issuer for one attempt: (monotonic deadline, what to say when it passes).
-        self.deadline: tuple[float, str] | None = None
+        self._deadline: tuple[float, str] | None = None
+        self._last_failure: str | None = None  # what the CA last answered wrongly in this attempt
+
+    @property
+    def deadline(self) -> tuple[float, str] | None:
+        """Set by the issuer for one attempt: (monotonic deadline, what to say when it passes)."""
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, value: tuple[float, str] | None) -> None:
+        self._deadline, self._last_failure = value, None
+
+    @property
+    def waiting_for(self) -> str | None:
+        return self._last_failure
+
+    @waiting_for.setter
+    def waiting_for(self, what: str) -> None:
+        """What the attempt is waiting on (an order still ``processing``): said if the deadline passes."""
+        self._last_failure = what
+
+    def _ran_out(self) -> AttemptDeadline:
+        """The deadline's error, with the answer that kept the attempt retrying: the cause, not only the clock."""
+        assert self._deadline is not None
+        said = self._deadline[1]
+        return AttemptDeadline(f"{said}; the CA's last answer: {self._last_failure}" if self._last_failure else said)
 
     def _bounded(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Each request's timeout shrinks to what the attempt has left; none starts once it is spent."""
-        if self.deadline is None:
+        if self._deadline is None:
             return kwargs
-        left = self.deadline[0] - time.monotonic()
+        left = self._deadline[0] - time.monotonic()
         if left <= 0:
-            raise AttemptDeadline(self.deadline[1])
+            raise self._ran_out()
         return {**kwargs, "timeout": max(0.1, min(float(kwargs.get("timeout", self._request_timeout)), left))}
 
     @property
@@ -82,8 +106,8 @@ class AcmeNetwork(acme_client.ClientNetwork):
     def _pause(self, attempt: int, retry_after: float | None) -> None:
         delay = retry_after if retry_after is not None else self._backoff * 2**attempt
         delay *= random.uniform(1.0, 1.25)  # noqa: S311 - jitter, not a secret
-        if self.deadline is not None and time.monotonic() + delay >= self.deadline[0]:
-            raise AttemptDeadline(self.deadline[1])
+        if self._deadline is not None and time.monotonic() + delay >= self._deadline[0]:
+            raise self._ran_out()
         self._sleep(delay)
 
     def _with_retries(self, call: Callable[[], requests.Response]) -> requests.Response:
@@ -94,17 +118,21 @@ class AcmeNetwork(acme_client.ClientNetwork):
             try:
                 return call()
             except messages.Error as err:
+                self._last_failure = problem_text(err)
                 if err.code == "badNonce" and bad_nonces < _BAD_NONCE_RETRIES:
                     bad_nonces += 1
                     continue
                 status = self.last_response.status_code if self.last_response is not None else 0
                 if not self._retry_in_place(status, attempt):
                     raise
-            except acme_errors.ClientError:
+            except acme_errors.ClientError as err:
                 status = self.last_response.status_code if self.last_response is not None else 0
+                self._last_failure = f"HTTP {status}: {err}"[:300]
                 if status < 500 or attempt + 1 >= self._attempts:
                     raise
-            except (requests.ConnectionError, requests.Timeout):
+            except (requests.ConnectionError, requests.Timeout) as err:
+                self._last_failure = "no answer (timed out)" if isinstance(err, requests.Timeout) else \
+                    "the connection failed"
                 if attempt + 1 >= self._attempts:
                     raise
             self._pause(attempt, retry_after_seconds(self.last_response))

@@ -31,7 +31,7 @@ from josepy.jwk import JWK
 from certd.config.model import AcmeIssuerConfig
 from certd.errors import IssuerError, IssuerUnavailable
 from certd.issuers.acme.errors import problem_text, retry_after_seconds
-from certd.issuers.acme.network import links, post_as_get, signed_post
+from certd.issuers.acme.network import AcmeNetwork, links, post_as_get, signed_post
 from certd.issuers.base import Issued, IssueRequest
 from certd.issuers.challenges.base import Challenge, ChallengeSolver
 from certd.pki.certs import is_self_signed, load_pem_certs
@@ -181,6 +181,12 @@ class Orders:
         delay = _POLL_FIRST
         while True:
             response = post_as_get(client, url)
+            if isinstance(client.net, AcmeNetwork):
+                try:
+                    status = response.json().get("status")
+                except (ValueError, AttributeError):
+                    status = None
+                client.net.waiting_for = f"{what}: the CA still said {status!r}"
             yield response
             wait = retry_after_seconds(response)
             pause = min(wait if wait is not None else delay, _POLL_MAX * 4)
