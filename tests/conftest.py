@@ -1,8 +1,7 @@
 """Shared fixtures: a config writer, the inventory on SQLite and PostgreSQL, a fake clock.
 
-Real servers (Pebble, BIND, HAProxy, nginx, PostgreSQL) come from
-``tests/servers/fixtures.py``; the Vault and Kubernetes stand-ins from
-``tests/standins/``.
+Real servers (Pebble, BIND, HAProxy, nginx, PostgreSQL, OpenBao) come from
+``tests/servers/fixtures.py``; the Kubernetes stand-in from ``tests/standins/``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from certd.engine.app import App
 
 pytest_plugins = [
     "tests.servers.fixtures",
-    "tests.standins.vault_fixtures",
     "tests.standins.kubernetes_fixtures",
 ]
 

@@ -1,95 +1,101 @@
-"""certd's Vault issuer against the Vault stand-in, for the faults a real OpenBao cannot be made to produce.
+"""certd's Vault issuer against a real OpenBao behind the HTTP fault proxy (issue 18): the faults OpenBao cannot
+be made to produce on its own, aimed at one request — a 429 or 500 for exactly the next N signs, server errors
+until the retries run out, a Vault slower than ``timeout``, one that resets the connection, and one that
+accepts and never answers (bounded by ``attempt_timeout``, however many requests and retries are left).
 
-Everything else about the Vault issuer is tested against a real OpenBao in ``test_issuer_vault.py``. What stays
-here, and why OpenBao cannot do it on demand:
-
-* 429 answers (rate-limit quotas or a standby node) and 500s, injected for exactly the next N calls: OpenBao has
-  rate-limit quotas, but they cannot be aimed at one request, and it has no switch for an internal error.
-* Five server errors in a row: the retry budget runs out and the error stays retryable.
-* A Vault slower than the client's ``timeout``: OpenBao answers in milliseconds and has no delay knob.
-* An unreachable Vault (a closed port) is here too because it needs no server at all, next to its slow twin.
-
-The stand-in has no role read (it answers 404), so certd sends the names with every sign here, as it does for
-a token that may not read its role.
+OpenBao itself still answers everything the proxy lets through: the login, the role read, the sign.
 """
 
 from __future__ import annotations
 
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from certd.config.model import VaultIssuerConfig
 from certd.errors import IssuerUnavailable
-from certd.issuers.base import IssueRequest
-from certd.issuers.vault import VaultIssuer
-from certd.pki.keys import KeyType, build_csr, generate_key
-from tests.standins.vault import VaultStandin
+from tests.servers.http_fault_proxy import HttpFaultProxy
+from tests.servers.openbao import OpenBaoServer
+from tests.test_issuer_vault import Bao, make_issuer, request
 
-ROLE_ID, SECRET_ID = "role-id-5d1f", "secret-id-9c2e7a41"
+SIGN = "/v1/pki/sign/backend"
 
 
 @pytest.fixture
-def vault(vault_standin: VaultStandin) -> VaultStandin:
-    vault_standin.add_role("backend", allowed_domains="example.test", allow_subdomains=True, key_type="any",
-                           max_ttl="24h", ttl="1h")
-    vault_standin.add_approle(ROLE_ID, SECRET_ID, token_ttl=3600)
-    return vault_standin
+def bao(openbao: OpenBaoServer) -> Bao:
+    role, role_id, secret_id = openbao.approle()
+    return Bao(openbao, role, role_id, secret_id, openbao.kubernetes_jwt(), openbao.audit_mark())
 
 
-def make_issuer(vault: VaultStandin, tmp_path: Path, *, sleeps: list[float] | None = None, attempts: int = 3,
-                **overrides: Any) -> VaultIssuer:
-    (tmp_path / "role_id").write_text(ROLE_ID)
-    (tmp_path / "secret_id").write_text(SECRET_ID)
-    settings: dict[str, Any] = {
-        "type": "vault", "url": vault.url, "ca_bundle": vault.ca_bundle_path, "role": "backend", "auth": "approle",
-        "role_id_file": tmp_path / "role_id", "secret_id_file": tmp_path / "secret_id", "timeout": "5s",
-    }
-    settings.update(overrides)
-    record = sleeps if sleeps is not None else []
-    return VaultIssuer("internal", VaultIssuerConfig(**settings), attempts=attempts, backoff=0.01,
-                       sleep=record.append)
+@pytest.fixture
+def proxy(openbao: OpenBaoServer) -> Iterator[HttpFaultProxy]:
+    front = HttpFaultProxy(openbao.url, Path(openbao.workdir))
+    yield front
+    front.close()
 
 
-def request(*names: str) -> IssueRequest:
-    key = generate_key(KeyType.ECDSA_P256)
-    return IssueRequest(certificate="web", names=names, key_type=KeyType.ECDSA_P256, csr=build_csr(key, names))
+def vault_error(status: int, message: str, **rule: object) -> dict[str, object]:
+    return {"kind": "answer", "path": SIGN, "method": "POST", "status": status, "body": {"errors": [message]},
+            **rule}
 
 
-def test_transient_errors_are_retried(vault: VaultStandin, tmp_path: Path) -> None:
+def test_transient_errors_are_retried(bao: Bao, proxy: HttpFaultProxy, tmp_path: Path) -> None:
     sleeps: list[float] = []
-    issuer = make_issuer(vault, tmp_path, sleeps=sleeps)
+    issuer = make_issuer(bao, tmp_path, sleeps=sleeps, url=proxy.url)
     issuer.issue(request("a.example.test"))
-    vault.fail_next(429, 'request path "pki/sign/backend": rate limit quota exceeded')
-    vault.fail_next(500, "internal error")
+    proxy.inject(**vault_error(429, 'request path "pki/sign/backend": rate limit quota exceeded', times=1))
+    proxy.inject(**vault_error(500, "internal error", times=1))
     assert issuer.issue(request("a.example.test")).leaf
     assert len(sleeps) == 2
-    assert vault.count("POST", "/v1/pki/sign/backend") == 4  # ok; 429, 500, ok
+    assert proxy.count(SIGN, method="POST") == 4  # ok; 429, 500, ok (OpenBao signed twice)
+    assert proxy.count(SIGN, method="POST", status=200) == 2
 
 
-def test_persistent_server_errors_exhaust_the_retries_and_stay_retryable(vault: VaultStandin,
+def test_persistent_server_errors_exhaust_the_retries_and_stay_retryable(bao: Bao, proxy: HttpFaultProxy,
                                                                         tmp_path: Path) -> None:
     sleeps: list[float] = []
-    issuer = make_issuer(vault, tmp_path, sleeps=sleeps)
+    issuer = make_issuer(bao, tmp_path, sleeps=sleeps, url=proxy.url)
     issuer.issue(request("a.example.test"))
-    vault.fail_next(500, "internal error", count=3)
+    proxy.inject(**vault_error(500, "internal error", times=3))
     with pytest.raises(IssuerUnavailable) as err:
         issuer.issue(request("a.example.test"))
     assert err.value.reason == "VaultServerError" and err.value.retryable
     assert "internal error" in err.value.message and "role backend" in err.value.message
-    assert sleeps == [0.01, 0.02] and vault.count("POST", "/v1/pki/sign/backend") == 4
+    assert sleeps == [0.01, 0.02] and proxy.count(SIGN, method="POST") == 4
 
 
-def test_unreachable_and_slow_vault_are_unavailable(vault: VaultStandin, tmp_path: Path) -> None:
+def test_unreachable_slow_and_resetting_vault_are_unavailable(bao: Bao, proxy: HttpFaultProxy,
+                                                              tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
     with pytest.raises(IssuerUnavailable) as err:
-        make_issuer(vault, tmp_path, url=f"https://127.0.0.1:{closed_port}").issue(request("a.example.test"))
+        make_issuer(bao, tmp_path, url=f"https://127.0.0.1:{closed_port}").issue(request("a.example.test"))
     assert err.value.reason == "VaultUnreachable"
-    vault.delay = 0.5
+    proxy.inject("slow", SIGN, delay=0.5)
     with pytest.raises(IssuerUnavailable) as err:
-        make_issuer(vault, tmp_path, timeout="200ms", attempts=1).issue(request("a.example.test"))
+        make_issuer(bao, tmp_path, timeout="200ms", attempts=1, url=proxy.url).issue(request("a.example.test"))
     assert err.value.reason == "VaultUnreachable" and "timed out" in err.value.message
+    proxy.clear()
+    proxy.inject("reset", SIGN, times=1)
+    sleeps: list[float] = []
+    assert make_issuer(bao, tmp_path, sleeps=sleeps, url=proxy.url).issue(request("a.example.test")).leaf
+    assert len(sleeps) == 1  # the reset one retried, then OpenBao signed
+
+
+def test_a_vault_that_never_answers_ends_the_attempt_at_attempt_timeout(bao: Bao, proxy: HttpFaultProxy,
+                                                                       tmp_path: Path) -> None:
+    issuer = make_issuer(bao, tmp_path, url=proxy.url, timeout="30s", attempt_timeout="2s", attempts=3)
+    issuer.issue(request("a.example.test"))
+    rule = proxy.inject("hang", SIGN)
+    started = time.monotonic()
+    with pytest.raises(IssuerUnavailable) as err:
+        issuer.issue(request("a.example.test"))
+    took = time.monotonic() - started
+    assert 1.5 < took < 5, took  # not 3 tries of 30 s each
+    assert err.value.retryable and "issuers.internal.attempt_timeout" in err.value.message, err.value.message
+    assert rule.hits >= 1
+    proxy.clear()
+    assert issuer.issue(request("a.example.test")).leaf  # the next attempt, once Vault answers

@@ -152,6 +152,7 @@ class VaultIssuerConfig(_IssuerBase):
     vault_generates_key: bool = False
     issuer_ref: str | None = None
     timeout: Duration = timedelta(seconds=30)
+    attempt_timeout: PositiveDuration = timedelta(minutes=5)  # one whole issue: login, role read, sign, retries
 
     @field_validator("url")
     @classmethod

@@ -26,14 +26,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
 import hvac
 import hvac.exceptions as hvac_errors
 import requests
+import requests.adapters
 from cryptography import x509
 
 from certd.config.model import VaultIssuerConfig
+from certd.core.durations import format_duration
 from certd.errors import CertdError, IssuerError, IssuerUnavailable, tls_reason
 
 __all__ = ["Authenticator", "VaultSession"]
@@ -55,6 +58,39 @@ class Authenticator(Protocol):
     def run(self, client: Any, action: str, fn: Callable[[Any], T]) -> T:
         """``fn(client)`` with a token on ``client``."""
         ...
+
+
+class _Deadline(threading.local):
+    """The calling thread's attempt: (monotonic end, what to say when it passes), or None outside one."""
+
+    value: tuple[float, str] | None = None
+
+    def left(self) -> float | None:
+        """Seconds the attempt has left (None: no attempt); raises once it is spent."""
+        if self.value is None:
+            return None
+        left = self.value[0] - time.monotonic()
+        if left <= 0:
+            raise IssuerUnavailable(self.value[1], reason="AttemptDeadline")
+        return left
+
+
+class _BoundedAdapter(requests.adapters.HTTPAdapter):
+    """Each request's timeout shrinks to what the attempt has left, and none starts once it is spent: a Vault
+    that accepts and never answers, or answers request after request slowly, cannot hold a worker."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False,
+             timeout: Any = None, verify: bool | str = True, cert: Any = None,
+             proxies: Any = None) -> requests.Response:
+        left = self._deadline.left()
+        if left is not None:
+            wanted = timeout if isinstance(timeout, int | float) else left
+            timeout = max(0.1, min(float(wanted), left))
+        return super().send(request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
 
 
 class VaultSession:
@@ -81,6 +117,7 @@ class VaultSession:
         self._sleep = sleep
         self._secrets_in_play = secrets_in_play
         self._local = threading.local()
+        self._deadline = _Deadline()
         self.mount = config.mount.strip("/")
         where = f"{config.url}, mount {self.mount}, role {config.role}"
         self.where = where + (f", namespace {config.namespace}" if config.namespace else "")
@@ -90,7 +127,13 @@ class VaultSession:
         client = getattr(self._local, "client", None)
         if client is None:
             cfg = self._config
+            http = requests.Session()
+            bounded = _BoundedAdapter(self._deadline)
+            http.mount("https://", bounded)
+            http.mount("http://", bounded)
+            http.verify = str(cfg.ca_bundle) if cfg.ca_bundle is not None else True  # hvac takes the session's
             client = hvac.Client(
+                session=http,
                 url=cfg.url,
                 token="",  # never fall back to VAULT_TOKEN / ~/.vault-token
                 verify=str(cfg.ca_bundle) if cfg.ca_bundle is not None else True,
@@ -107,6 +150,17 @@ class VaultSession:
             client.adapter.close()
             self._local.client = None
 
+    @contextmanager
+    def attempt(self, limit: timedelta) -> Iterator[None]:
+        """One whole issue under ``limit`` (``attempt_timeout``), on the calling thread."""
+        said = (f"issuer {self.name}: the attempt ran out of its {format_duration(limit)} "
+                f"(issuers.{self.name}.attempt_timeout) waiting for Vault ({self.where})")
+        self._deadline.value = (time.monotonic() + limit.total_seconds(), said)
+        try:
+            yield
+        finally:
+            self._deadline.value = None
+
     def call(self, action: str, fn: Callable[[Any], T], *, auth: Authenticator | None) -> T:
         """Run ``fn(client)``, authenticated by ``auth`` (None: with no token at all).
 
@@ -120,6 +174,10 @@ class VaultSession:
             except IssuerUnavailable as exc:
                 if attempt == self._attempts:
                     raise
+                left = self._deadline.left()
+                if left is not None and left <= delay:
+                    raise IssuerUnavailable(f"{exc.message}; no time left to retry "
+                                            f"(issuers.{self.name}.attempt_timeout)", reason=exc.reason) from exc
                 log.warning("%s; retrying in %gs (attempt %d of %d)", exc.message, delay, attempt + 1,
                             self._attempts)
             self._sleep(delay)

@@ -94,6 +94,11 @@ class VaultIssuer:
 
     # ------------------------------------------------------------------ Issuer
     def issue(self, request: IssueRequest) -> Issued:
+        """One issue under ``attempt_timeout``: a Vault that hangs or crawls cannot hold a worker."""
+        with self._session.attempt(self._config.attempt_timeout):
+            return self._issue(request)
+
+    def _issue(self, request: IssueRequest) -> Issued:
         cfg = self._config
         dns = [n for n in request.names if not is_ip(n)]
         ips = [n for n in request.names if is_ip(n)]
