@@ -96,15 +96,34 @@ def test_backoff_doubles_and_caps(failures: int, low: int, high: int) -> None:
 
 def test_backoff_never_past_deadline() -> None:
     at = backoff_until(20, T0, rng=random.Random(3), deadline=T0 + timedelta(hours=1))
-    assert at == T0 + timedelta(minutes=1)
+    assert at == T0 + timedelta(hours=1)  # the wait ends at the deadline, where the near-expiry rule begins
+    inside = backoff_until(20, T0, rng=random.Random(3), deadline=T0 - timedelta(hours=1))
+    assert inside == T0 + timedelta(minutes=1)  # no not_after known: the minimum interval
+
+
+def test_inside_the_hard_deadline_the_wait_is_an_eighth_of_the_time_left() -> None:
+    """Issue 18: a fixed one-minute retry across a 90-day certificate's last nine days made ~13,000 attempts
+    (orders, against a CA that refuses them); an eighth of the time left keeps them to about a hundred, and a
+    CA that answers again is used while seven eighths of the time remain."""
+    lifetime = timedelta(days=90)
+    not_after = T0 + lifetime
+    deadline = hard_deadline(T0, not_after)
+    now, failures, attempts = deadline, 1, 0
+    while now < not_after - timedelta(minutes=1):
+        at = backoff_until(failures, now, rng=random.Random(failures), deadline=deadline, lifetime=lifetime,
+                           not_after=not_after)
+        assert now < at < not_after and at - now <= max(timedelta(minutes=1), (not_after - now) / 8)
+        now, failures, attempts = at, failures + 1, attempts + 1
+    assert 50 <= attempts <= 120, attempts
 
 
 def test_backoff_of_a_short_lived_certificate_scales_with_its_lifetime() -> None:
     lifetime = timedelta(seconds=150)
     at = backoff_until(1, T0, rng=random.Random(3), lifetime=lifetime)
     assert timedelta(seconds=3) <= at - T0 <= timedelta(seconds=3.3)
-    near = backoff_until(10, T0, rng=random.Random(3), deadline=T0 + timedelta(seconds=10), lifetime=lifetime)
-    assert near - T0 == timedelta(seconds=3)
+    near = backoff_until(10, T0, rng=random.Random(3), deadline=T0 - timedelta(seconds=10), lifetime=lifetime,
+                         not_after=T0 + timedelta(seconds=5))
+    assert near - T0 == timedelta(seconds=3)  # inside the deadline, 5 s left: the minimum interval
     assert backoff_until(1, T0, rng=random.Random(3), lifetime=timedelta(days=90)) - T0 >= timedelta(minutes=1)
 
 
@@ -132,3 +151,15 @@ def test_a_failure_retrying_cannot_fix_never_sleeps_past_expiry_inside_the_hard_
     before = retry_at(3, deadline - timedelta(days=2), rng=random.Random(1), deadline=deadline, retryable=False,
                       retry_after=None, own_budget=False, lifetime=lifetime, not_after=not_after)
     assert before - (deadline - timedelta(days=2)) >= timedelta(hours=4)  # outside the deadline: the long wait
+
+
+def test_a_failure_retrying_cannot_fix_never_sleeps_past_the_hard_deadline() -> None:
+    """The hour's wait ends at the hard deadline when that comes first: a short-lived certificate that failed
+    just before its deadline is not left to expire (found by the fault matrix with 180 s certificates)."""
+    lifetime = timedelta(seconds=180)
+    not_after = T0 + lifetime
+    deadline = hard_deadline(T0, not_after)
+    now = deadline - timedelta(seconds=30)
+    at = retry_at(1, now, rng=random.Random(1), deadline=deadline, retryable=False, retry_after=None,
+                  own_budget=False, lifetime=lifetime, not_after=not_after)
+    assert at == deadline

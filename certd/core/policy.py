@@ -157,22 +157,33 @@ def backoff_until(
     rng: random.Random,
     deadline: datetime | None = None,
     lifetime: timedelta | None = None,
+    not_after: datetime | None = None,
 ) -> datetime:
     """When to try again after ``failures`` consecutive failures (>= 1).
 
     1 minute doubling, capped at 6 hours, with up to 10 % random spread so a
-    fleet that failed together does not retry together. Never scheduled past
-    ``deadline``: near expiry we retry at the minimum interval instead. The
-    minimum interval is a fiftieth of the lifetime when that is shorter, so a
-    minutes-long certificate still gets several tries before it expires.
+    fleet that failed together does not retry together. The minimum interval
+    is a fiftieth of the lifetime when that is shorter, so a minutes-long
+    certificate still gets several tries before it expires.
+
+    Never scheduled past the hard ``deadline``: a wait that would cross it ends
+    at it. Inside it (``not_after`` known) the wait is at most an eighth of the
+    time left (never under the minimum interval): a CA that answers again is
+    used while seven eighths of the time remain, and the attempts stay few —
+    about a hundred across a 90-day certificate's last nine days, where a
+    fixed minimum interval would make thousands of orders.
     """
     base = _base_interval(lifetime)
     delay = min(base * (1 << min(max(failures - 1, 0), 20)), _BACKOFF_CAP)
     delay += delay * rng.uniform(0, 0.1)
     at = now + delay
-    if deadline is not None and at > deadline:
-        at = now + base
-    return at
+    if deadline is None or at <= deadline:
+        return at
+    if now < deadline:
+        return deadline
+    if not_after is None:
+        return now + base
+    return now + max(base, min(delay, (not_after - now) / 8))
 
 
 def _base_interval(lifetime: timedelta | None) -> timedelta:
@@ -190,27 +201,35 @@ def retry_at(
     own_budget: bool,
     lifetime: timedelta | None = None,
     not_after: datetime | None = None,
+    retry_within: timedelta | None = None,
 ) -> datetime:
     """When a certificate whose last attempt failed may be tried again.
 
-    - the backoff of ``backoff_until`` (which shrinks to a minute past the hard deadline);
-    - a failure retrying cannot fix waits at least an hour (doubling to a day) — but inside the hard
-      deadline never past expiry: there it waits a quarter of the time left (at least the base
-      interval), so a few more attempts happen before ``not_after`` and their number stays small;
+    - the backoff of ``backoff_until`` (which ends at the hard deadline, and inside it waits at most an
+      eighth of the time left);
+    - a failure retrying cannot fix waits at least an hour (doubling to a day) — but never past the hard
+      deadline, and inside it never past expiry: there it waits a quarter of the time left (at least the
+      base interval), so a few more attempts happen before ``not_after`` and their number stays small;
     - the other side's ``retry_after`` is honoured — except certd's *own* budget, which never
-      holds a certificate past its hard deadline (there certd asks the CA, whose answer decides).
+      holds a certificate past its hard deadline (there certd asks the CA, whose answer decides);
+    - ``retry_within`` (a server that was down at rollout) brings the retry forward to that: looking
+      again costs a connect, no order.
     """
-    at = backoff_until(failures, now, rng=rng, deadline=deadline, lifetime=lifetime)
+    at = backoff_until(failures, now, rng=rng, deadline=deadline, lifetime=lifetime, not_after=not_after)
     if not retryable:  # an hour, doubling to a day: an operator has to change something first
         hopeless = now + min(_HOPELESS_FLOOR * (1 << min(max(failures - 1, 0), 5)), timedelta(days=1))
         if deadline is not None and not_after is not None and now >= deadline:
             hopeless = min(hopeless, max(now + (not_after - now) / 4, now + _base_interval(lifetime)))
+        elif deadline is not None and now < deadline < hopeless:
+            hopeless = max(deadline, at)  # wake at the hard deadline, where the rule above takes over
         at = max(at, hopeless)
     if retry_after is not None:
         wanted = now + retry_after
         if own_budget and deadline is not None:
             wanted = min(wanted, max(deadline, now + _base_interval(lifetime)))
         at = max(at, wanted)
+    if retry_within is not None:
+        at = min(at, now + retry_within)
     return at
 
 
