@@ -1,0 +1,234 @@
+"""The fault matrix (issue 18): every CA fault at every phase of a renewal, for three durations, in one
+``certd run`` against real Pebble, with the invariants checked continuously (``tests/invariants.py``).
+
+Each cell is one certificate with an issuer of its own (its own account) behind a proxy of its own
+(``tests/servers/http_fault_proxy.py``), so the cells run side by side in real time on short-lived
+certificates (``VALIDITY`` seconds). A cell's fault starts before its renewal time and ends:
+
+- ``brief``: a little after the renewal time — renewed long before the hard deadline, never critical;
+- ``past-deadline``: inside the hard deadline (the last tenth of the life) — ``critical`` while it lasts, and
+  still renewed before expiry: a CA answering again near the end is used at once;
+- ``past-expiry``: after ``not_after`` — ``expired`` everywhere while it lasts, renewed soon after it ends.
+
+What every cell must show: the invariants held at every sample (nothing said "all is well" while the served
+certificate was expired or critical); the served certificate never expired while the CA could issue; the
+failures recorded with their step and cause; orders bounded — one per attempt (two when the account had to
+be registered again), and attempts bounded by the backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.cli import certd
+from tests.conftest import WriteConfig
+from tests.invariants import Checker
+from tests.servers import acme_faults
+from tests.servers.acme_faults import Phase
+from tests.servers.http_fault_proxy import HttpFaultProxy, Rule
+from tests.servers.pebble import PebbleServer
+from tests.servers.ports import free_port
+from tests.test_daemon import Daemon
+from tests.test_issuer_acme import _QuietHandler
+
+VALIDITY = 180  # seconds: due at 90 s, hard deadline at 162 s
+RENEW_FRACTION = 0.5
+ATTEMPT_TIMEOUT = 3  # seconds: a hung CA holds an attempt this long
+GOOD = {"published", "deployed", "served"}  # no deploy targets here: published is the end
+
+
+def _hang(phase: Phase, **when: object) -> Rule:
+    return Rule("hang", phase, method="POST", **when)  # type: ignore[arg-type]
+
+
+def _reset(phase: Phase, **when: object) -> Rule:
+    return Rule("reset", phase, method="POST", **when)  # type: ignore[arg-type]
+
+
+def _refuse(phase: Phase, **when: object) -> Rule:
+    return Rule("refuse", phase, method="POST", **when)  # type: ignore[arg-type]
+
+
+# fault -> (the rules, what the recorded error must say)
+FAULTS: dict[str, tuple[Callable[..., list[Rule]], str]] = {
+    "server-error": (lambda p, **w: [acme_faults.server_error(p, **w)], "overloaded"),
+    "rate-limited": (lambda p, **w: [acme_faults.rate_limited(p, retry_after=1, **w)], "rateLimited"),
+    "bad-nonce": (lambda p, **w: [acme_faults.bad_nonce(p, **w)], "badNonce"),
+    "account-gone": (lambda p, **w: [acme_faults.account_gone(p, **w)], "accountDoesNotExist"),
+    "hang": (lambda p, **w: [_hang(p, **w)], "attempt_timeout"),
+    "reset": (lambda p, **w: [_reset(p, **w)], ""),
+    "refuse": (lambda p, **w: [_refuse(p, **w)], ""),
+    "stuck-processing": (lambda p, **w: acme_faults.stuck_processing(**w), "'processing'"),
+    "wrong-certificate": (lambda p, **w: [acme_faults.wrong_certificate(**w)], "does not match"),
+}
+ANY_PHASE = ("server-error", "rate-limited", "bad-nonce", "account-gone", "hang", "reset", "refuse")
+PHASES = (Phase.ORDER, Phase.CHALLENGE, Phase.FINALIZE, Phase.DOWNLOAD)
+OWN_PHASE = {"stuck-processing": Phase.FINALIZE, "wrong-certificate": Phase.DOWNLOAD}
+
+
+@dataclass(frozen=True)
+class Cell:
+    fault: str
+    phase: Phase
+    duration: str  # brief, past-deadline, past-expiry
+
+    @property
+    def name(self) -> str:
+        return f"{self.fault}-{self.phase.name.lower()}-{self.duration}"
+
+
+def cells() -> list[Cell]:
+    made = [Cell(f, p, "brief") for f in ANY_PHASE for p in PHASES]
+    made += [Cell(f, p, "brief") for f, p in OWN_PHASE.items()]
+    for duration in ("past-deadline", "past-expiry"):
+        made += [Cell(f, OWN_PHASE.get(f, Phase.FINALIZE), duration) for f in FAULTS]
+    return made
+
+
+def _config(pebble: PebbleServer, tmp: Path, webroot: Path, proxies: dict[str, HttpFaultProxy], port: int) -> str:
+    roots = tmp / "pebble-roots.pem"
+    roots.write_bytes(pebble.roots_pem())
+    body = [f'[database]\nurl = "sqlite:///{tmp}/certd.db"\n',
+            f'[daemon]\nworkers = 12\ncheck_interval = "1s"\napi_listen = "127.0.0.1:{port}"\n']
+    for name, proxy in proxies.items():
+        body += [f"[issuers.{name}]", 'type = "acme"', f'directory = "{proxy.url}/dir"',
+                 f'ca_bundle = "{pebble.ca_bundle}"', f'roots = "{roots}"', f'http01_webroot = "{webroot}"',
+                 f'attempt_timeout = "{ATTEMPT_TIMEOUT}s"', f"[issuers.{name}.rate_limits]",
+                 "duplicate_certificates = 1000", "",
+                 f"[certificates.{name}]", f'issuer = "{name}"', f'names = ["{name}.matrix.example.test"]',
+                 f'output_dir = "{tmp}/out/{name}"', f"renew_fraction = {RENEW_FRACTION}", ""]
+    return "\n".join(body)
+
+
+@pytest.fixture
+def matrix_pebble(pebble_factory: Callable[..., PebbleServer]) -> PebbleServer:
+    return pebble_factory(certificate_validity=VALIDITY, extra_env={"PEBBLE_AUTHZREUSE": "0"}, nonce_reject=0)
+
+
+@pytest.fixture
+def webroot(matrix_pebble: PebbleServer, tmp_path: Path) -> Iterator[Path]:
+    """One static server on Pebble's HTTP-01 port for every cell's tokens (one port: one standalone listener)."""
+    root = tmp_path / "webroot"
+    root.mkdir()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", matrix_pebble.http01_port),
+                                             functools.partial(_QuietHandler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def proxies(matrix_pebble: PebbleServer) -> Iterator[dict[str, HttpFaultProxy]]:
+    made = {cell.name: acme_faults.proxy_for(matrix_pebble) for cell in cells()}
+    yield made
+    for proxy in made.values():
+        proxy.close()
+
+
+def _mono(at: datetime) -> float:
+    return time.monotonic() + (at - datetime.now(UTC)).total_seconds()
+
+
+def _lift(cell: Cell, doc: dict[str, str]) -> datetime:
+    not_after = datetime.fromisoformat(doc["not_after"])
+    if cell.duration == "brief":
+        return datetime.fromisoformat(doc["renew_at"]) + timedelta(seconds=12)
+    if cell.duration == "past-deadline":
+        return datetime.fromisoformat(doc["hard_deadline"]) + timedelta(seconds=4)
+    return not_after + timedelta(seconds=4)
+
+
+@pytest.mark.slow
+def test_every_ca_fault_at_every_phase_holds_the_invariants(
+    matrix_pebble: PebbleServer, proxies: dict[str, HttpFaultProxy], webroot: Path,
+    tmp_path: Path, write_config: WriteConfig,
+) -> None:
+    port = free_port()
+    config = write_config(_config(matrix_pebble, tmp_path, webroot, proxies, port))
+    by_name = {cell.name: cell for cell in cells()}
+    daemon = Daemon(config, port, tmp_path / "daemon.log")
+    checker = Checker(daemon.url, {n: tmp_path / "out" / n for n in by_name}, cli=certd, config=config)
+    try:
+        docs = _first_issuance(daemon, by_name)
+        lifts = {}
+        injected = time.monotonic()
+        for name, cell in by_name.items():
+            make, _ = FAULTS[cell.fault]
+            lifts[name] = _lift(cell, docs[name])
+            for rule in make(cell.phase, end=_mono(lifts[name])):
+                proxies[name].add(rule)
+        checker.start()
+        ends = max(datetime.fromisoformat(d["not_after"]) for d in docs.values()) + timedelta(seconds=25)
+        while datetime.now(UTC) < ends and daemon.proc.poll() is None:
+            time.sleep(1)
+        final = {d["name"]: d for d in daemon.get("/v1/certificates").json()["certificates"]}
+    finally:
+        checker.stop()
+        daemon.stop()
+    log = (tmp_path / "daemon.log").read_text()
+    assert checker.samples > 100, checker.samples
+    assert checker.violations == [], (checker.violations[:20], log[-3000:])
+    problems: list[str] = []
+    for name, cell in by_name.items():
+        problems += _cell_problems(cell, docs[name], final[name], lifts[name], checker, proxies[name], config,
+                                   injected)
+    (tmp_path / "problems.txt").write_text("\n".join(problems))
+    assert problems == [], "\n".join(problems)
+
+
+def _first_issuance(daemon: Daemon, by_name: dict[str, Cell]) -> dict[str, dict[str, str]]:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        docs = {d["name"]: d for d in daemon.get("/v1/certificates").json()["certificates"]}
+        if all(docs[n]["status"] in GOOD for n in by_name):
+            return docs
+        time.sleep(0.5)
+    raise AssertionError(f"not all issued: {[n for n in by_name if docs[n]['status'] not in GOOD]}")
+
+
+def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lift: datetime, checker: Checker,
+                   proxy: HttpFaultProxy, config: Path, injected: float) -> list[str]:
+    name, record = cell.name, checker.records[cell.name]
+    found: list[str] = []
+    statuses = {s for _, s in record.statuses}
+    hits = sum(rule.hits for rule in proxy.rules)
+    if hits == 0:
+        found.append(f"{name}: the fault was never hit: the cell proves nothing")
+    if final["status"] not in GOOD or final["serial"] == first["serial"]:
+        found.append(f"{name}: not renewed in the end: {final['status']} {final['status_message']}")
+    if "failing" not in statuses and not statuses & {"critical", "expired"}:
+        found.append(f"{name}: the fault was never shown: {sorted(statuses)}")
+    if cell.duration != "past-expiry" and record.expired_at:
+        found.append(f"{name}: the served certificate expired while the CA could issue")
+    if cell.duration == "brief" and statuses & {"critical", "expired"}:
+        found.append(f"{name}: a brief fault reached {sorted(statuses)}")
+    if cell.duration == "past-deadline" and "critical" not in statuses:
+        found.append(f"{name}: never critical inside the hard deadline: {sorted(statuses)}")
+    if cell.duration == "past-expiry":
+        if "expired" not in statuses:
+            found.append(f"{name}: never shown expired: {sorted(statuses)}")
+        if record.renewed_at is None or record.renewed_at > _mono(lift) + 15:
+            found.append(f"{name}: not renewed within 15 s of the CA's return")
+    history = json.loads(certd("history", name, "--json", config=config).stdout)
+    failed = [e for e in history["events"] if e["kind"] == "renewal.failed"]  # all in the episode: none after
+    _, cause = FAULTS[cell.fault]
+    if not failed or not all(e.get("step") for e in failed) or cause not in " ".join(e["message"] for e in failed):
+        found.append(f"{name}: failures not recorded with step and cause: {failed[:2]}")
+    # The episode: from the fault's start to the first renewal served after it (later renewals are routine).
+    until = record.renewed_at if record.renewed_at is not None else float("inf")
+    orders = proxy.count(Phase.ORDER, method="POST", status=201, since=injected, until=until)
+    bound = (len(failed) + 1) * (2 if cell.fault == "account-gone" else 1)  # one per attempt (two: registered
+    if orders > bound:  # again and ordered again), the successful one included
+        found.append(f"{name}: {orders} orders for {len(failed)} failed attempts (bound {bound})")
+    return found
