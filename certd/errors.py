@@ -55,6 +55,8 @@ class CertdError(Exception):
         if retryable is not None:
             self.retryable = retryable
         self.retry_after = retry_after
+        # Look again no later than this (a server that is down: checking costs nothing at the CA).
+        self.retry_within: timedelta | None = None
 
     def __str__(self) -> str:
         return self.message

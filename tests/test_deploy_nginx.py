@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from certd.config.load import load_config
 from certd.engine.app import App
+from certd.reports.views import list_doc
 from tests.conftest import WriteConfig
+from tests.servers.fault_proxy import FaultProxy
 from tests.test_deploy_haproxy import BASE, NAME, HandshakeLoop, disk_serial, served_serial, verify_line
 
 
@@ -108,3 +112,33 @@ def test_deploy_that_changes_nothing_is_caught_by_verify_and_rolled_back(
         assert len(verified) == 1 and f"serves serial {first}" in verified[0]
     finally:
         app.close()
+
+
+def test_deployed_is_not_shown_while_verify_has_yet_to_see_the_new_certificate(
+    nginx_factory: Any, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """Issue 18: ``deployed`` was shown for the seconds verify took, while the old certificate was still served.
+    The verify endpoint is nginx behind a proxy that holds every chunk 0.4 s, so verify takes seconds; the
+    status read meanwhile is ``published`` (the files are in place), then ``served`` — never ``deployed``."""
+    _bootstrap(write_config)
+    out = tmp_path / "out/edge"
+    root = tmp_path / "local-ca/root.pem"
+    nginx = nginx_factory(out / "fullchain.pem", out / "privkey.pem")
+    slow = FaultProxy(nginx.port, mode="slow", delay=0.4)
+    table = f'\n[deploy.web]\ntype = "signal"\npid_file = "{nginx.pid_file}"\nsignal = "HUP"\n'
+    body = _with(BASE, table, verify_line(slow.port, root) + 'verify_timeout = "30s"\n')
+    app = App.open(load_config(write_config(body, name="certd.toml")))
+    seen: list[str] = []
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            running = pool.submit(app.pipeline.renew, "edge", force=True)
+            while not running.done():
+                seen.append({c["name"]: c["status"] for c in list_doc(app)["certificates"]}["edge"])
+                time.sleep(0.05)
+            result = running.result()
+    finally:
+        app.close()
+        slow.close()
+    assert (result.outcome, result.state) == ("renewed", "served"), result
+    assert "deployed" not in seen, seen
+    assert seen.count("published") > 5, seen  # verify did take a while, and was seen as not done

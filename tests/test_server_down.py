@@ -10,20 +10,25 @@ from __future__ import annotations
 
 import socket
 import ssl
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 
 from certd.config.load import load_config
+from certd.config.model import LocalCAIssuerConfig
 from certd.core.kinds import EventKind
 from certd.core.policy import Reason
 from certd.deploy.publish import published_serial
 from certd.engine.app import App
+from certd.engine.scheduler import Scheduler
+from certd.issuers.local_ca import LocalCA
 from certd.pki.certs import serial_hex
 from certd.reports.views import list_doc
-from tests.conftest import WriteConfig
+from tests.conftest import FakeClock, WriteConfig
 from tests.servers.nginx import NginxServer
 from tests.servers.ports import free_port
+from tests.test_failures_recorded import CountingCA
 
 CONFIG = """
 [database]
@@ -92,4 +97,63 @@ def test_a_server_down_at_rollout_gets_the_new_certificate_when_it_starts(
     finally:
         if nginx is not None:
             nginx.stop()
+        app.close()
+
+
+def test_a_server_down_past_the_renewal_time_costs_one_order(write_config: WriteConfig, tmp_path: Path) -> None:
+    """The daemon's scheduler on a fake clock, past the renewal time with nginx down for hours: the first
+    renewal orders, publishes and finds the server down (kept published, not rolled back); every retry after
+    that looks at the server again — it never orders again (issue 18: 10 orders in 5 minutes, seen on HAProxy)."""
+    port = free_port()
+    out, workdir = tmp_path / "out/web", tmp_path / "nginx"
+    workdir.mkdir()
+    # No verify endpoint: the fake clock is two days ahead, so a real TLS client would find the certificates
+    # not yet valid; the server being down is what the deploy target says (no pid file), as without verify.
+    body = CONFIG.replace('verify = [{ endpoint = "127.0.0.1:PORT", sni = "web.example.test" }]\n', "")
+    config = load_config(write_config(body.replace('output_dir = "{tmp}/out/web"',
+                                                   'output_dir = "{tmp}/out/web"\nlifetime = "72h"')))
+    clock = FakeClock(datetime.now(UTC))
+    issuer_cfg = config.issuers["local"]
+    assert isinstance(issuer_cfg, LocalCAIssuerConfig)
+    ca = CountingCA(LocalCA("local", issuer_cfg, clock=clock))
+    app = App.open(config, clock=clock, issuers={"local": ca})  # type: ignore[dict-item]
+    scheduler = Scheduler(lambda: app, clock, workers=1, inline=True)
+    nginx = None
+    try:
+        first = app.pipeline.renew("web")
+        nginx = NginxServer(out / "fullchain.pem", out / "privkey.pem", workdir=workdir, port=port)
+        assert app.pipeline.deploy("web").state == "deployed" and ca.orders == 1
+        nginx.stop()
+        nginx = None
+        clock.advance(timedelta(hours=49))  # past the renewal time (2/3 of 72 h)
+        scheduler.scan()
+        assert ca.orders == 2
+        issued = published_serial(out)
+        assert issued != first.serial
+        until = clock.now() + timedelta(hours=3)
+        scans = 0
+        while clock.now() < until:
+            row = app.inventory.certificate("web")
+            assert row is not None and row.next_attempt_at is not None
+            assert row.next_attempt_at - clock.now() <= timedelta(seconds=11)  # a down server is looked at soon
+            clock.current = row.next_attempt_at + timedelta(seconds=1)
+            scheduler.scan()
+            scans += 1
+            assert published_serial(out) == issued
+            if scans > 50:
+                break
+        assert ca.orders == 2, ca.orders
+        assert {c["name"]: c["status"] for c in list_doc(app)["certificates"]}["web"] == "failing"
+        nginx = NginxServer(out / "fullchain.pem", out / "privkey.pem", workdir=workdir, port=port)  # back
+        row = app.inventory.certificate("web")
+        assert row is not None and row.next_attempt_at is not None
+        clock.current = row.next_attempt_at + timedelta(seconds=1)
+        scheduler.scan()
+        assert {c["name"]: c["status"] for c in list_doc(app)["certificates"]}["web"] == "deployed", \
+            [(e.kind, e.message) for e in app.inventory.events("web")][:4]
+        assert _served(port) == issued and ca.orders == 2
+    finally:
+        if nginx is not None:
+            nginx.stop()
+        scheduler.shutdown()
         app.close()

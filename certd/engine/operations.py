@@ -23,10 +23,10 @@ from cryptography import x509
 from certd.core.kinds import EventKind, Step
 from certd.deploy.publish import FILES, Generation, Publisher, current_generation, published_serial
 from certd.engine import runner
-from certd.engine.attempt import Attempt, as_step_error
+from certd.engine.attempt import Attempt, StepError, as_step_error
 from certd.engine.renew import add_version
 from certd.engine.result import Result
-from certd.engine.rollout import Material
+from certd.engine.rollout import Material, mark_server_down
 from certd.engine.services import Services
 from certd.engine.trust import refresh_bundle_file
 from certd.errors import CertdError, DeployError
@@ -65,8 +65,12 @@ def _deploy(s: Services, attempt: Attempt) -> Result:
     with attempt.step(Step.DEPLOY, at="issuer"):
         roots = tuple(s.issuer(cfg.issuer).roots() or ())
     material = Material.of_version(version, key, roots)
-    state, pending = s.rollout.deploy_and_verify(attempt, material, version.id, attempt.beat.lease
-                                                 if attempt.beat else None)
+    try:
+        state, pending = s.rollout.deploy_and_verify(attempt, material, version.id, attempt.beat.lease
+                                                     if attempt.beat else None)
+    except StepError as exc:
+        mark_server_down(cfg, exc)  # still down: looked at again within seconds, not after the backoff
+        raise
     Publisher.mark_good(gen)  # served now: it counts towards keep again and can be rolled back to
     if attempt.row is not None and attempt.row.failed_step == Step.TRUST:
         with attempt.step(Step.TRUST):  # what a failed bundle push left undone after the renewal

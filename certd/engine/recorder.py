@@ -125,7 +125,7 @@ class Recorder:
             return retry_at(max(failures, 1), now, rng=self._rng, deadline=deadline, retryable=err.retryable,
                             retry_after=err.retry_after, own_budget=err.reason == BUDGET_REASON,
                             lifetime=old.not_after - old.not_before if old else None,
-                            not_after=old.not_after if old else None)
+                            not_after=old.not_after if old else None, retry_within=err.retry_within)
 
         retry = self.inventory.record_failure(name, now, step=exc.step, error=f"{exc.step}: {err}", reason=err.reason,
                                               backoff=backoff) or backoff(1)

@@ -39,10 +39,23 @@ from certd.inventory.store import Inventory
 from certd.lb.health import baseline, confirm_accepted
 from certd.pki.certs import load_pem_certs, serial_hex
 
-__all__ = ["Material", "Prober", "Rollout", "default_sni"]
+# A server down at rollout is looked at again this soon (capped by the normal backoff): certd confirms the new
+# certificate within seconds of the server's return, and a look costs a connect or a pid check, no order.
+SERVER_DOWN_RETRY = timedelta(seconds=10)
+
+__all__ = ["SERVER_DOWN_RETRY", "Material", "Prober", "Rollout", "default_sni", "mark_server_down"]
 
 # verify(endpoint, sni, ca_bundle_roots, expected_leaf, timeout) -> message; raises VerifyError
 Prober = Callable[[str, str, tuple[x509.Certificate, ...], x509.Certificate, timedelta], str]
+
+
+def mark_server_down(cfg: CertificateConfig, exc: StepError) -> bool:
+    """Whether the failure is a server that is down (``TargetAbsent`` and no verify endpoint answering); if so
+    its retry is brought forward to ``SERVER_DOWN_RETRY``: looking again costs a connect, no order."""
+    if not isinstance(exc.error, TargetAbsent) or _any_endpoint_up(cfg):
+        return False
+    exc.error.retry_within = SERVER_DOWN_RETRY
+    return True
 
 
 @dataclass(frozen=True)
@@ -140,18 +153,23 @@ class Rollout:
         try:
             return self.deploy_and_verify(attempt, material, version_id, beat.lease)
         except StepError as exc:
-            if isinstance(exc.error, TargetAbsent) and not _any_endpoint_up(attempt.cfg):
-                # The server is down, not refusing this certificate: leave it published, so the server loads
-                # the new one when it starts. Rolling back would have it start on the old one, and the retry
-                # (a redeploy of this version, no new order) finishes the job once it runs again.
-                self.recorder.event(attempt.name, EventKind.ROLLBACK_SKIPPED, f"{exc.error}: serial "
-                                    f"{material.serial} stays published for when it starts; not rolled back",
-                                    attempt.rid, step=Step.DEPLOY, level="warning")
-                raise
-            publisher.mark_failed(generation)  # never counted by keep, never a rollback target
-            if attempt.cfg.rollback and attempt.old is not None:
-                self.rollback(attempt, publisher, attempt.old, material.roots, beat.lease)
+            if not self._server_down(attempt, exc, material.serial):
+                publisher.mark_failed(generation)  # never counted by keep, never a rollback target
+                if attempt.cfg.rollback and attempt.old is not None:
+                    self.rollback(attempt, publisher, attempt.old, material.roots, beat.lease)
             raise
+
+    def _server_down(self, attempt: Attempt, exc: StepError, serial: str) -> bool:
+        """A server that is down, not refusing this certificate: leave the new one published, so the server
+        loads it when it starts (rolling back would have it start on the old one), and look again soon — a
+        socket or a pid file, no order and no reload — so certd confirms it within seconds of the return."""
+        if not mark_server_down(attempt.cfg, exc):
+            return False
+        self.recorder.event(attempt.name, EventKind.ROLLBACK_SKIPPED, f"{exc.error}: serial {serial} stays "
+                            f"published for when it starts; not rolled back; looked at again within "
+                            f"{SERVER_DOWN_RETRY.total_seconds():g}s", attempt.rid, step=Step.DEPLOY,
+                            level="warning")
+        return True
 
     def roll_out_again(self, attempt: Attempt, version: Version, generation: Generation,
                        roots: tuple[x509.Certificate, ...]) -> tuple[str, bool]:
@@ -178,8 +196,9 @@ class Rollout:
                                 attempt.rid, step=Step.PUBLISH)
         try:
             state = self.deploy_and_verify(attempt, Material.of_version(version, key, roots), version.id, beat.lease)
-        except StepError:
-            if attempt.cfg.rollback and attempt.old is not None:
+        except StepError as exc:
+            if not self._server_down(attempt, exc, version.serial) and attempt.cfg.rollback \
+                    and attempt.old is not None:
                 self.rollback(attempt, publisher, attempt.old, roots, beat.lease)
             raise
         publisher.mark_good(generation)
@@ -221,7 +240,9 @@ class Rollout:
                                         step=Step.DEPLOY)
                 if not pending:
                     state = VersionState.DEPLOYED
-                    if lease is not None:
+                    # With checks to run, the version stays published until they pass: 'deployed' during a
+                    # verify that takes seconds (old workers still presenting the old certificate) read as done.
+                    if lease is not None and not cfg.verify and not cfg.lb_checks:
                         self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
         if cfg.verify and not pending:
             with attempt.step(Step.VERIFY):
@@ -246,6 +267,8 @@ class Rollout:
                 for check, before in zip(cfg.lb_checks, lb_before, strict=True):
                     message = confirm_accepted(check, before, cfg.verify_timeout)
                     self.recorder.event(name, EventKind.VERIFY_DONE, message, attempt.rid, step=Step.VERIFY)
+            if state is VersionState.DEPLOYED and lease is not None:  # no verify endpoint: deployed is the end
+                self.inventory.update_version(lease, version_id, self.clock.now(), state=state.value)
         return state.value, bool(pending)
 
     def rollback(self, attempt: Attempt, publisher: Publisher, old: Version, roots: tuple[x509.Certificate, ...],
