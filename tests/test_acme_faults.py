@@ -78,3 +78,27 @@ def test_a_slow_ca_within_the_deadline_still_issues(
     finally:
         app.close()
 
+
+
+def test_a_ca_hung_before_the_first_request_of_a_process_fails_in_bounded_time(
+    pebble: PebbleServer, proxied: FaultProxy, write_config: WriteConfig, tmp_path: Path
+) -> None:
+    """A daemon that starts while the CA hangs: its first attempt must fetch the directory and find the account
+    first, and those requests count against ``attempt_timeout`` too (they took 57 s against a 5 s deadline)."""
+    config = load_config(_config(pebble, proxied, tmp_path, write_config))
+    app = App.open(config)
+    try:
+        assert app.pipeline.renew("edge").outcome == "renewed"  # the account exists at the CA
+    finally:
+        app.close()
+    proxied.mode = "hang"
+    app = App.open(config)  # a new process: no directory, no account loaded yet
+    try:
+        started = time.monotonic()
+        failed = app.pipeline.renew("edge", force=True)
+        took = time.monotonic() - started
+    finally:
+        app.close()
+    assert (failed.outcome, failed.failed_step) == ("failed", "issue"), failed
+    assert took < 8, took  # the 4 s attempt
+    assert "issuers.pebble.attempt_timeout" in (failed.error or ""), failed.error

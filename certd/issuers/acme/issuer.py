@@ -32,7 +32,7 @@ from certd.errors import CertdError, IssuerError
 from certd.issuers.acme import ari
 from certd.issuers.acme.account import AcmeAccount
 from certd.issuers.acme.errors import converted, problem_text
-from certd.issuers.acme.network import signed_post
+from certd.issuers.acme.network import attempt_deadline, signed_post
 from certd.issuers.acme.order import Orders
 from certd.issuers.base import AccountStore, Issued, IssueRequest, RenewalWindow
 from certd.issuers.challenges.base import ChallengeSolver
@@ -86,6 +86,15 @@ class AcmeIssuer:
                               reason="RootsUnreadable") from exc
 
     def issue(self, request: IssueRequest) -> Issued:
+        """One order under the attempt's deadline (``attempt_timeout``), every request of it included — the
+        directory, the account, a registration made again: a CA that hangs cannot hold a worker."""
+        limit = self._config.attempt_timeout
+        said = (f"the attempt ran out of its {format_duration(limit)} (issuers.{self.name}.attempt_timeout) "
+                "waiting for the CA")
+        with attempt_deadline(limit.total_seconds(), said):
+            return self._issue_or_register(request)
+
+    def _issue_or_register(self, request: IssueRequest) -> Issued:
         """One order; a CA that forgot the account gets it registered again and the order placed once more."""
         try:
             return self._issue(request)
@@ -111,19 +120,9 @@ class AcmeIssuer:
         return replace(issued, notices=(*issued.notices, notice))
 
     def _issue(self, request: IssueRequest) -> Issued:
-        """One order under the attempt's deadline (``attempt_timeout``): a CA that hangs cannot hold a worker."""
-        limit = self._config.attempt_timeout
-        said = (f"the attempt ran out of its {format_duration(limit)} (issuers.{self.name}.attempt_timeout) "
-                "waiting for the CA")
         with self._converted(request.certificate, "order"):
             client = self._account.client()
-        net = self._account.network()
-        assert net is not None  # made with this thread's client
-        net.deadline = (time.monotonic() + limit.total_seconds(), said)
-        try:
-            return self._order(client, request)
-        finally:
-            net.deadline = None
+        return self._order(client, request)
 
     def _order(self, client: acme_client.ClientV2, request: IssueRequest) -> Issued:
         with self._converted(request.certificate, "order"):

@@ -18,8 +18,10 @@ module gives every worker thread its own.
 from __future__ import annotations
 
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
@@ -31,7 +33,7 @@ from josepy.interfaces import JSONDeSerializable
 from certd.errors import IssuerUnavailable
 from certd.issuers.acme.errors import problem_text, retry_after_seconds
 
-__all__ = ["AcmeNetwork", "AttemptDeadline", "links", "post_as_get", "signed_post"]
+__all__ = ["AcmeNetwork", "AttemptDeadline", "attempt_deadline", "links", "post_as_get", "signed_post"]
 
 # Each ``post`` of the library already tries twice on badNonce, so 7 more calls make at most 16 POSTs in a row:
 # at Pebble's 50% fault-test rejection, about 1 failure in 65,000 requests (with 12 POSTs a 100-request batch
@@ -42,6 +44,23 @@ _RETRY_IN_PLACE = 30.0  # seconds: a longer Retry-After goes back to the schedul
 
 class AttemptDeadline(IssuerUnavailable):
     """The whole attempt (``attempt_timeout``) ran out: a CA that answers slowly, or accepts and never answers."""
+
+
+# The calling thread's attempt: ``deadline`` (monotonic end, what to say when it passes) and ``last`` (what the
+# CA last answered wrongly, or what the attempt waits on). Per thread, not per network: the directory fetch,
+# the account lookup and a registration made again use networks of their own, and the deadline bounds them all.
+_ATTEMPT = threading.local()
+
+
+@contextmanager
+def attempt_deadline(seconds: float, said: str) -> Iterator[None]:
+    """Every ACME request this thread makes inside the block: its timeout shrinks to what is left, and none
+    starts (no retry sleeps) once the attempt is spent."""
+    _ATTEMPT.deadline, _ATTEMPT.last = (time.monotonic() + seconds, said), None
+    try:
+        yield
+    finally:
+        _ATTEMPT.deadline, _ATTEMPT.last = None, None
 
 
 class AcmeNetwork(acme_client.ClientNetwork):
@@ -58,40 +77,35 @@ class AcmeNetwork(acme_client.ClientNetwork):
         self._attempts = attempts
         self._backoff = backoff
         self._sleep = sleep
-        self._deadline: tuple[float, str] | None = None
-        self._last_failure: str | None = None  # what the CA last answered wrongly in this attempt
-
-    @property
-    def deadline(self) -> tuple[float, str] | None:
-        """Set by the issuer for one attempt: (monotonic deadline, what to say when it passes)."""
-        return self._deadline
-
-    @deadline.setter
-    def deadline(self, value: tuple[float, str] | None) -> None:
-        self._deadline, self._last_failure = value, None
 
     @property
     def waiting_for(self) -> str | None:
-        return self._last_failure
+        return getattr(_ATTEMPT, "last", None)
 
     @waiting_for.setter
     def waiting_for(self, what: str) -> None:
         """What the attempt is waiting on (an order still ``processing``): said if the deadline passes."""
-        self._last_failure = what
+        _ATTEMPT.last = what
 
-    def _ran_out(self) -> AttemptDeadline:
+    @staticmethod
+    def _deadline() -> tuple[float, str] | None:
+        deadline: tuple[float, str] | None = getattr(_ATTEMPT, "deadline", None)
+        return deadline
+
+    @staticmethod
+    def _ran_out(said: str) -> AttemptDeadline:
         """The deadline's error, with the answer that kept the attempt retrying: the cause, not only the clock."""
-        assert self._deadline is not None
-        said = self._deadline[1]
-        return AttemptDeadline(f"{said}; the CA's last answer: {self._last_failure}" if self._last_failure else said)
+        last = getattr(_ATTEMPT, "last", None)
+        return AttemptDeadline(f"{said}; the CA's last answer: {last}" if last else said)
 
     def _bounded(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Each request's timeout shrinks to what the attempt has left; none starts once it is spent."""
-        if self._deadline is None:
+        deadline = self._deadline()
+        if deadline is None:
             return kwargs
-        left = self._deadline[0] - time.monotonic()
+        left = deadline[0] - time.monotonic()
         if left <= 0:
-            raise self._ran_out()
+            raise self._ran_out(deadline[1])
         return {**kwargs, "timeout": max(0.1, min(float(kwargs.get("timeout", self._request_timeout)), left))}
 
     @property
@@ -106,8 +120,9 @@ class AcmeNetwork(acme_client.ClientNetwork):
     def _pause(self, attempt: int, retry_after: float | None) -> None:
         delay = retry_after if retry_after is not None else self._backoff * 2**attempt
         delay *= random.uniform(1.0, 1.25)  # noqa: S311 - jitter, not a secret
-        if self._deadline is not None and time.monotonic() + delay >= self._deadline[0]:
-            raise self._ran_out()
+        deadline = self._deadline()
+        if deadline is not None and time.monotonic() + delay >= deadline[0]:
+            raise self._ran_out(deadline[1])
         self._sleep(delay)
 
     def _with_retries(self, call: Callable[[], requests.Response]) -> requests.Response:
@@ -118,7 +133,7 @@ class AcmeNetwork(acme_client.ClientNetwork):
             try:
                 return call()
             except messages.Error as err:
-                self._last_failure = problem_text(err)
+                _ATTEMPT.last = problem_text(err)
                 if err.code == "badNonce" and bad_nonces < _BAD_NONCE_RETRIES:
                     bad_nonces += 1
                     continue
@@ -127,11 +142,11 @@ class AcmeNetwork(acme_client.ClientNetwork):
                     raise
             except acme_errors.ClientError as err:
                 status = self.last_response.status_code if self.last_response is not None else 0
-                self._last_failure = f"HTTP {status}: {err}"[:300]
+                _ATTEMPT.last = f"HTTP {status}: {err}"[:300]
                 if status < 500 or attempt + 1 >= self._attempts:
                     raise
             except (requests.ConnectionError, requests.Timeout) as err:
-                self._last_failure = "no answer (timed out)" if isinstance(err, requests.Timeout) else \
+                _ATTEMPT.last = "no answer (timed out)" if isinstance(err, requests.Timeout) else \
                     "the connection failed"
                 if attempt + 1 >= self._attempts:
                     raise
