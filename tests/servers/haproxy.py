@@ -46,12 +46,16 @@ class HaproxyServer:
         backend_sni: str = "localhost",
         backend_options: str = "",
         workdir: Path | None = None,
+        port: int | None = None,
     ) -> None:
-        """backend_server ("host:port") switches the frontend from answering "ok" itself to re-encrypting to it."""
+        """backend_server ("host:port") switches the frontend from answering "ok" itself to re-encrypting to it.
+
+        ``workdir`` and ``port`` of a stopped one start it again as the same server (same socket, same port).
+        """
         self.workdir = workdir or make_workdir("haproxy")
         self._own_workdir = workdir is None
         self.combined_pem = Path(combined_pem)
-        self.port = free_port()
+        self.port = port or free_port()
         self.socket = self.workdir / "admin.sock"
         if backend_server is None:
             action = "    http-request return status 200 content-type text/plain string ok\n"
