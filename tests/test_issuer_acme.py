@@ -317,7 +317,7 @@ def test_tsig_key_the_server_refuses(
     names = [f"refused.{bind.zone}"]
     app = open_app(write_config(acme_config(pebble_dns01, tmp_path, {"r": names}, issuer_extra=dns, http01="")))
     error = _renew_fails(app, "r")
-    assert "ACME pebble: r: order:" in error and "TSIG" in error
+    assert "ACME pebble: r: challenge:" in error and "TSIG" in error
     assert "c2VjcmV0" not in error and bind.tsig_secret not in error
 
 

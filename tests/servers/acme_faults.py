@@ -11,7 +11,7 @@ from pathlib import Path
 from cryptography import x509
 
 from tests.servers import tlsutil
-from tests.servers.http_fault_proxy import HttpFaultProxy, Response, Rule
+from tests.servers.http_fault_proxy import HttpFaultProxy, Request, Response, Rule
 from tests.servers.pebble import PebbleServer
 
 ACME_ERROR = "urn:ietf:params:acme:error:"
@@ -63,7 +63,7 @@ def account_gone(phase: Phase, **when: object) -> Rule:
                 **when)  # type: ignore[arg-type]
 
 
-def _order_processing(response: Response) -> Response:
+def _order_processing(request: Request, response: Response) -> Response:
     status, headers, body = response
     try:
         order = json.loads(body)
@@ -83,7 +83,7 @@ def stuck_processing(**when: object) -> list[Rule]:
             Rule("rewrite", Phase.POLL, method="POST", rewrite=_order_processing, **when)]  # type: ignore[arg-type]
 
 
-def _another_key(response: Response) -> Response:
+def _another_key(request: Request, response: Response) -> Response:
     """The chain the CA sent, its leaf replaced by one for the same names and a key the client never had."""
     status, headers, body = response
     if status != 200:

@@ -11,7 +11,9 @@ finalize, a certificate download, a Vault sign. What a rule does:
 - ``refuse``: stop listening while the rule is active (connections refused), resetting the one that asked;
 - ``slow``: forward, but answer ``delay`` seconds late;
 - ``rewrite``: forward, then change the real answer (an order kept ``processing``, a certificate for a key
-  the client never had).
+  the client never had); it sees the request too;
+- ``serve``: answer from the test's own function, never asking the server (a resource the server lacks, such
+  as ARI's ``renewalInfo`` in front of a Pebble without it).
 
 A rule is active between ``start`` and ``end`` (monotonic seconds; ``None`` = from now / until cleared) and for
 at most ``times`` matching requests. The client must see only the proxy: it serves the real server's own
@@ -39,8 +41,9 @@ from urllib.parse import urlsplit
 
 from tests.servers.ports import HOST, free_port, tcp_open
 
-KINDS = ("answer", "hang", "reset", "refuse", "slow", "rewrite")
+KINDS = ("answer", "hang", "reset", "refuse", "slow", "rewrite", "serve")
 Response = tuple[int, list[tuple[str, str]], bytes]
+Request = tuple[str, str, bytes]  # method, path, body
 _UPSTREAM_TIMEOUT = 30.0
 _DROP_RESPONSE_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "date", "server"}
 _DROP_REQUEST_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "accept-encoding"}
@@ -57,7 +60,8 @@ class Rule:
     body: dict[str, Any] | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 1.0
-    rewrite: Callable[[Response], Response] | None = None
+    rewrite: Callable[[Request, Response], Response] | None = None
+    serve: Callable[[Request], Response] | None = None
     times: int | None = None
     start: float | None = None
     end: float | None = None
@@ -243,9 +247,10 @@ class HttpFaultProxy:
                         threading.Thread(target=proxy._unlisten, daemon=True).start()
                     self._reset()
                     return
-                if rule is not None and kind == "answer":
-                    self._reply(*self._canned(rule))
-                    proxy._note(self.command, path, rule.status, rule)
+                if rule is not None and kind in ("answer", "serve"):
+                    answer = rule.serve((self.command, path, body)) if rule.serve else self._canned(rule)
+                    self._reply(*answer)
+                    proxy._note(self.command, path, answer[0], rule)
                     return
                 try:
                     response = self._forward(body)
@@ -255,7 +260,7 @@ class HttpFaultProxy:
                 if rule is not None and kind == "slow":
                     time.sleep(rule.delay)
                 if rule is not None and kind == "rewrite" and rule.rewrite is not None:
-                    response = rule.rewrite(response)
+                    response = rule.rewrite((self.command, path, body), response)
                 proxy._note(self.command, path, response[0], rule)
                 self._reply(*response)
 
