@@ -36,6 +36,15 @@ class FakeClock:
         self.current += delta
 
 
+class TickingClock(FakeClock):
+    """A fake clock that moves a millisecond every time it is read, as a real one does between two reads: code
+    that compares a time it computed with a ``now`` it read earlier is caught (a plain fake clock hides it)."""
+
+    def now(self) -> datetime:
+        self.current += timedelta(milliseconds=1)
+        return self.current
+
+
 @pytest.fixture
 def fake_clock() -> FakeClock:
     return FakeClock()

@@ -36,6 +36,7 @@ from tests.invariants import Checker
 from tests.servers import acme_faults
 from tests.servers.acme_faults import Phase
 from tests.servers.http_fault_proxy import HttpFaultProxy, Rule
+from tests.servers.openbao import OpenBaoServer
 from tests.servers.pebble import PebbleServer
 from tests.servers.ports import free_port
 from tests.test_daemon import Daemon
@@ -44,19 +45,16 @@ from tests.test_issuer_acme import _QuietHandler
 VALIDITY = 180  # seconds: due at 90 s, hard deadline at 162 s
 RENEW_FRACTION = 0.5
 ATTEMPT_TIMEOUT = 3  # seconds: a hung CA holds an attempt this long
+VAULT_ROLE = "matrix"
 GOOD = {"published", "deployed", "served"}  # no deploy targets here: published is the end
 
 
-def _hang(phase: Phase, **when: object) -> Rule:
-    return Rule("hang", phase, method="POST", **when)  # type: ignore[arg-type]
+def _kind(kind: str) -> Callable[..., list[Rule]]:
+    return lambda p, **w: [Rule(kind, p, method="POST", **w)]
 
 
-def _reset(phase: Phase, **when: object) -> Rule:
-    return Rule("reset", phase, method="POST", **when)  # type: ignore[arg-type]
-
-
-def _refuse(phase: Phase, **when: object) -> Rule:
-    return Rule("refuse", phase, method="POST", **when)  # type: ignore[arg-type]
+def _vault_error(status: int, message: str) -> Callable[..., list[Rule]]:
+    return lambda p, **w: [Rule("answer", p, method="POST", status=status, body={"errors": [message]}, **w)]
 
 
 # fault -> (the rules, what the recorded error must say)
@@ -65,48 +63,83 @@ FAULTS: dict[str, tuple[Callable[..., list[Rule]], str]] = {
     "rate-limited": (lambda p, **w: [acme_faults.rate_limited(p, retry_after=1, **w)], "rateLimited"),
     "bad-nonce": (lambda p, **w: [acme_faults.bad_nonce(p, **w)], "badNonce"),
     "account-gone": (lambda p, **w: [acme_faults.account_gone(p, **w)], "accountDoesNotExist"),
-    "hang": (lambda p, **w: [_hang(p, **w)], "attempt_timeout"),
-    "reset": (lambda p, **w: [_reset(p, **w)], ""),
-    "refuse": (lambda p, **w: [_refuse(p, **w)], ""),
+    "hang": (_kind("hang"), "attempt_timeout"),
+    "reset": (_kind("reset"), ""),
+    "refuse": (_kind("refuse"), ""),
     "stuck-processing": (lambda p, **w: acme_faults.stuck_processing(**w), "'processing'"),
     "wrong-certificate": (lambda p, **w: [acme_faults.wrong_certificate(**w)], "does not match"),
+}
+VAULT_FAULTS: dict[str, tuple[Callable[..., list[Rule]], str]] = {
+    "server-error": (_vault_error(500, "internal error"), "internal error"),
+    "rate-limited": (_vault_error(429, "rate limit quota exceeded"), "429"),
+    "sealed": (_vault_error(503, "Vault is sealed"), "sealed"),
+    "hang": (_kind("hang"), "attempt_timeout"),
+    "reset": (_kind("reset"), ""),
+    "refuse": (_kind("refuse"), ""),
 }
 ANY_PHASE = ("server-error", "rate-limited", "bad-nonce", "account-gone", "hang", "reset", "refuse")
 PHASES = (Phase.ORDER, Phase.CHALLENGE, Phase.FINALIZE, Phase.DOWNLOAD)
 OWN_PHASE = {"stuck-processing": Phase.FINALIZE, "wrong-certificate": Phase.DOWNLOAD}
+VAULT_PHASES = {"login": "/v1/auth/approle/login", "sign": "/v1/pki/sign/"}
 
 
 @dataclass(frozen=True)
 class Cell:
+    ca: str  # acme (Pebble) or vault (OpenBao)
     fault: str
-    phase: Phase
+    phase: str  # the label of the requests the fault hits
     duration: str  # brief, past-deadline, past-expiry
 
     @property
     def name(self) -> str:
-        return f"{self.fault}-{self.phase.name.lower()}-{self.duration}"
+        return f"{self.ca}-{self.fault}-{self.phase}-{self.duration}"
+
+    @property
+    def path(self) -> str:
+        return VAULT_PHASES[self.phase] if self.ca == "vault" else Phase[self.phase.upper()].value
+
+    @property
+    def fault_rules(self) -> tuple[Callable[..., list[Rule]], str]:
+        return (VAULT_FAULTS if self.ca == "vault" else FAULTS)[self.fault]
 
 
 def cells() -> list[Cell]:
-    made = [Cell(f, p, "brief") for f in ANY_PHASE for p in PHASES]
-    made += [Cell(f, p, "brief") for f, p in OWN_PHASE.items()]
+    def acme(fault: str, phase: Phase, duration: str) -> Cell:
+        return Cell("acme", fault, phase.name.lower(), duration)
+
+    made = [acme(f, p, "brief") for f in ANY_PHASE for p in PHASES]
+    made += [acme(f, p, "brief") for f, p in OWN_PHASE.items()]
     for duration in ("past-deadline", "past-expiry"):
-        made += [Cell(f, OWN_PHASE.get(f, Phase.FINALIZE), duration) for f in FAULTS]
+        made += [acme(f, OWN_PHASE.get(f, Phase.FINALIZE), duration) for f in FAULTS]
+    made += [Cell("vault", f, p, "brief") for f in VAULT_FAULTS for p in VAULT_PHASES]
+    made += [Cell("vault", f, "sign", "past-deadline") for f in ("server-error", "sealed", "hang")]
+    made += [Cell("vault", f, "sign", "past-expiry") for f in ("hang", "refuse")]
     return made
 
 
-def _config(pebble: PebbleServer, tmp: Path, webroot: Path, proxies: dict[str, HttpFaultProxy], port: int) -> str:
+def _config(pebble: PebbleServer, vault: OpenBaoServer, tmp: Path, webroot: Path,
+            proxies: dict[str, HttpFaultProxy], port: int) -> str:
     roots = tmp / "pebble-roots.pem"
     roots.write_bytes(pebble.roots_pem())
+    (tmp / "vault-root.pem").write_text(vault.root_pem())
+    # check_interval well above the retry intervals: retries must come from the daemon's wake-ups, on time.
     body = [f'[database]\nurl = "sqlite:///{tmp}/certd.db"\n',
-            f'[daemon]\nworkers = 12\ncheck_interval = "1s"\napi_listen = "127.0.0.1:{port}"\n']
+            f'[daemon]\nworkers = 12\ncheck_interval = "30s"\napi_listen = "127.0.0.1:{port}"\n']
     for name, proxy in proxies.items():
-        body += [f"[issuers.{name}]", 'type = "acme"', f'directory = "{proxy.url}/dir"',
-                 f'ca_bundle = "{pebble.ca_bundle}"', f'roots = "{roots}"', f'http01_webroot = "{webroot}"',
-                 f'attempt_timeout = "{ATTEMPT_TIMEOUT}s"', f"[issuers.{name}.rate_limits]",
-                 "duplicate_certificates = 1000", "",
-                 f"[certificates.{name}]", f'issuer = "{name}"', f'names = ["{name}.matrix.example.test"]',
-                 f'output_dir = "{tmp}/out/{name}"', f"renew_fraction = {RENEW_FRACTION}", ""]
+        if name.startswith("vault-"):
+            body += [f"[issuers.{name}]", 'type = "vault"', f'url = "{proxy.url}"',
+                     f'ca_bundle = "{vault.ca_bundle_path}"', f'roots = "{tmp}/vault-root.pem"',
+                     f'role = "{VAULT_ROLE}"', 'auth = "approle"', f'role_id_file = "{tmp}/role_id"',
+                     f'secret_id_file = "{tmp}/secret_id"', f'attempt_timeout = "{ATTEMPT_TIMEOUT}s"', ""]
+            extra = f'lifetime = "{VALIDITY}s"'
+        else:
+            body += [f"[issuers.{name}]", 'type = "acme"', f'directory = "{proxy.url}/dir"',
+                     f'ca_bundle = "{pebble.ca_bundle}"', f'roots = "{roots}"', f'http01_webroot = "{webroot}"',
+                     f'attempt_timeout = "{ATTEMPT_TIMEOUT}s"', f"[issuers.{name}.rate_limits]",
+                     "duplicate_certificates = 1000", ""]
+            extra = ""
+        body += [f"[certificates.{name}]", f'issuer = "{name}"', f'names = ["{name}.matrix.example.test"]',
+                 f'output_dir = "{tmp}/out/{name}"', f"renew_fraction = {RENEW_FRACTION}", extra, ""]
     return "\n".join(body)
 
 
@@ -129,8 +162,21 @@ def webroot(matrix_pebble: PebbleServer, tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def proxies(matrix_pebble: PebbleServer) -> Iterator[dict[str, HttpFaultProxy]]:
-    made = {cell.name: acme_faults.proxy_for(matrix_pebble) for cell in cells()}
+def matrix_vault(openbao: OpenBaoServer, tmp_path: Path) -> OpenBaoServer:
+    """The shared OpenBao with a role for the matrix's names and an AppRole whose tokens live 10 s, so the
+    login phase is part of every renewal."""
+    openbao.add_role(VAULT_ROLE, allowed_domains="matrix.example.test", allow_subdomains=True, key_type="any",
+                     max_ttl="24h")
+    _, role_id, secret_id = openbao.approle(token_ttl="10s")
+    (tmp_path / "role_id").write_text(role_id + "\n")
+    (tmp_path / "secret_id").write_text(secret_id + "\n")
+    return openbao
+
+
+@pytest.fixture
+def proxies(matrix_pebble: PebbleServer, matrix_vault: OpenBaoServer) -> Iterator[dict[str, HttpFaultProxy]]:
+    made = {cell.name: HttpFaultProxy(matrix_vault.url, Path(matrix_vault.workdir)) if cell.ca == "vault"
+            else acme_faults.proxy_for(matrix_pebble) for cell in cells()}
     yield made
     for proxy in made.values():
         proxy.close()
@@ -151,11 +197,11 @@ def _lift(cell: Cell, doc: dict[str, str]) -> datetime:
 
 @pytest.mark.slow
 def test_every_ca_fault_at_every_phase_holds_the_invariants(
-    matrix_pebble: PebbleServer, proxies: dict[str, HttpFaultProxy], webroot: Path,
+    matrix_pebble: PebbleServer, matrix_vault: OpenBaoServer, proxies: dict[str, HttpFaultProxy], webroot: Path,
     tmp_path: Path, write_config: WriteConfig,
 ) -> None:
     port = free_port()
-    config = write_config(_config(matrix_pebble, tmp_path, webroot, proxies, port))
+    config = write_config(_config(matrix_pebble, matrix_vault, tmp_path, webroot, proxies, port))
     by_name = {cell.name: cell for cell in cells()}
     daemon = Daemon(config, port, tmp_path / "daemon.log")
     checker = Checker(daemon.url, {n: tmp_path / "out" / n for n in by_name}, cli=certd, config=config)
@@ -164,9 +210,9 @@ def test_every_ca_fault_at_every_phase_holds_the_invariants(
         lifts = {}
         injected = time.monotonic()
         for name, cell in by_name.items():
-            make, _ = FAULTS[cell.fault]
+            make, _ = cell.fault_rules
             lifts[name] = _lift(cell, docs[name])
-            for rule in make(cell.phase, end=_mono(lifts[name])):
+            for rule in make(cell.path, end=_mono(lifts[name])):
                 proxies[name].add(rule)
         checker.start()
         ends = max(datetime.fromisoformat(d["not_after"]) for d in docs.values()) + timedelta(seconds=25)
@@ -202,6 +248,8 @@ def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lif
     name, record = cell.name, checker.records[cell.name]
     found: list[str] = []
     statuses = {s for _, s in record.statuses}
+    if proxy.errors:
+        found.append(f"{name}: the fault proxy's rule failed: {proxy.errors[:2]}")
     hits = sum(rule.hits for rule in proxy.rules)
     if hits == 0:
         found.append(f"{name}: the fault was never hit: the cell proves nothing")
@@ -222,12 +270,13 @@ def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lif
             found.append(f"{name}: not renewed within 15 s of the CA's return")
     history = json.loads(certd("history", name, "--json", config=config).stdout)
     failed = [e for e in history["events"] if e["kind"] == "renewal.failed"]  # all in the episode: none after
-    _, cause = FAULTS[cell.fault]
+    _, cause = cell.fault_rules
     if not failed or not all(e.get("step") for e in failed) or cause not in " ".join(e["message"] for e in failed):
         found.append(f"{name}: failures not recorded with step and cause: {failed[:2]}")
     # The episode: from the fault's start to the first renewal served after it (later renewals are routine).
     until = record.renewed_at if record.renewed_at is not None else float("inf")
-    orders = proxy.count(Phase.ORDER, method="POST", status=201, since=injected, until=until)
+    issued = ("/v1/pki/sign/", 200) if cell.ca == "vault" else (Phase.ORDER.value, 201)
+    orders = proxy.count(issued[0], method="POST", status=issued[1], since=injected, until=until)
     bound = (len(failed) + 1) * (2 if cell.fault == "account-gone" else 1)  # one per attempt (two: registered
     if orders > bound:  # again and ordered again), the successful one included
         found.append(f"{name}: {orders} orders for {len(failed)} failed attempts (bound {bound})")

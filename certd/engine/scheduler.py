@@ -203,7 +203,9 @@ class Scheduler:
             if not cfg.deploy or version is None or verdict is None or verdict.due:
                 continue
             pending = version.state == VersionState.PUBLISHED.value
-            retry = verdict.reason is Reason.REDEPLOY and (verdict.at is None or verdict.at <= now)
+            # The verdict's time is the plan's own ``now`` when the backoff is over, read after the scan's:
+            # compared with the scan's, a due retry looked a few microseconds early, and never ran.
+            retry = verdict.reason is Reason.REDEPLOY and (verdict.at is None or verdict.at <= self._clock.now())
             if (pending or retry) and not self.jobs.is_open(name, "deploy") and not self.jobs.is_open(name, "renew"):
                 self.submit(name, kind="deploy", wait_for_lease=False)
                 started.append(f"{name} (deploy)")

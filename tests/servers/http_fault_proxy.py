@@ -108,6 +108,7 @@ class HttpFaultProxy:
         self.url = f"https://{HOST}:{self.port}"
         self.rules: list[Rule] = []
         self.seen: list[Seen] = []
+        self.errors: list[str] = []  # rules that raised: a bug in the test, which must fail it
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
@@ -248,7 +249,8 @@ class HttpFaultProxy:
                     self._reset()
                     return
                 if rule is not None and kind in ("answer", "serve"):
-                    answer = rule.serve((self.command, path, body)) if rule.serve else self._canned(rule)
+                    answer = self._guarded(lambda: rule.serve((self.command, path, body)) if rule.serve
+                                           else self._canned(rule))
                     self._reply(*answer)
                     proxy._note(self.command, path, answer[0], rule)
                     return
@@ -260,9 +262,20 @@ class HttpFaultProxy:
                 if rule is not None and kind == "slow":
                     time.sleep(rule.delay)
                 if rule is not None and kind == "rewrite" and rule.rewrite is not None:
-                    response = rule.rewrite((self.command, path, body), response)
+                    rewrite, real = rule.rewrite, response
+                    response = self._guarded(lambda: rewrite((self.command, path, body), real))
                 proxy._note(self.command, path, response[0], rule)
                 self._reply(*response)
+
+            def _guarded(self, make: Callable[[], Response]) -> Response:
+                """A rule that raised is the test's bug: kept in ``proxy.errors`` and answered as a 500 naming it,
+                never a silently closed connection that would read as a network fault."""
+                try:
+                    return make()
+                except Exception as exc:
+                    proxy.errors.append(f"{self.command} {self.path}: {type(exc).__name__}: {exc}")
+                    problem = {"type": "about:blank", "detail": f"fault proxy: the rule failed: {exc}"}
+                    return 500, [("Content-Type", "application/problem+json")], json.dumps(problem).encode()
 
             def _canned(self, rule: Rule) -> Response:
                 headers = [("Content-Type", "application/problem+json"), *rule.headers.items()]

@@ -81,7 +81,7 @@ def issue_server_cert(
     sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(dns_names[0] if dns_names else ips[0]))
+        .subject_name(_name((dns_names[0] if dns_names else ips[0])[:64]))  # a CN holds at most 64 characters
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
