@@ -1,9 +1,14 @@
-"""The fault matrix (issue 18): every CA fault at every phase of a renewal, for three durations, in one
-``certd run`` against real Pebble, with the invariants checked continuously (``tests/invariants.py``).
+"""The fault matrix (issue 18): every CA fault at every phase of a renewal, and the load balancer's, for three
+durations, in one ``certd run`` against real Pebble and OpenBao, with the invariants checked continuously
+(``tests/invariants.py``).
 
 Each cell is one certificate with an issuer of its own (its own account) behind a proxy of its own
 (``tests/servers/http_fault_proxy.py``), so the cells run side by side in real time on short-lived
-certificates (``VALIDITY`` seconds). A cell's fault starts before its renewal time and ends:
+certificates (``VALIDITY`` seconds): ACME cells (5xx, ``rateLimited``, ``badNonce``, ``accountDoesNotExist``,
+hang, reset, refused connections at order, challenge, finalize, download; an order stuck ``processing``; a
+certificate for another key), Vault cells (5xx, 429, sealed, hang, reset, refused at login and sign), and load
+balancer cells on the local CA (the deploy command failing or hanging). A cell's fault starts before its
+renewal time and ends:
 
 - ``brief``: a little after the renewal time — renewed long before the hard deadline, never critical;
 - ``past-deadline``: inside the hard deadline (the last tenth of the life) — ``critical`` while it lasts, and
@@ -13,7 +18,8 @@ certificates (``VALIDITY`` seconds). A cell's fault starts before its renewal ti
 What every cell must show: the invariants held at every sample (nothing said "all is well" while the served
 certificate was expired or critical); the served certificate never expired while the CA could issue; the
 failures recorded with their step and cause; orders bounded — one per attempt (two when the account had to
-be registered again), and attempts bounded by the backoff.
+be registered again) before issuance, and after it (the load balancer's faults) one for the whole episode.
+The daemon's ``check_interval`` is 30 s, so the retries (seconds apart) must come from its wake-ups, on time.
 """
 
 from __future__ import annotations
@@ -81,6 +87,14 @@ ANY_PHASE = ("server-error", "rate-limited", "bad-nonce", "account-gone", "hang"
 PHASES = (Phase.ORDER, Phase.CHALLENGE, Phase.FINALIZE, Phase.DOWNLOAD)
 OWN_PHASE = {"stuck-processing": Phase.FINALIZE, "wrong-certificate": Phase.DOWNLOAD}
 VAULT_PHASES = {"login": "/v1/auth/approle/login", "sign": "/v1/pki/sign/"}
+# The load balancer's faults, on the local CA: a deploy command that fails while a flag file exists (the load
+# balancer down: "connection refused"), or hangs past its timeout. What the recorded error must say.
+LB_FAULTS = {"lb-down": "connection refused", "hook-hangs": "timed out"}
+# Failures retrying cannot fix (a certificate for another key): held back until the hard deadline by design
+# (an hour or more on a long-lived certificate), so even a brief one is critical for a while.
+HOPELESS = {"wrong-certificate"}
+LB_COMMANDS = {"lb-down": "test ! -e {flag} || {{ echo 'connection refused' >&2; exit 1; }}",
+               "hook-hangs": "test ! -e {flag} || sleep 30"}
 
 
 @dataclass(frozen=True)
@@ -96,10 +110,14 @@ class Cell:
 
     @property
     def path(self) -> str:
+        if self.ca == "local":
+            return ""
         return VAULT_PHASES[self.phase] if self.ca == "vault" else Phase[self.phase.upper()].value
 
     @property
     def fault_rules(self) -> tuple[Callable[..., list[Rule]], str]:
+        if self.ca == "local":  # the fault is the load balancer's (a flag file the deploy command reads)
+            return (lambda p, **w: []), LB_FAULTS[self.fault]
         return (VAULT_FAULTS if self.ca == "vault" else FAULTS)[self.fault]
 
 
@@ -114,6 +132,8 @@ def cells() -> list[Cell]:
     made += [Cell("vault", f, p, "brief") for f in VAULT_FAULTS for p in VAULT_PHASES]
     made += [Cell("vault", f, "sign", "past-deadline") for f in ("server-error", "sealed", "hang")]
     made += [Cell("vault", f, "sign", "past-expiry") for f in ("hang", "refuse")]
+    made += [Cell("local", "lb-down", "deploy", d) for d in ("brief", "past-deadline", "past-expiry")]
+    made += [Cell("local", "hook-hangs", "deploy", "brief")]
     return made
 
 
@@ -125,6 +145,16 @@ def _config(pebble: PebbleServer, vault: OpenBaoServer, tmp: Path, webroot: Path
     # check_interval well above the retry intervals: retries must come from the daemon's wake-ups, on time.
     body = [f'[database]\nurl = "sqlite:///{tmp}/certd.db"\n',
             f'[daemon]\nworkers = 12\ncheck_interval = "30s"\napi_listen = "127.0.0.1:{port}"\n']
+    body += [f'[issuers.local]\ntype = "local-ca"\ndir = "{tmp}/local-ca"\n']
+    for cell in cells():
+        if cell.ca == "local":
+            flag = tmp / "down" / cell.name
+            body += [f"[deploy.{cell.name}]", 'type = "command"', 'timeout = "2s"',
+                     f'argv = ["sh", "-c", "{LB_COMMANDS[cell.fault].format(flag=flag)}"]', "",
+                     f"[certificates.{cell.name}]", 'issuer = "local"',
+                     f'names = ["{cell.name}.matrix.example.test"]', f'output_dir = "{tmp}/out/{cell.name}"',
+                     f'lifetime = "{VALIDITY}s"', f"renew_fraction = {RENEW_FRACTION}",
+                     f'deploy = ["{cell.name}"]', "rollback = true", ""]
     for name, proxy in proxies.items():
         if name.startswith("vault-"):
             body += [f"[issuers.{name}]", 'type = "vault"', f'url = "{proxy.url}"',
@@ -176,7 +206,7 @@ def matrix_vault(openbao: OpenBaoServer, tmp_path: Path) -> OpenBaoServer:
 @pytest.fixture
 def proxies(matrix_pebble: PebbleServer, matrix_vault: OpenBaoServer) -> Iterator[dict[str, HttpFaultProxy]]:
     made = {cell.name: HttpFaultProxy(matrix_vault.url, Path(matrix_vault.workdir)) if cell.ca == "vault"
-            else acme_faults.proxy_for(matrix_pebble) for cell in cells()}
+            else acme_faults.proxy_for(matrix_pebble) for cell in cells() if cell.ca != "local"}
     yield made
     for proxy in made.values():
         proxy.close()
@@ -212,6 +242,13 @@ def test_every_ca_fault_at_every_phase_holds_the_invariants(
         for name, cell in by_name.items():
             make, _ = cell.fault_rules
             lifts[name] = _lift(cell, docs[name])
+            if cell.ca == "local":
+                flag = tmp_path / "down" / name
+                flag.parent.mkdir(exist_ok=True)
+                flag.touch()
+                lifted = threading.Timer(_mono(lifts[name]) - time.monotonic(), flag.unlink)
+                lifted.daemon = True
+                lifted.start()
             for rule in make(cell.path, end=_mono(lifts[name])):
                 proxies[name].add(rule)
         checker.start()
@@ -227,7 +264,7 @@ def test_every_ca_fault_at_every_phase_holds_the_invariants(
     assert checker.violations == [], (checker.violations[:20], log[-3000:])
     problems: list[str] = []
     for name, cell in by_name.items():
-        problems += _cell_problems(cell, docs[name], final[name], lifts[name], checker, proxies[name], config,
+        problems += _cell_problems(cell, docs[name], final[name], lifts[name], checker, proxies.get(name), config,
                                    injected)
     (tmp_path / "problems.txt").write_text("\n".join(problems))
     assert problems == [], "\n".join(problems)
@@ -244,14 +281,13 @@ def _first_issuance(daemon: Daemon, by_name: dict[str, Cell]) -> dict[str, dict[
 
 
 def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lift: datetime, checker: Checker,
-                   proxy: HttpFaultProxy, config: Path, injected: float) -> list[str]:
+                   proxy: HttpFaultProxy | None, config: Path, injected: float) -> list[str]:
     name, record = cell.name, checker.records[cell.name]
     found: list[str] = []
     statuses = {s for _, s in record.statuses}
-    if proxy.errors:
+    if proxy is not None and proxy.errors:
         found.append(f"{name}: the fault proxy's rule failed: {proxy.errors[:2]}")
-    hits = sum(rule.hits for rule in proxy.rules)
-    if hits == 0:
+    if proxy is not None and sum(rule.hits for rule in proxy.rules) == 0:
         found.append(f"{name}: the fault was never hit: the cell proves nothing")
     if final["status"] not in GOOD or final["serial"] == first["serial"]:
         found.append(f"{name}: not renewed in the end: {final['status']} {final['status_message']}")
@@ -259,7 +295,7 @@ def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lif
         found.append(f"{name}: the fault was never shown: {sorted(statuses)}")
     if cell.duration != "past-expiry" and record.expired_at:
         found.append(f"{name}: the served certificate expired while the CA could issue")
-    if cell.duration == "brief" and statuses & {"critical", "expired"}:
+    if cell.duration == "brief" and statuses & {"critical", "expired"} and cell.fault not in HOPELESS:
         found.append(f"{name}: a brief fault reached {sorted(statuses)}")
     if cell.duration == "past-deadline" and "critical" not in statuses:
         found.append(f"{name}: never critical inside the hard deadline: {sorted(statuses)}")
@@ -269,15 +305,24 @@ def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lif
         if record.renewed_at is None or record.renewed_at > _mono(lift) + 15:
             found.append(f"{name}: not renewed within 15 s of the CA's return")
     history = json.loads(certd("history", name, "--json", config=config).stdout)
-    failed = [e for e in history["events"] if e["kind"] == "renewal.failed"]  # all in the episode: none after
+    failed = [e for e in history["events"] if e["kind"] in ("renewal.failed", "deploy.failed")]  # all in the episode
     _, cause = cell.fault_rules
     if not failed or not all(e.get("step") for e in failed) or cause not in " ".join(e["message"] for e in failed):
         found.append(f"{name}: failures not recorded with step and cause: {failed[:2]}")
     # The episode: from the fault's start to the first renewal served after it (later renewals are routine).
     until = record.renewed_at if record.renewed_at is not None else float("inf")
-    issued = ("/v1/pki/sign/", 200) if cell.ca == "vault" else (Phase.ORDER.value, 201)
-    orders = proxy.count(issued[0], method="POST", status=issued[1], since=injected, until=until)
-    bound = (len(failed) + 1) * (2 if cell.fault == "account-gone" else 1)  # one per attempt (two: registered
-    if orders > bound:  # again and ordered again), the successful one included
+    if proxy is None:
+        # A failure after issuance is rolled out again, never ordered again — until the issued version reaches
+        # its own renewal time (half its life here): one order, two when the episode outlives that.
+        since_wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - injected)
+        until_wall = datetime.now(UTC) - timedelta(seconds=max(time.monotonic() - until, 0))
+        orders = sum(1 for v in history["versions"]
+                     if since_wall <= datetime.fromisoformat(v["created_at"]) <= until_wall)
+        bound = 2 if cell.duration == "past-expiry" else 1
+    else:
+        issued = ("/v1/pki/sign/", 200) if cell.ca == "vault" else (Phase.ORDER.value, 201)
+        orders = proxy.count(issued[0], method="POST", status=issued[1], since=injected, until=until)
+        bound = (len(failed) + 1) * (2 if cell.fault == "account-gone" else 1)  # one per attempt (two:
+    if orders > bound:  # registered again and ordered again), the successful one included
         found.append(f"{name}: {orders} orders for {len(failed)} failed attempts (bound {bound})")
     return found
