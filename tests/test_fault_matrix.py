@@ -27,6 +27,8 @@ from __future__ import annotations
 import functools
 import http.server
 import json
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,10 +43,12 @@ from tests.conftest import WriteConfig
 from tests.invariants import Checker
 from tests.servers import acme_faults
 from tests.servers.acme_faults import Phase
+from tests.servers.haproxy import HaproxyServer
 from tests.servers.http_fault_proxy import HttpFaultProxy, Rule
 from tests.servers.openbao import OpenBaoServer
 from tests.servers.pebble import PebbleServer
 from tests.servers.ports import free_port
+from tests.servers.runtime_proxy import LOCKED, RuntimeProxy
 from tests.test_daemon import Daemon
 from tests.test_issuer_acme import _QuietHandler
 
@@ -90,6 +94,13 @@ VAULT_PHASES = {"login": "/v1/auth/approle/login", "sign": "/v1/pki/sign/"}
 # The load balancer's faults, on the local CA: a deploy command that fails while a flag file exists (the load
 # balancer down: "connection refused"), or hangs past its timeout. What the recorded error must say.
 LB_FAULTS = {"lb-down": "connection refused", "hook-hangs": "timed out"}
+# HAProxy's faults, through a runtime-socket proxy per cell in front of one real HAProxy serving every HAProxy
+# cell's certificate by SNI: its locked answer, no socket at all (stopped), and a HAProxy that says yes to the
+# new certificate and keeps the old one loaded. (Stopped past the deadline or expiry is not a danger: the new
+# certificate stays published for its start; tests/test_lb_down_five_minutes.py covers that.)
+HAPROXY_CELLS = [("locked", "brief"), ("locked", "past-deadline"), ("down", "brief"), ("keeps-old", "brief"),
+                 ("keeps-old", "past-deadline"), ("keeps-old", "past-expiry")]
+HAPROXY_FAULTS = {"locked": "locked", "down": "does not exist", "keeps-old": "expected"}
 # Failures retrying cannot fix (a certificate for another key): held back until the hard deadline by design
 # (an hour or more on a long-lived certificate), so even a brief one is critical for a while.
 HOPELESS = {"wrong-certificate"}
@@ -110,7 +121,7 @@ class Cell:
 
     @property
     def path(self) -> str:
-        if self.ca == "local":
+        if self.ca in ("local", "haproxy"):
             return ""
         return VAULT_PHASES[self.phase] if self.ca == "vault" else Phase[self.phase.upper()].value
 
@@ -118,6 +129,8 @@ class Cell:
     def fault_rules(self) -> tuple[Callable[..., list[Rule]], str]:
         if self.ca == "local":  # the fault is the load balancer's (a flag file the deploy command reads)
             return (lambda p, **w: []), LB_FAULTS[self.fault]
+        if self.ca == "haproxy":  # the fault is in the cell's runtime-socket proxy
+            return (lambda p, **w: []), HAPROXY_FAULTS[self.fault]
         return (VAULT_FAULTS if self.ca == "vault" else FAULTS)[self.fault]
 
 
@@ -134,11 +147,12 @@ def cells() -> list[Cell]:
     made += [Cell("vault", f, "sign", "past-expiry") for f in ("hang", "refuse")]
     made += [Cell("local", "lb-down", "deploy", d) for d in ("brief", "past-deadline", "past-expiry")]
     made += [Cell("local", "hook-hangs", "deploy", "brief")]
+    made += [Cell("haproxy", f, "deploy", d) for f, d in HAPROXY_CELLS]
     return made
 
 
 def _config(pebble: PebbleServer, vault: OpenBaoServer, tmp: Path, webroot: Path,
-            proxies: dict[str, HttpFaultProxy], port: int) -> str:
+            proxies: dict[str, HttpFaultProxy], port: int, runtime_dir: Path, haproxy_port: int) -> str:
     roots = tmp / "pebble-roots.pem"
     roots.write_bytes(pebble.roots_pem())
     (tmp / "vault-root.pem").write_text(vault.root_pem())
@@ -155,6 +169,16 @@ def _config(pebble: PebbleServer, vault: OpenBaoServer, tmp: Path, webroot: Path
                      f'names = ["{cell.name}.matrix.example.test"]', f'output_dir = "{tmp}/out/{cell.name}"',
                      f'lifetime = "{VALIDITY}s"', f"renew_fraction = {RENEW_FRACTION}",
                      f'deploy = ["{cell.name}"]', "rollback = true", ""]
+    for cell in cells():
+        if cell.ca == "haproxy":
+            sni = f"{cell.name}.matrix.example.test"
+            body += [f"[deploy.{cell.name}]", 'type = "haproxy"', f'socket = "{runtime_dir / cell.name}"',
+                     f'cert = "{tmp}/out/{cell.name}/combined.pem"', "",
+                     f"[certificates.{cell.name}]", 'issuer = "local"', f'names = ["{sni}"]',
+                     f'output_dir = "{tmp}/out/{cell.name}"', f'lifetime = "{VALIDITY}s"',
+                     f"renew_fraction = {RENEW_FRACTION}", f'deploy = ["{cell.name}"]', "rollback = true",
+                     f'verify = [{{ endpoint = "127.0.0.1:{haproxy_port}", sni = "{sni}", '
+                     f'ca_bundle = "{tmp}/local-ca/root.pem" }}]', ""]
     for name, proxy in proxies.items():
         if name.startswith("vault-"):
             body += [f"[issuers.{name}]", 'type = "vault"', f'url = "{proxy.url}"',
@@ -206,7 +230,7 @@ def matrix_vault(openbao: OpenBaoServer, tmp_path: Path) -> OpenBaoServer:
 @pytest.fixture
 def proxies(matrix_pebble: PebbleServer, matrix_vault: OpenBaoServer) -> Iterator[dict[str, HttpFaultProxy]]:
     made = {cell.name: HttpFaultProxy(matrix_vault.url, Path(matrix_vault.workdir)) if cell.ca == "vault"
-            else acme_faults.proxy_for(matrix_pebble) for cell in cells() if cell.ca != "local"}
+            else acme_faults.proxy_for(matrix_pebble) for cell in cells() if cell.ca in ("acme", "vault")}
     yield made
     for proxy in made.values():
         proxy.close()
@@ -230,13 +254,29 @@ def test_every_ca_fault_at_every_phase_holds_the_invariants(
     matrix_pebble: PebbleServer, matrix_vault: OpenBaoServer, proxies: dict[str, HttpFaultProxy], webroot: Path,
     tmp_path: Path, write_config: WriteConfig,
 ) -> None:
-    port = free_port()
-    config = write_config(_config(matrix_pebble, matrix_vault, tmp_path, webroot, proxies, port))
+    port, haproxy_port = free_port(), free_port()
+    runtime_dir = Path(tempfile.mkdtemp(prefix="rt-"))  # a Unix socket path holds at most 107 bytes
+    haproxy_dir = Path(tempfile.mkdtemp(prefix="hap-"))
+    config = write_config(_config(matrix_pebble, matrix_vault, tmp_path, webroot, proxies, port, runtime_dir,
+                                  haproxy_port))
     by_name = {cell.name: cell for cell in cells()}
+    on_haproxy = [n for n, c in by_name.items() if c.ca == "haproxy"]
+    runtime: dict[str, RuntimeProxy] = {}  # made once HAProxy runs: before, no socket means "not running"
     daemon = Daemon(config, port, tmp_path / "daemon.log")
     checker = Checker(daemon.url, {n: tmp_path / "out" / n for n in by_name}, cli=certd, config=config)
+    haproxy = None
     try:
         docs = _first_issuance(daemon, by_name)
+        # HAProxy starts on the certificates the daemon published (not running at their first issue, so their
+        # deploy was left pending); `certd deploy` completes it, as an operator would.
+        haproxy = HaproxyServer(tmp_path / "out" / on_haproxy[0] / "combined.pem", workdir=haproxy_dir,
+                                port=haproxy_port, more_crts=[tmp_path / "out" / n / "combined.pem"
+                                                              for n in on_haproxy[1:]])
+        runtime.update({n: RuntimeProxy(haproxy_dir / "admin.sock", runtime_dir / n) for n in on_haproxy})
+        for name in on_haproxy:
+            deployed = certd("deploy", name, "--json", config=config)
+            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        docs = {d["name"]: d for d in daemon.get("/v1/certificates").json()["certificates"]}
         lifts = {}
         injected = time.monotonic()
         for name, cell in by_name.items():
@@ -249,6 +289,8 @@ def test_every_ca_fault_at_every_phase_holds_the_invariants(
                 lifted = threading.Timer(_mono(lifts[name]) - time.monotonic(), flag.unlink)
                 lifted.daemon = True
                 lifted.start()
+            if cell.ca == "haproxy":
+                _haproxy_fault(runtime[name], cell, tmp_path / "out" / name / "combined.pem", _mono(lifts[name]))
             for rule in make(cell.path, end=_mono(lifts[name])):
                 proxies[name].add(rule)
         checker.start()
@@ -259,6 +301,12 @@ def test_every_ca_fault_at_every_phase_holds_the_invariants(
     finally:
         checker.stop()
         daemon.stop()
+        for proxy in runtime.values():
+            proxy.close()
+        if haproxy is not None:
+            haproxy.stop()
+        shutil.rmtree(runtime_dir, ignore_errors=True)
+        shutil.rmtree(haproxy_dir, ignore_errors=True)
     log = (tmp_path / "daemon.log").read_text()
     assert checker.samples > 100, checker.samples
     assert checker.violations == [], (checker.violations[:20], log[-3000:])
@@ -268,6 +316,16 @@ def test_every_ca_fault_at_every_phase_holds_the_invariants(
                                    injected)
     (tmp_path / "problems.txt").write_text("\n".join(problems))
     assert problems == [], "\n".join(problems)
+
+
+def _haproxy_fault(proxy: RuntimeProxy, cell: Cell, combined: Path, end: float) -> None:
+    if cell.fault == "locked":
+        proxy.answer_until("set ssl cert", LOCKED, end)
+    elif cell.fault == "down":
+        proxy.down_until(end)
+    else:  # keeps-old: HAProxy's own words for a set and a commit that went through, and nothing done
+        proxy.answer_until("set ssl cert", f"Transaction updated for certificate {combined}!\n", end)
+        proxy.answer_until("commit ssl cert", f"Committing {combined}\nSuccess!\n", end)
 
 
 def _first_issuance(daemon: Daemon, by_name: dict[str, Cell]) -> dict[str, dict[str, str]]:
@@ -297,10 +355,15 @@ def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lif
         found.append(f"{name}: the served certificate expired while the CA could issue")
     if cell.duration == "brief" and statuses & {"critical", "expired"} and cell.fault not in HOPELESS:
         found.append(f"{name}: a brief fault reached {sorted(statuses)}")
-    if cell.duration == "past-deadline" and "critical" not in statuses:
+    # A CA-side fault leaves the old certificate on disk until the renewal: these cells must have reached the
+    # deadline or expiry and said so. A load balancer's fault swaps the issued one in and out at every retry
+    # (published, then rolled back), so whether a sample fell in the deadline is timing; the invariants hold
+    # either way, sample by sample.
+    ca_side = cell.ca in ("acme", "vault")
+    if ca_side and cell.duration == "past-deadline" and "critical" not in statuses:
         found.append(f"{name}: never critical inside the hard deadline: {sorted(statuses)}")
     if cell.duration == "past-expiry":
-        if "expired" not in statuses:
+        if ca_side and "expired" not in statuses:
             found.append(f"{name}: never shown expired: {sorted(statuses)}")
         if record.renewed_at is None or record.renewed_at > _mono(lift) + 15:
             found.append(f"{name}: not renewed within 15 s of the CA's return")
@@ -309,16 +372,20 @@ def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lif
     _, cause = cell.fault_rules
     if not failed or not all(e.get("step") for e in failed) or cause not in " ".join(e["message"] for e in failed):
         found.append(f"{name}: failures not recorded with step and cause: {failed[:2]}")
+    lost = [e["message"] for e in history["events"] if "no longer on disk" in e["message"]]
+    if lost:  # keep counted failed generations: the last good one was deleted under the rollback
+        found.append(f"{name}: the rollback target was lost: {lost[:1]}")
     # The episode: from the fault's start to the first renewal served after it (later renewals are routine).
     until = record.renewed_at if record.renewed_at is not None else float("inf")
     if proxy is None:
         # A failure after issuance is rolled out again, never ordered again — until the issued version reaches
-        # its own renewal time (half its life here): one order, two when the episode outlives that.
+        # its own renewal time (half its life here): one order, plus one per issued version that did.
         since_wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - injected)
         until_wall = datetime.now(UTC) - timedelta(seconds=max(time.monotonic() - until, 0))
-        orders = sum(1 for v in history["versions"]
-                     if since_wall <= datetime.fromisoformat(v["created_at"]) <= until_wall)
-        bound = 2 if cell.duration == "past-expiry" else 1
+        made = [v for v in history["versions"] if since_wall <= datetime.fromisoformat(v["created_at"]) <= until_wall]
+        orders = len(made)
+        lifted = min(lift, until_wall)
+        bound = 1 + sum(1 for v in made if datetime.fromisoformat(v["renew_at"]) < lifted)
     else:
         issued = ("/v1/pki/sign/", 200) if cell.ca == "vault" else (Phase.ORDER.value, 201)
         orders = proxy.count(issued[0], method="POST", status=issued[1], since=injected, until=until)

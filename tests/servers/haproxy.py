@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.servers.ports import HOST, ServerProcess, free_port, make_workdir, tcp_open
@@ -47,10 +48,12 @@ class HaproxyServer:
         backend_options: str = "",
         workdir: Path | None = None,
         port: int | None = None,
+        more_crts: Sequence[Path] = (),
     ) -> None:
         """backend_server ("host:port") switches the frontend from answering "ok" itself to re-encrypting to it.
 
         ``workdir`` and ``port`` of a stopped one start it again as the same server (same socket, same port).
+        ``more_crts``: more certificates on the same listener, chosen by SNI (the first is the default).
         """
         self.workdir = workdir or make_workdir("haproxy")
         self._own_workdir = workdir is None
@@ -68,7 +71,8 @@ class HaproxyServer:
             )
         self.config = self.workdir / "haproxy.cfg"
         self.config.write_text(
-            _CONFIG.format(sock=self.socket, host=HOST, port=self.port, crt=self.combined_pem, frontend_action=action)
+            _CONFIG.format(sock=self.socket, host=HOST, port=self.port, frontend_action=action,
+                           crt=" crt ".join(str(p) for p in (self.combined_pem, *more_crts)))
         )
         self._proc = ServerProcess(
             "haproxy", ["haproxy", "-db", "-f", str(self.config)], self.workdir / "haproxy.log", cwd=self.workdir

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ class _Rule:
     prefix: str
     answer: str | None  # None: kill HAProxy, answer nothing
     times: int
+    end: float | None = None  # monotonic: the rule ends then, whatever ``times`` is left
 
 
 class RuntimeProxy:
@@ -35,11 +37,34 @@ class RuntimeProxy:
         self.commands: list[str] = []  # first line of every command seen, in order
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
+        self._closed = False
+        self._listen()
+
+    def _listen(self) -> None:
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._server.bind(str(path))
+        self._server.bind(str(self.path))
         self._server.listen(16)
         self._thread = threading.Thread(target=self._serve, name="runtime-proxy", daemon=True)
         self._thread.start()
+
+    def answer_until(self, prefix: str, answer: str, end: float) -> None:
+        """Every matching command gets ``answer`` until ``end`` (monotonic), e.g. HAProxy's locked answer."""
+        with self._lock:
+            self._rules.append(_Rule(prefix, answer, 1 << 30, end))
+
+    def down_until(self, end: float) -> None:
+        """No runtime socket until ``end``: HAProxy stopped (certd finds no socket: the server is down)."""
+        self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+        def back() -> None:
+            if not self._closed:
+                self._listen()
+
+        timer = threading.Timer(max(0.0, end - time.monotonic()), back)
+        timer.daemon = True
+        timer.start()
 
     def answer_next(self, prefix: str, answer: str, times: int = 1) -> None:
         with self._lock:
@@ -51,8 +76,9 @@ class RuntimeProxy:
 
     def _match(self, first_line: str) -> _Rule | None:
         with self._lock:
+            now = time.monotonic()
             for rule in self._rules:
-                if rule.times > 0 and first_line.startswith(rule.prefix):
+                if rule.times > 0 and (rule.end is None or now < rule.end) and first_line.startswith(rule.prefix):
                     rule.times -= 1
                     return rule
         return None
@@ -111,6 +137,7 @@ class RuntimeProxy:
                 return  # HAProxy is gone: the client sees the connection close with no answer
 
     def close(self) -> None:
+        self._closed = True
         self._server.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
