@@ -10,13 +10,15 @@ The invariants, per certificate, whatever fault is running:
 - **no expiry while a CA could issue** is the caller's to judge (it knows when its fault ends); the checker
   records each moment a served certificate was expired (``expired_at``) and every status each reader gave.
 
-A sample is taken as: the truth read from disk, then the readers, then the truth again; if a renewal changed
-the served certificate in between, the sample says nothing and is dropped.
+A sample is taken as: the truth read from disk, then the readers, then the truth again; if anything switched
+the served certificate in between (a renewal, or a rollout and its rollback), the sample says nothing and is
+dropped.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import defaultdict
@@ -37,6 +39,9 @@ class Truth:
     serial: str
     not_before: datetime
     not_after: datetime
+    # The inode of the ``..data`` link: every switch makes a new one, so a rollout and its rollback inside one
+    # sample (old, new, old again) does not pass for an unchanged certificate.
+    switch: int = 0
 
     @property
     def hard_deadline(self) -> datetime:
@@ -45,10 +50,11 @@ class Truth:
 
 def served(output_dir: Path) -> Truth | None:
     try:
+        switch = os.lstat(output_dir / "..data").st_ino
         cert = x509.load_pem_x509_certificate((output_dir / "cert.pem").read_bytes())
     except (OSError, ValueError):
         return None
-    return Truth(f"{cert.serial_number:x}", cert.not_valid_before_utc, cert.not_valid_after_utc)
+    return Truth(f"{cert.serial_number:x}", cert.not_valid_before_utc, cert.not_valid_after_utc, switch)
 
 
 @dataclass

@@ -35,6 +35,7 @@ class RuntimeProxy:
         self.path = path
         self.haproxy_pid = haproxy_pid
         self.commands: list[str] = []  # first line of every command seen, in order
+        self.crashed_at: float | None = None  # when a crash rule killed HAProxy (monotonic)
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -119,6 +120,7 @@ class RuntimeProxy:
             rule = self._match(first)
             if rule is not None:
                 if rule.answer is None:
+                    self.crashed_at = time.monotonic()
                     if self.haproxy_pid is not None:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(self.haproxy_pid, signal.SIGKILL)
