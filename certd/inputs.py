@@ -1,4 +1,4 @@
-"""Files an operator hands to certd (``import --cert/--key/--chain``), read with bounds.
+"""Every file certd reads, read with bounds: the one reader.
 
 A path given on the command line can be anything: ``/dev/zero``, a FIFO
 nobody writes to, a multi-gigabyte log by mistake. ``Path.read_bytes()``
@@ -6,21 +6,29 @@ would read the first until memory runs out and block forever on the second.
 So the file is opened without blocking, refused unless it is a regular file,
 and read only up to a cap far above any real certificate bundle or key.
 
-``InputError`` says which of the import's inputs was wrong, so that the
-command blames ``--cert`` for a broken certificate instead of ``--key``.
+``read_file`` is what the rest of certd calls: its refusal is an ``OSError``
+(``Refused``, with the reason as ``strerror``), so every caller's existing
+"cannot read <key> <path>: <reason>" message names the key or option that
+pointed at ``/dev/zero``. ``InputError`` says which of the import's inputs was
+wrong, so that the command blames ``--cert`` for a broken certificate instead
+of ``--key``.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["CERT_LIMIT", "KEY_LIMIT", "InputError", "Part", "read_bounded"]
+__all__ = ["CERT_LIMIT", "CONFIG_LIMIT", "KEY_LIMIT", "SECRET_LIMIT", "InputError", "Part", "Refused", "read_bounded",
+           "read_file", "read_text"]
 
 CERT_LIMIT = 1024 * 1024  # a bundle of every public root is ~250 KiB; a leaf plus chain a few KiB
 KEY_LIMIT = 64 * 1024  # an RSA-4096 key is ~3.3 KiB; with a full chain (combined.pem) still far below
+SECRET_LIMIT = 64 * 1024  # tokens, passwords, HMAC and TSIG keys, role and secret ids
+CONFIG_LIMIT = 4 * 1024 * 1024  # a config with thousands of certificates
 
 Part = Literal["cert", "key", "chain"]
 
@@ -72,3 +80,27 @@ def read_bounded(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise ValueError(f"too large (more than {_size(limit)})")
     return data
+
+
+class Refused(OSError):
+    """A file certd will not read: not a regular file, or larger than it can be. ``strerror`` says which."""
+
+
+def read_file(path: Path | str, limit: int = CERT_LIMIT) -> bytes:
+    """The content of a regular file of at most ``limit`` bytes; ``Refused`` (an ``OSError``) otherwise.
+
+    ``OSError`` for a missing or unreadable file passes through as it is, so callers handle both alike.
+    """
+    try:
+        return read_bounded(Path(path), limit)
+    except ValueError as exc:
+        raise Refused(errno.EINVAL, str(exc), str(path)) from None
+
+
+def read_text(path: Path | str, limit: int = SECRET_LIMIT) -> str:
+    """``read_file`` decoded as UTF-8; a file that is not is ``Refused`` too."""
+    data = read_file(path, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Refused(errno.EINVAL, f"not UTF-8 text ({exc.reason} at byte {exc.start})", str(path)) from None

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from certd.config.model import Config
 from certd.config.secrets import SCRUBBED
+from certd.inputs import read_file
 
 __all__ = ["OUTPUT_MARK", "held_secrets", "public_message", "refreshed", "scrub"]
 
@@ -35,9 +36,7 @@ _MAX_FILE = 64 * 1024
 
 def _file_values(path: Path) -> list[str]:
     try:
-        if not path.is_file() or path.stat().st_size > _MAX_FILE:
-            return []
-        text = path.read_text(errors="replace")
+        text = read_file(path, _MAX_FILE).decode(errors="replace")
     except OSError:
         return []
     # The whole value, and each line of it (a TSIG key file holds the secret on one of its lines).

@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from certd.core.signing import API_LABEL, WINDOW, BadSignature, verify
 from certd.errors import InventoryError
+from certd.inputs import read_text
 from certd.inventory.signatures import SignatureLedger
 
 __all__ = ["AUTHENTICATED", "OPEN_PATHS", "Authenticate", "NoToken", "ReadAuth", "needs_credentials", "read_token",
@@ -57,7 +58,7 @@ def read_token(path: Path | None) -> str:
     if path is None:
         raise NoToken("no [daemon] api_token_file is configured: writes are disabled")
     try:
-        token = path.read_text().strip()
+        token = read_text(path).strip()
     except OSError as exc:
         raise NoToken(f"daemon.api_token_file {path} cannot be read ({exc.strerror or exc}): "
                       "writes are refused") from None

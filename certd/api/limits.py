@@ -45,6 +45,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from certd.config.model import DaemonConfig
 from certd.errors import ConfigError
+from certd.inputs import CERT_LIMIT, KEY_LIMIT, read_file
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -225,7 +226,7 @@ def _tls_problem(daemon: DaemonConfig) -> str | None:
         if path is None:
             continue
         try:
-            parse(path.read_bytes())
+            parse(read_file(path, KEY_LIMIT if key == "api_tls_key" else CERT_LIMIT))
         except OSError as exc:
             return f"daemon.{key}: cannot read {path}: {exc.strerror}"
         except ValueError:

@@ -35,6 +35,7 @@ from certd.cli.base import (
 from certd.core.durations import parse_duration
 from certd.core.status import Severity
 from certd.errors import CertdError
+from certd.inputs import read_file
 from certd.pki.certs import certs_pem, load_pem_certs
 
 __all__ = ["COMMANDS"]
@@ -123,9 +124,9 @@ def probe_cmd(endpoint: str, sni: str | None, ca_bundle: Path | None, timeout: s
     roots = None
     if ca_bundle is not None:
         try:
-            roots = tuple(load_pem_certs(ca_bundle.read_bytes()))
-        except ValueError as exc:
-            die(f"--ca-bundle {ca_bundle}: {exc}", EXIT_USAGE)
+            roots = tuple(load_pem_certs(read_file(ca_bundle)))
+        except (OSError, ValueError) as exc:
+            die(f"--ca-bundle {ca_bundle}: {getattr(exc, 'strerror', None) or exc}", EXIT_USAGE)
     host = endpoint.rpartition(":")[0].strip("[]")
     result = probe(endpoint, sni or host, roots, timeout=duration_option(timeout).total_seconds())
     doc = result.as_json()

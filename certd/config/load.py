@@ -20,10 +20,11 @@ from sqlalchemy import make_url
 from certd.config.deploy import DEPLOY_TYPES
 from certd.config.issuers import ISSUER_TYPES
 from certd.config.model import NAME_RE, NAME_RULE, CertificateConfig, Config, DaemonConfig, DatabaseConfig
-from certd.config.rules import cross_check, key_file_rules
+from certd.config.rules import cross_check, key_file_rules, special_file_rules
 from certd.config.secrets import INLINE_HINTS
 from certd.config.types import Model, sqlite_file
 from certd.errors import ConfigError
+from certd.inputs import CONFIG_LIMIT, read_file
 
 __all__ = ["default_config_path", "load_config"]
 
@@ -104,7 +105,7 @@ def load_config(path: Path | str) -> Config:
     """Load and validate; raise ``ConfigError`` listing every problem found."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        raw = tomllib.loads(read_file(path, CONFIG_LIMIT).decode("utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"{path}: config file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
@@ -139,6 +140,9 @@ def load_config(path: Path | str) -> Config:
     )
     if isinstance(database, DatabaseConfig):
         errors += key_file_rules(path, database.key_file)
+    sections: list[tuple[str, object]] = [("database", database), ("daemon", daemon)]
+    sections += [(f"issuers.{n}", v) for n, v in issuers.items()] + [(f"deploy.{n}", v) for n, v in deploys.items()]
+    errors += special_file_rules(path, sections, certs)
     if errors:
         raise ConfigError("\n".join(errors))
     assert isinstance(database, DatabaseConfig) and isinstance(daemon, DaemonConfig)

@@ -39,6 +39,7 @@ from certd.config.secrets import MODE_CHECKED, SCRUBBED
 from certd.config.types import sqlite_file
 from certd.core.durations import format_duration
 from certd.core.policy import min_remaining, remaining_floor
+from certd.inputs import CERT_LIMIT, KEY_LIMIT, SECRET_LIMIT, read_file
 from certd.pki.keybox import KEY_HINT, parse_key
 from certd.pki.keys import KeyType
 
@@ -198,24 +199,52 @@ def _directory_rules(
 _FILE_KEYS = (*(key for key in SCRUBBED if key != "jwt_file"), "ca_bundle", "roots", "kubeconfig", "pid_file")
 
 
+def _file_refs(sections: list[tuple[str, object]], certificates: Mapping[str, CertificateConfig],
+               keys: tuple[str, ...] = _FILE_KEYS) -> list[tuple[str, Path]]:
+    """(dotted key, path) of every file the config names under ``keys``, verify bundles included."""
+    refs: list[tuple[str, Path]] = []
+    for where, model in sections:
+        for key in keys:
+            value = getattr(model, key, None)
+            if isinstance(value, Path):
+                refs.append((f"{where}.{key}", value))
+    for name, cert in certificates.items():
+        refs += [(f"certificates.{name}.verify[{i}].ca_bundle", v.ca_bundle)
+                 for i, v in enumerate(cert.verify) if v.ca_bundle is not None]
+    return refs
+
+
+def special_file_rules(path: Path, sections: list[tuple[str, object]],
+                       certificates: Mapping[str, CertificateConfig]) -> list[str]:
+    """Every file the config names that exists must be a regular file of a size certd reads: ``/dev/zero`` as a
+    token, a FIFO as a roots file or a device as a ``bundle_file`` (which certd would replace) is refused here,
+    naming the key, before any CA is asked — not met as a MemoryError or a hang on the first renewal."""
+    errors = []
+    for key, value in _file_refs(sections, certificates, (*_FILE_KEYS, "bundle_file")):
+        try:
+            info = value.stat()
+        except OSError:
+            continue  # missing: check_files says so; unreadable: whatever reads it says so
+        limit = SECRET_LIMIT if key.rsplit(".", 1)[-1] in SCRUBBED else CERT_LIMIT
+        if stat.S_ISDIR(info.st_mode):
+            errors.append(f"{path}: {key}: {value} is a directory, not a file")
+        elif not stat.S_ISREG(info.st_mode):
+            errors.append(f"{path}: {key}: {value} is not a regular file (a device, FIFO or socket): refused")
+        elif info.st_size > limit:
+            errors.append(f"{path}: {key}: {value} is {info.st_size} bytes; at most {limit} are read")
+    return errors
+
+
 def check_files(config: Config) -> list[str]:
     """Referenced files that do not exist (yet): warnings, or errors with ``--strict``.
 
     One line per missing file, naming the first key that refers to it and
     then the others, so a bundle shared by many certificates is one problem.
     """
-    refs: list[tuple[str, Path]] = []
     sections: list[tuple[str, object]] = [("database", config.database), ("daemon", config.daemon)]
     sections += [(f"issuers.{n}", v) for n, v in config.issuers.items()]
     sections += [(f"deploy.{n}", v) for n, v in config.deploy.items()]
-    for where, model in sections:
-        for key in _FILE_KEYS:
-            value = getattr(model, key, None)
-            if isinstance(value, Path):
-                refs.append((f"{where}.{key}", value))
-    for name, cert in config.certificates.items():
-        refs += [(f"certificates.{name}.verify[{i}].ca_bundle", v.ca_bundle)
-                 for i, v in enumerate(cert.verify) if v.ca_bundle is not None]
+    refs = _file_refs(sections, config.certificates)
     missing: dict[Path, list[str]] = {}
     for key, value in refs:
         if value in missing or not value.exists():
@@ -232,7 +261,7 @@ def key_file_rules(path: Path, key_file: Path | None) -> list[str]:
         return []
     where = f"{path}: database.key_file"
     try:
-        data = key_file.read_bytes()
+        data = read_file(key_file, KEY_LIMIT)
     except OSError as exc:
         return [f"{where}: cannot read {key_file}: {exc.strerror}"]
     return [] if parse_key(data) is not None else [f"{where}: {key_file} {KEY_HINT}"]

@@ -48,6 +48,7 @@ from typing import IO
 from certd.config.model import CommandDeployConfig
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError
+from certd.inputs import read_file
 from certd.scrub import OUTPUT_MARK
 
 __all__ = ["CommandTarget"]
@@ -237,7 +238,7 @@ def _damaged_output(ctx: DeployContext) -> str | None:
                 return f"{path} is no longer a regular file"
             if st.st_size == 0 and not (path == paths.chain and not ctx.chain):
                 return f"{path} is empty"
-            if content is not None and path.read_bytes() != content:
+            if content is not None and read_file(path, len(content) + 1) != content:
                 return f"{path} no longer holds the published content"
         except FileNotFoundError:
             return f"{path} is missing"

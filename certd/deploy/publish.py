@@ -39,6 +39,7 @@ from cryptography import x509
 
 from certd.errors import PublishError
 from certd.files import fsync_dir, write_atomic, write_new
+from certd.inputs import CERT_LIMIT, read_file
 from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
 
 __all__ = [
@@ -69,7 +70,7 @@ class Generation:
     path: Path
 
     def read(self, filename: str) -> bytes:
-        return (self.path / filename).read_bytes()
+        return read_file(self.path / filename)
 
     @property
     def failed(self) -> bool:
@@ -248,7 +249,9 @@ def published_serial(output_dir: Path) -> str | None:
 def write_file_atomic(path: Path, data: bytes, mode: int = _PUBLIC_MODE) -> bool:
     """Replace one file (a trust bundle) in one rename; ``False`` when it already held ``data``."""
     try:
-        if path.exists() and path.read_bytes() == data:
+        # Compared only as a regular file of a sane size: a bundle path that is a device (/dev/full) or a
+        # huge file is refused (an OSError) instead of read to its end, or replaced.
+        if path.exists() and read_file(path, max(len(data), CERT_LIMIT)) == data:
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data, mode)

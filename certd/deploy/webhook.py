@@ -42,6 +42,7 @@ from certd.core.durations import rfc3339
 from certd.core.signing import WEBHOOK_LABEL, signed_headers
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError, tls_reason
+from certd.inputs import read_text
 from certd.pki.certs import fingerprint
 
 __all__ = ["WebhookTarget", "event_body"]
@@ -131,7 +132,7 @@ class WebhookTarget:
         """Read on every deploy, so rotating the secret file needs no restart of certd."""
         path = self._config.secret_file
         try:
-            secret = path.read_text().strip()
+            secret = read_text(path).strip()
         except FileNotFoundError as exc:
             raise DeployError(f"deploy {self.name}: secret_file {path} does not exist", retryable=False) from exc
         except OSError as exc:

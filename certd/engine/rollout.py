@@ -33,6 +33,7 @@ from certd.deploy.publish import Generation, Publisher, current_generation, file
 from certd.engine.attempt import Attempt, StepError
 from certd.engine.recorder import Recorder
 from certd.errors import CertdError, DeployError, TargetAbsent, VerifyError
+from certd.inputs import read_file
 from certd.inventory.leases import LeaseInfo
 from certd.inventory.models import Version, VersionState
 from certd.inventory.store import Inventory
@@ -111,7 +112,7 @@ def _any_endpoint_up(cfg: CertificateConfig) -> bool:
 
 def _load_bundle(path: Path) -> tuple[x509.Certificate, ...]:
     try:
-        return tuple(load_pem_certs(path.read_bytes()))
+        return tuple(load_pem_certs(read_file(path)))
     except (OSError, ValueError) as exc:
         raise VerifyError(f"cannot read CA bundle {path}: {exc}") from exc
 

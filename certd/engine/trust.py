@@ -37,6 +37,7 @@ from certd.deploy.base import TrustSink
 from certd.deploy.publish import write_file_atomic
 from certd.engine.recorder import Recorder
 from certd.errors import CertdError, DeployError, TargetAbsent
+from certd.inputs import read_file
 from certd.inventory.models import VersionState
 from certd.inventory.store import Inventory
 from certd.issuers.base import CaChain, Issuer
@@ -130,7 +131,7 @@ def ensure_trusted(config: Config, name: str, issuer_name: str, issuer: Issuer, 
     if path is None or not new_cas:
         return
     try:
-        have = {fingerprint(c) for c in load_pem_certs(path.read_bytes())}
+        have = {fingerprint(c) for c in load_pem_certs(read_file(path))}
     except OSError:
         have = set()
     if all(fingerprint(c) in have for c in new_cas):

@@ -29,6 +29,7 @@ from certd.core.clock import Clock, SystemClock
 from certd.core.durations import format_duration, rfc3339
 from certd.errors import IssuerError
 from certd.files import write_atomic
+from certd.inputs import KEY_LIMIT, read_file
 from certd.issuers.base import Issued, IssueRequest
 from certd.pki.certs import certs_pem, fingerprint, is_self_signed, load_pem_certs, serial_hex
 from certd.pki.keys import (
@@ -140,9 +141,9 @@ class LocalCA:
             return self._loaded
 
     def _load(self) -> tuple[x509.Certificate, x509.Certificate, PrivateKey]:
-        root = load_pem_certs(self.root_path.read_bytes())[0]
-        inter = load_pem_certs((self._dir / "intermediate.pem").read_bytes())[0]
-        key = load_key_pem((self._dir / "intermediate.key").read_bytes())
+        root = load_pem_certs(read_file(self.root_path))[0]
+        inter = load_pem_certs(read_file(self._dir / "intermediate.pem"))[0]
+        key = load_key_pem(read_file(self._dir / "intermediate.key", KEY_LIMIT))
         return root, inter, key
 
     def _create(self, into: Path) -> None:
@@ -239,8 +240,8 @@ class LocalCA:
     @staticmethod
     def _chain_in(where: Path) -> list[x509.Certificate]:
         try:
-            return [*load_pem_certs((where / "intermediate.pem").read_bytes()),
-                    *load_pem_certs((where / "root.pem").read_bytes())]
+            return [*load_pem_certs(read_file(where / "intermediate.pem")),
+                    *load_pem_certs(read_file(where / "root.pem"))]
         except OSError:
             return []
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from certd.errors import ConfigError, InventoryError
+from certd.inputs import KEY_LIMIT, read_file
 
 __all__ = ["KEY_HINT", "KeyBox", "parse_key"]
 
@@ -75,7 +76,7 @@ class KeyBox:
         if path is None:
             return cls(None)
         try:
-            data = path.read_bytes()
+            data = read_file(path, KEY_LIMIT)
         except OSError as exc:
             raise ConfigError(f"{label}: cannot read {path}: {exc.strerror}") from exc
         key = parse_key(data)

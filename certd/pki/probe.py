@@ -22,6 +22,7 @@ from cryptography import x509
 
 from certd.core.durations import rfc3339
 from certd.errors import CheckFailed, VerifyError
+from certd.inputs import CERT_LIMIT, read_file
 from certd.pki.certs import cert_names, fingerprint, load_pem_certs, serial_hex
 from certd.pki.x509check import verify_chain
 
@@ -66,11 +67,12 @@ def system_roots() -> tuple[x509.Certificate, ...]:
     for candidate in (paths.cafile, paths.openssl_cafile):
         if candidate:
             try:
-                with open(candidate, "rb") as fh, warnings.catch_warnings():
+                data = read_file(candidate, 16 * CERT_LIMIT)  # the whole system store, a few hundred KiB
+                with warnings.catch_warnings():
                     # Some system roots carry encodings cryptography warns about (e.g. negative serials);
                     # the store is the operator's, not ours to lecture about on every probe.
                     warnings.simplefilter("ignore")
-                    return tuple(load_pem_certs(fh.read()))
+                    return tuple(load_pem_certs(data))
             except (OSError, ValueError):
                 continue
     return ()

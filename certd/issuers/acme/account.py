@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from acme import client as acme_client
@@ -35,6 +34,7 @@ from josepy.jwk import JWK, JWKEC
 from certd import __version__
 from certd.config.model import AcmeIssuerConfig
 from certd.errors import IssuerError
+from certd.inputs import read_text
 from certd.issuers.acme.errors import status_of
 from certd.issuers.acme.network import AcmeNetwork, signed_post
 from certd.issuers.base import AccountStore
@@ -222,7 +222,7 @@ class AcmeAccount:
         if self._config.email:
             fields["email"] = self._config.email
         if self._config.eab_kid and self._config.eab_hmac_key_file:
-            hmac_key = Path(self._config.eab_hmac_key_file).read_text().strip()
+            hmac_key = read_text(self._config.eab_hmac_key_file).strip()
             fields["external_account_binding"] = messages.ExternalAccountBinding.from_data(
                 account_public_key=key.public_key(), kid=self._config.eab_kid, hmac_key=hmac_key,
                 directory=directory,

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import replace
-from pathlib import Path
 
 import requests
 from acme import client as acme_client
@@ -29,6 +28,7 @@ from certd.core.clock import Clock, SystemClock
 from certd.core.durations import format_duration
 from certd.core.kinds import EventKind
 from certd.errors import CertdError, IssuerError
+from certd.inputs import read_file
 from certd.issuers.acme import ari
 from certd.issuers.acme.account import AcmeAccount
 from certd.issuers.acme.errors import converted, problem_text
@@ -80,7 +80,7 @@ class AcmeIssuer:
         if path is None:
             return None
         try:
-            return load_pem_certs(Path(path).read_bytes())
+            return load_pem_certs(read_file(path))
         except (OSError, ValueError) as exc:
             raise IssuerError(f"issuer {self.name}: cannot load roots from {path}: {exc}",
                               reason="RootsUnreadable") from exc

@@ -47,6 +47,7 @@ import dns.update
 from certd.config.model import AcmeIssuerConfig
 from certd.config.types import valid_port
 from certd.errors import ConfigError, IssuerError
+from certd.inputs import read_text
 from certd.issuers.challenges.base import Challenge
 
 __all__ = ["Rfc2136Dns01", "build_dns01", "read_tsig_secret"]
@@ -349,7 +350,7 @@ def read_tsig_secret(path: Path) -> tuple[str, str | None, str | None]:
     Both forms exist in the wild: ``tsig-keygen`` writes the former, and secret stores hand out the latter.
     """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read tsig_secret_file: {getattr(exc, 'strerror', None) or exc}") from None
     match = _KEY_FILE_SECRET.search(text)

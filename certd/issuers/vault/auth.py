@@ -30,6 +30,7 @@ import hvac.exceptions as hvac_errors
 from certd.config.model import VaultIssuerConfig
 from certd.core.clock import Clock
 from certd.errors import IssuerError, IssuerUnavailable
+from certd.inputs import read_text
 from certd.issuers.vault.client import VaultSession
 
 __all__ = ["VaultAuth"]
@@ -165,7 +166,7 @@ class VaultAuth:
         if path is None:
             raise IssuerError(f"issuer {self.name}: {key} is not set", reason="AuthConfig")
         try:
-            value = path.read_text(encoding="utf-8").strip()
+            value = read_text(path).strip()
         except (OSError, UnicodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             raise IssuerError(f"issuer {self.name}: cannot read {key} {path}: {reason}",

@@ -37,6 +37,7 @@ from certd.config.model import VaultIssuerConfig
 from certd.core.clock import Clock, SystemClock
 from certd.core.durations import format_duration
 from certd.errors import IssuerError
+from certd.inputs import read_file
 from certd.issuers.base import AccountStore, Issued, IssueRequest
 from certd.issuers.vault.auth import VaultAuth
 from certd.issuers.vault.client import VaultSession
@@ -205,7 +206,7 @@ class VaultIssuer:
         if path is None:
             return None
         try:
-            return load_pem_certs(path.read_bytes())
+            return load_pem_certs(read_file(path))
         except (OSError, ValueError) as exc:
             raise IssuerError(f"issuer {self.name}: cannot load roots from {path}: {exc}",
                               reason="RootsUnreadable") from exc
