@@ -257,6 +257,34 @@ def test_haproxy_config_refuses_what_it_cannot_pin(estate: Estate, tmp_path: Pat
     assert "option httpchk GET /healthz" in doc["backend"]["lines"]
 
 
+def test_no_value_can_add_a_line_or_a_keyword_to_the_generated_config(estate: Estate, tmp_path: Path) -> None:
+    """Issue 19, class 2: every value that reaches a generated line is checked for what it is (HOST:PORT, a bind
+    address, a path HAProxy reads as one word) and refused naming where it came from — never printed."""
+    injections = (
+        (["--backend", "backend-1=127.0.0.1:9443\n    server evil 10.6.6.6:80"], "is not HOST:PORT"),
+        (["--backend", "backend-1=127.0.0.1:9443 verify none"], "is not HOST:PORT"),
+        (["--edge", "edge", "--bind", "#"], "--bind '#': not [HOST]:PORT"),
+        (["--edge", "edge", "--bind", ":443 ssl crt /etc/passwd"], "not [HOST]:PORT"),
+        (["--edge", "edge", "--bind", ":99999"], "not [HOST]:PORT"),
+    )
+    for args, message in injections:
+        proc = certd("haproxy-config", *args, config=estate.config)
+        assert (proc.returncode, proc.stdout) == (2, ""), (args, proc.stdout)
+        assert message in proc.stderr, (args, proc.stderr)
+    for bundle in ("/x/ca.pem verify none", "/x/ca#.pem", "/x/${HOME}.pem", "/x/ca\\.pem"):
+        spoiled = tmp_path / "spoiled.toml"
+        text = estate.config.read_text()
+        spoiled.write_text(text.replace(f'bundle_file = "{estate.bundle}"', f"bundle_file = {json.dumps(bundle)}"))
+        assert spoiled.read_text() != text
+        proc = certd("haproxy-config", "--backend", "backend-1=127.0.0.1:8443", config=spoiled)
+        assert (proc.returncode, proc.stdout) == (2, ""), (bundle, proc.stdout)
+        assert f"issuers.local.bundle_file: {bundle!r} holds" in proc.stderr, (bundle, proc.stderr)
+    ok = certd("haproxy-config", "--edge", "edge", "--bind", "[::]:8443", "--backend", "backend-1=b1.internal:443",
+               config=estate.config)
+    assert ok.returncode == 0 and "bind [::]:8443 ssl" in ok.stdout, ok.stderr
+    assert "server backend-1 b1.internal:443 " in ok.stdout
+
+
 # -- certd audit-lb on broken HAProxy configs -------------------------------------------------------------------
 
 _BROKEN_HAPROXY = """\

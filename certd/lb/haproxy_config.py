@@ -23,6 +23,7 @@ nothing, so the same lines come out on every run.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,14 +124,41 @@ class HaproxyLines:
         }
 
 
+# What may become one word of a generated line. HAProxy splits a line on whitespace, starts a comment at ``#``,
+# and gives quotes, backslashes and ``$`` (environment variables) meanings of their own: a value holding any of
+# them (or a control character) could add a line, a keyword or a comment — `b1=127.0.0.1:9443\n server evil`,
+# `--bind '#'`, a bundle_file "/x/ca.pem verify none". So each value is checked for what it is, and refused
+# naming where it came from, never quoted into something HAProxy might read differently.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = rf"(?:\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*)"
+_ADDRESS = re.compile(rf"{_HOST}:([0-9]{{1,5}})")
+_BIND = re.compile(rf"(?:{_HOST}|\*)?:([0-9]{{1,5}})")
+_DNS_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_UNSAFE = re.compile(r"[\s#'\"\\$]|[\x00-\x1f\x7f]")
+
+
+def _port_ok(match: re.Match[str] | None) -> bool:
+    return match is not None and valid_port(match.group(1))
+
+
 def _host_port(value: str) -> bool:
-    host, sep, port = value.rpartition(":")
-    return bool(sep and host and valid_port(port))
+    return _port_ok(_ADDRESS.fullmatch(value))
+
+
+def _word(value: Path | str, where: str) -> str:
+    """``value`` as one word of a HAProxy line, or ``ConfigError`` naming ``where`` it came from."""
+    text = str(value)
+    bad = _UNSAFE.search(text)
+    if bad is not None:
+        raise ConfigError(f"{where}: {text!r} holds {bad.group(0)!r}, which HAProxy reads as syntax (whitespace, "
+                          "#, a quote, a backslash, $ or a control character): it would change the generated line; "
+                          "use a path or value without it")
+    return text
 
 
 def _server_name(config: Config, name: str) -> str:
     names = config.certificates[name].names
-    usable = [n for n in names if not is_ip(n) and not n.startswith("*.")]
+    usable = [n for n in names if not is_ip(n) and not n.startswith("*.") and _DNS_NAME.fullmatch(n)]
     if not usable:
         raise ConfigError(f"{config.path}: certificates.{name}: names ({', '.join(names)}) hold no DNS name to send "
                           "as SNI and check (IP addresses cannot be SNI; a wildcard is not a host): add one")
@@ -152,12 +180,15 @@ def haproxy_lines(config: Config, edges: list[str], backends: list[tuple[str, st
     """
     if not edges and not backends:
         raise ConfigError("give --edge NAME and/or --backend NAME=HOST:PORT")
+    if not _port_ok(_BIND.fullmatch(bind)):
+        raise ConfigError(f"--bind {bind!r}: not [HOST]:PORT (e.g. :443, 192.0.2.1:443, [::]:443)")
     for name in edges:
         _known(config, name, "--edge")
     client_crt = None
     if client_cert is not None:
         _known(config, client_cert, "--client-cert")
         client_crt = config.certificates[client_cert].output_dir / "combined.pem"
+        _word(client_crt, f"{config.path}: certificates.{client_cert}.output_dir")
     servers: list[ServerLine] = []
     for name, address in backends:
         _known(config, name, "--backend")
@@ -170,8 +201,11 @@ def haproxy_lines(config: Config, edges: list[str], backends: list[tuple[str, st
                 f"--backend {name}: its issuer {issuer} has no bundle_file, so there is no CA file for HAProxy to pin. "
                 f"Set bundle_file = \"/etc/haproxy/certd/{issuer}-ca.pem\" under [issuers.{issuer}]: certd keeps it "
                 f"current on every renewal (write it now with `certd bundle {name} --out <that path>`)")
+        _word(bundle, f"{config.path}: issuers.{issuer}.bundle_file")
         servers.append(ServerLine(name, address, _server_name(config, name), bundle, client_crt))
     if len({s.name for s in servers}) != len(servers):
         raise ConfigError("--backend: each certificate once (a server line is named after its certificate)")
     crts = tuple(config.certificates[n].output_dir / "combined.pem" for n in dict.fromkeys(edges))
+    for name, crt in zip(dict.fromkeys(edges), crts, strict=True):
+        _word(crt, f"{config.path}: certificates.{name}.output_dir")
     return HaproxyLines(config.path, tuple(dict.fromkeys(edges)), crts, bind, tuple(servers))
