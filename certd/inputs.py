@@ -94,6 +94,8 @@ def read_file(path: Path | str, limit: int = CERT_LIMIT) -> bytes:
     try:
         return read_bounded(Path(path), limit)
     except ValueError as exc:
+        if Path(path).is_dir():  # said as the system says it, as every caller's message already did
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path)) from None
         raise Refused(errno.EINVAL, str(exc), str(path)) from None
 
 

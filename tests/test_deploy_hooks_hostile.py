@@ -143,8 +143,10 @@ def test_process_name_mismatch_is_refused(
 
 
 def test_pid_file_that_is_a_fifo_fails_without_hanging(write_config: WriteConfig, tmp_path: Path) -> None:
-    os.mkfifo(tmp_path / "app.pid")
+    """A FIFO there when the config is loaded is refused by the config itself (tests/test_bounded_reads.py);
+    one that appears afterwards fails the deploy, without waiting for a writer."""
     app = _app(write_config, _signal_table())
+    os.mkfifo(tmp_path / "app.pid")
     try:
         result = app.pipeline.renew("edge")
         assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
