@@ -63,6 +63,13 @@ REJECTED = [
     pytest.param(VAULT.replace('output_dir = "{tmp}/out/api"',
                                'output_dir = "{tmp}/out/api"\nlifetime = "24h"\nrenew_before = "1d"'),
                  "certificates.api.renew_before", "does not fit in a lifetime of 1d", id="vault-lifetime-known"),
+    # 1b. contradictions (issue 19, class 8)
+    pytest.param(_edge("rollback = true\nkeep = 0"), "certificates.edge", "keep = 0 keeps none",
+                 id="rollback-without-generations"),
+    pytest.param(_edge("renew_fraction = 0.9999999"), "certificates.edge", "inside the hard deadline",
+                 id="renew-fraction-in-the-hard-deadline"),
+    pytest.param(_local('"lb.example.test", "www.example.test"', '"1.2.3"'), "certificates.edge.names.0",
+                 "its last label is all digits", id="all-numeric-name"),
     # 2. a lifetime the local CA cannot sign (no leaf outlives its intermediate)
     pytest.param(_edge('lifetime = "2000d"'), "certificates.edge.lifetime", "too long for issuer 'local'",
                  id="lifetime-over-ca"),

@@ -203,6 +203,9 @@ def _valid_name(name: str) -> str:
         labels = labels[1:]
     if len(name) > 253 or len(labels) < 1 or not all(_DNS_LABEL.match(lb) for lb in labels):
         raise ValueError(f"{name!r} is not a DNS name, wildcard (*.example.com) or IP address")
+    if labels[-1].isdigit():  # no top-level domain is all digits (RFC 3696 section 2): 1.2.3 is an IPv4 address
+        raise ValueError(f"{name!r} is not a DNS name: its last label is all digits (an IPv4 address written "
+                         "short? write it in full, as a.b.c.d)")
     return name.lower()
 
 
@@ -238,6 +241,12 @@ class CertificateConfig(Model):
             raise ValueError("set renew_before or renew_fraction, not both")
         if self.lifetime is not None and self.lifetime < timedelta(seconds=10):
             raise ValueError("lifetime must be at least 10s")
+        if self.rollback and self.keep == 0:
+            raise ValueError("rollback = true switches back to the previous generation, and keep = 0 keeps none: "
+                             "set keep to 1 or more, or rollback = false")
+        if self.renew_fraction is not None and self.renew_fraction > 0.9:
+            raise ValueError(f"renew_fraction = {self.renew_fraction} starts renewing inside the hard deadline (the "
+                             "last tenth of the lifetime), where every retry is already critical: use at most 0.9")
         return self
 
 
