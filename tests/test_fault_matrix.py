@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import itertools
 import json
 import shutil
 import tempfile
@@ -397,18 +398,19 @@ def _cell_problems(cell: Cell, first: dict[str, str], final: dict[str, str], lif
     # The episode: from the fault's start to the first renewal served after it (later renewals are routine).
     until = record.renewed_at if record.renewed_at is not None else float("inf")
     if proxy is None:
-        # A failure after issuance is rolled out again, never ordered again — until the issued version reaches
-        # its own renewal time (half its life here): one order, plus one per issued version that did.
+        # A failure after issuance is rolled out again, never ordered again while the issued version has its
+        # life ahead: each new version must come after the one before it reached its own renewal time.
         since_wall = datetime.now(UTC) - timedelta(seconds=time.monotonic() - injected)
-        until_wall = datetime.now(UTC) - timedelta(seconds=max(time.monotonic() - until, 0))
-        made = [v for v in history["versions"] if since_wall <= datetime.fromisoformat(v["created_at"]) <= until_wall]
-        orders = len(made)
-        lifted = min(lift, until_wall)
-        bound = 1 + sum(1 for v in made if datetime.fromisoformat(v["renew_at"]) < lifted)
-    else:
-        issued = ("/v1/pki/sign/", 200) if cell.ca == "vault" else (Phase.ORDER.value, 201)
-        orders = proxy.count(issued[0], method="POST", status=issued[1], since=injected, until=until)
-        bound = (len(failed) + 1) * (2 if cell.fault == "account-gone" else 1)  # one per attempt (two:
+        made = sorted((v for v in history["versions"] if datetime.fromisoformat(v["created_at"]) >= since_wall),
+                      key=lambda v: v["created_at"])
+        early = [b["serial"] for a, b in itertools.pairwise(made)
+                 if datetime.fromisoformat(b["created_at"]) < datetime.fromisoformat(a["renew_at"])]
+        if early:
+            found.append(f"{name}: ordered again ({early}) while the version issued before had its life ahead")
+        return found
+    issued = ("/v1/pki/sign/", 200) if cell.ca == "vault" else (Phase.ORDER.value, 201)
+    orders = proxy.count(issued[0], method="POST", status=issued[1], since=injected, until=until)
+    bound = (len(failed) + 1) * (2 if cell.fault == "account-gone" else 1)  # one per attempt (two:
     if orders > bound:  # registered again and ordered again), the successful one included
         found.append(f"{name}: {orders} orders for {len(failed)} failed attempts (bound {bound})")
     return found

@@ -209,10 +209,13 @@ def test_failed_validation_keeps_the_old_certificate(
     app = open_app(path)
     assert app.pipeline.renew("edge").outcome == "renewed"
     before = (tmp_path / "out/edge/combined.pem").read_bytes()
-    # webroot mode with no web server on the port: Pebble's validation cannot connect
+    # webroot mode with no web server on the port: Pebble's validation cannot connect. A new inventory, so a new
+    # ACME account: Pebble reuses a valid authorization of the same account now and then even with
+    # PEBBLE_AUTHZREUSE=0 (seen once in CI), which would skip the failing validation.
     (tmp_path / "nowhere").mkdir()
     path.write_text(path.read_text().replace(f'http01_listen = "127.0.0.1:{pebble.http01_port}"',
-                                             f'http01_webroot = "{tmp_path}/nowhere"'))
+                                             f'http01_webroot = "{tmp_path}/nowhere"')
+                    .replace(f"{tmp_path}/certd.db", f"{tmp_path}/second.db"))
     app2 = open_app(path)
     error = _renew_fails(app2, "edge")
     assert "ACME pebble: edge" in error and "validation of keep.example.test failed" in error
