@@ -80,6 +80,16 @@ def test_duration_huge_is_a_value_error(n: int, unit: str) -> None:
 _LABEL = st.from_regex(r"\A[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
 _DNS = st.builds(lambda wild, labels: ("*." if wild else "") + ".".join(labels),
                  st.booleans(), st.lists(_LABEL, min_size=1, max_size=5)).filter(lambda n: len(n) <= 253)
+# A last label of digits only is no DNS name (refused, see below) unless the whole spells an IPv4 address.
+_ACCEPTED = _DNS.filter(lambda n: not n.rsplit(".", 1)[-1].isdigit() or _is_ip(n))
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _names(value: object) -> list[str]:
@@ -88,7 +98,7 @@ def _names(value: object) -> list[str]:
 
 
 @SETTINGS
-@given(_DNS)
+@given(_ACCEPTED)
 def test_dns_names_are_accepted_and_normalized_once(name: str) -> None:
     (normal,) = _names(name)
     try:
@@ -97,6 +107,14 @@ def test_dns_names_are_accepted_and_normalized_once(name: str) -> None:
         expected = name.lower()
     assert normal == expected
     assert _names(normal) == [normal]
+
+
+@SETTINGS
+@given(_DNS.filter(lambda n: n.rsplit(".", 1)[-1].isdigit() and not _is_ip(n)))
+def test_a_name_whose_last_label_is_all_digits_is_refused(name: str) -> None:
+    """Issue 19: no top-level domain is all digits; 1.2.3 is an IPv4 address written short, not a host name."""
+    with pytest.raises(ValueError, match="last label is all digits"):
+        _names(name)
 
 
 @SETTINGS
