@@ -185,14 +185,14 @@ class Scheduler:
             if not self.jobs.is_open(name, "renew"):
                 self.submit(name, force=False, wait_for_lease=False)
                 started.append(name)
-        started += self._complete_pending_deploys(app, verdicts, now)
+        started += self._complete_pending_deploys(app, verdicts)
         self.recompute_wakeup(None if started else verdicts)
         self.last_scan = now
         if self._metrics is not None:
             self.refresh_metrics(list(app.config.certificates))
         return started
 
-    def _complete_pending_deploys(self, app: App, verdicts: dict[str, Verdict], now: datetime) -> list[str]:
+    def _complete_pending_deploys(self, app: App, verdicts: dict[str, Verdict]) -> list[str]:
         """Deploy again what is published but not deployed: a server not running on first start, or a
         rollout that failed (once its backoff has passed). A new order would not help either.
         """

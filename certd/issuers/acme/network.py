@@ -78,12 +78,8 @@ class AcmeNetwork(acme_client.ClientNetwork):
         self._backoff = backoff
         self._sleep = sleep
 
-    @property
-    def waiting_for(self) -> str | None:
-        return getattr(_ATTEMPT, "last", None)
-
-    @waiting_for.setter
-    def waiting_for(self, what: str) -> None:
+    @staticmethod
+    def waiting_for(what: str) -> None:
         """What the attempt is waiting on (an order still ``processing``): said if the deadline passes."""
         _ATTEMPT.last = what
 

@@ -186,7 +186,7 @@ class Orders:
                     status = response.json().get("status")
                 except (ValueError, AttributeError):
                     status = None
-                client.net.waiting_for = f"{what}: the CA still said {status!r}"
+                client.net.waiting_for(f"{what}: the CA still said {status!r}")
             yield response
             wait = retry_after_seconds(response)
             pause = min(wait if wait is not None else delay, _POLL_MAX * 4)
