@@ -109,6 +109,8 @@ class Checker:
         for name, truth in before.items():
             if truth is None or after[name] != truth:
                 continue  # nothing served yet, or a renewal landed mid-sample
+            if docs[name]["serial"] != truth.serial:
+                continue  # mid-switch: a rollback put the files back and has not yet made that version current
             record = self.records[name]
             status = docs[name]["status"]
             record.statuses.append((mono, status))
