@@ -43,6 +43,20 @@ def test_keep_generations_and_switch_back(tmp_path: Path) -> None:
     assert (out / "cert.pem").read_bytes() == b"3:cert.pem"
 
 
+def test_the_rollback_target_takes_one_of_the_keep_places(tmp_path: Path) -> None:
+    """Generations newer than the rollback target (published by processes killed before their inventory
+    caught up) never grow the directory past the current one and ``keep``; the target itself stays."""
+    out = tmp_path / "out"
+    pub = Publisher(out, keep=2)
+    target = pub.publish("s0", _files(b"0"))
+    for i in range(1, 4):  # each switched to, then its process died: the inventory still names s0
+        pub.publish(f"s{i}", _files(str(i).encode()), rollback_to=target.name)
+    current = pub.publish("s9", _files(b"9"), rollback_to=target.name)
+    names = [g.name for g in list_generations(out)]
+    assert len(names) == 1 + 2
+    assert target.name in names and current.name in names
+
+
 def test_crash_leftovers_are_swept_and_foreign_files_replaced(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -201,12 +201,20 @@ class Publisher:
                     p.unlink(missing_ok=True)
 
     def _prune(self, current: Generation, rollback_to: str | None) -> None:
-        """Keep the current generation, the rollback target and the newest ``keep`` good ones; drop the rest."""
+        """Keep the current generation and ``keep`` good others, the rollback target first; drop the rest.
+
+        The rollback target takes one of the ``keep`` places: a generation published by a process killed
+        before its inventory caught up is newer than the target, and counting the target on top of the
+        newest ones let such kills grow the directory past ``1 + keep``.
+        """
         others = [g for g in list_generations(self.output_dir) if g.name != current.name]
-        good = [g for g in others if not g.failed]
-        doomed = [g for g in others if g.failed] + good[: max(0, len(good) - self.keep)]
-        for old in doomed:
-            if old.name != rollback_to:
+        kept = {rollback_to} if rollback_to else set()
+        for g in reversed(others):  # newest first
+            if len(kept) >= self.keep or g.failed:
+                continue
+            kept.add(g.name)
+        for old in others:
+            if old.name not in kept:
                 shutil.rmtree(old.path, ignore_errors=True)
 
     def mark_failed(self, generation: Generation) -> None:
