@@ -252,6 +252,8 @@ def test_background_process_holding_the_pipes_does_not_hold_up_a_hook(
     [
         ('rm "$CERTD_PRIVKEY"', "privkey.pem", "is missing"),
         (': > "$CERTD_FULLCHAIN"', "fullchain.pem", "is empty"),
+        ('cat "$CERTD_OUTPUT_DIR/chain.pem" > "$CERTD_OUTPUT_DIR/cert.pem"', "cert.pem",
+         "no longer holds the published content"),
         ('echo junk > "$CERTD_COMBINED"', "combined.pem", "no longer holds the published content"),
     ],
 )
@@ -262,7 +264,8 @@ def test_hook_that_damages_the_published_files_fails(
     try:
         result = app.pipeline.renew("edge")
         assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
-        assert f"deploy t: command sh exited 0 but {tmp_path / 'out/edge' / file} {problem}" in (result.error or "")
+        assert f"deploy t: after it ran, the published files changed: {tmp_path / 'out/edge' / file} {problem}" \
+            in (result.error or "")
     finally:
         app.close()
 
@@ -363,7 +366,7 @@ def test_deploy_after_a_hook_deleted_the_files_relinks_them_before_any_target_ru
         assert done.outcome == "deployed", done
         assert marker.read_text() == "ok\n"  # the hook ran with the files back in place
         repaired = [e.message for e in app.inventory.events("edge") if e.kind == "publish.repaired"]
-        assert repaired and "privkey.pem, fullchain.pem" in repaired[0], repaired
+        assert repaired and f"{out / 'privkey.pem'} is missing; {out / 'fullchain.pem'} is missing" in repaired[0]
         assert (out / "privkey.pem").is_symlink() and (out / "privkey.pem").read_bytes()
         row = app.inventory.certificate("edge")
         assert row is not None and row.last_error is None  # the deploy failure is cleared

@@ -327,6 +327,7 @@ def test_every_ca_fault_at_every_phase_holds_the_invariants(
             shutil.rmtree(made, ignore_errors=True)
     log = (tmp_path / "daemon.log").read_text()
     assert checker.samples > 100, checker.samples
+    assert checker.cli_samples > 10, checker.cli_samples
     assert checker.violations == [], (checker.violations[:20], log[-3000:])
     problems: list[str] = []
     for name, cell in by_name.items():

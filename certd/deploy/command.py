@@ -37,18 +37,15 @@ import logging
 import os
 import selectors
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO
 
 from certd.config.model import CommandDeployConfig
 from certd.deploy.base import DeployContext
 from certd.errors import DeployError
-from certd.inputs import read_file
 from certd.scrub import OUTPUT_MARK
 
 __all__ = ["CommandTarget"]
@@ -224,29 +221,6 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def _damaged_output(ctx: DeployContext) -> str | None:
-    """Which published file the hook removed, emptied or rewrote, if any."""
-    paths = ctx.paths
-    expected: dict[Path, bytes | None] = {
-        paths.privkey: ctx.key_pem, paths.cert: None, paths.chain: None,
-        paths.fullchain: ctx.fullchain_pem, paths.combined: ctx.combined_pem,
-    }
-    for path, content in expected.items():
-        try:
-            st = path.stat()
-            if not stat.S_ISREG(st.st_mode):
-                return f"{path} is no longer a regular file"
-            if st.st_size == 0 and not (path == paths.chain and not ctx.chain):
-                return f"{path} is empty"
-            if content is not None and read_file(path, len(content) + 1) != content:
-                return f"{path} no longer holds the published content"
-        except FileNotFoundError:
-            return f"{path} is missing"
-        except OSError as exc:
-            return f"{path} cannot be read ({exc.strerror})"
-    return None
-
-
 class CommandTarget:
     """Run ``argv`` with a built environment, in its own process group, with a timeout."""
 
@@ -283,9 +257,6 @@ class CommandTarget:
                               + detail)
         if outcome.returncode != 0:
             raise DeployError(f"deploy {self.name}: command {cmd} exited {outcome.returncode}" + detail)
-        damage = _damaged_output(ctx)
-        if damage is not None:
-            raise DeployError(f"deploy {self.name}: command {cmd} exited 0 but {damage}")
         said = _one_line(stdout) or said
         return f"command {cmd} exited 0" + (f"{OUTPUT_MARK}{said}" if said else "")
 

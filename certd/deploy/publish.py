@@ -43,7 +43,11 @@ from certd.inputs import CERT_LIMIT, read_file
 from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
 
 __all__ = [
+    "DATA_LINK",
     "FILES",
+    "GEN_PREFIX",
+    "KEY_FILES",
+    "PUBLIC_MODE",
     "Generation",
     "Publisher",
     "current_generation",
@@ -58,8 +62,8 @@ GEN_PREFIX = "..gen-"
 TMP_PREFIX = "..tmp-"
 FAILED_MARK = ".certd-failed"  # inside a generation whose deploy or verify failed
 FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
-_KEY_FILES = frozenset({"privkey.pem", "combined.pem"})
-_PUBLIC_MODE = 0o644
+KEY_FILES = frozenset({"privkey.pem", "combined.pem"})
+PUBLIC_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,8 @@ class Publisher:
         self.output_dir = output_dir
         self.keep = keep
         self.key_mode = key_mode
-        self._uid = self._lookup_uid(owner)
-        self._gid = self._lookup_gid(group)
+        self.uid = self._lookup_uid(owner)  # -1: whoever certd runs as
+        self.gid = self._lookup_gid(group)  # -1: the directory's default
 
     @staticmethod
     def _lookup_uid(owner: str | None) -> int:
@@ -135,8 +139,8 @@ class Publisher:
             raise PublishError(f"group {group!r} is not a group on this host") from exc
 
     def _write(self, directory: Path, name: str, data: bytes) -> None:
-        mode = self.key_mode if name in _KEY_FILES else _PUBLIC_MODE
-        write_new(directory / name, data, mode, self._uid, self._gid)
+        mode = self.key_mode if name in KEY_FILES else PUBLIC_MODE
+        write_new(directory / name, data, mode, self.uid, self.gid)
 
     def publish(self, serial: str, files: dict[str, bytes], *, rollback_to: str | None = None) -> Generation:
         """Write a new generation and switch ``..data`` to it; return it.
@@ -254,7 +258,7 @@ def published_serial(output_dir: Path) -> str | None:
         return None
 
 
-def write_file_atomic(path: Path, data: bytes, mode: int = _PUBLIC_MODE) -> bool:
+def write_file_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
     """Replace one file (a trust bundle) in one rename; ``False`` when it already held ``data``."""
     try:
         # Compared only as a regular file of a sane size: a bundle path that is a device (/dev/full) or a

@@ -21,10 +21,11 @@ from typing import Protocol, runtime_checkable
 from cryptography import x509
 
 from certd.core.kinds import EventKind, Step
-from certd.deploy.publish import FILES, Generation, Publisher, current_generation, published_serial
+from certd.deploy.publish import Publisher, current_generation, published_serial
 from certd.engine import runner
 from certd.engine.attempt import Attempt, StepError, as_step_error
 from certd.engine.renew import add_version
+from certd.engine.repair import repaired
 from certd.engine.result import Result
 from certd.engine.rollout import Material, mark_server_down
 from certd.engine.services import Services
@@ -51,20 +52,15 @@ def _deploy(s: Services, attempt: Attempt) -> Result:
     if version is None:  # nothing to deploy is not a failure: recording one would back off the first issue
         return Result(name, "skipped", renewal_id=attempt.rid, reason="NothingIssued",
                       error=f"nothing issued yet: `certd renew {name}` first")
+    with attempt.step(Step.DEPLOY, at="issuer"):
+        roots = tuple(s.issuer(cfg.issuer).roots() or ())
     with attempt.step(Step.DEPLOY, at="files"):
         gen = current_generation(cfg.output_dir)
         if gen is None:
             raise DeployError(f"certificate {name}: nothing published on this host yet (`certd renew {name}` "
                               "publishes it, or `certd run --agent` installs it)")
-        _repair_links(s, attempt, gen)
-        try:
-            key = gen.read("privkey.pem")
-        except OSError as exc:
-            raise DeployError(f"certificate {name}: {cfg.output_dir / 'privkey.pem'} cannot be read "
-                              f"({exc.strerror}); `certd renew {name} --force` publishes a fresh set") from exc
-    with attempt.step(Step.DEPLOY, at="issuer"):
-        roots = tuple(s.issuer(cfg.issuer).roots() or ())
-    material = Material.of_version(version, key, roots)
+        material = repaired(s, attempt, gen, version, roots)
+        gen = current_generation(cfg.output_dir) or gen
     try:
         state, pending = s.rollout.deploy_and_verify(attempt, material, version.id, attempt.beat.lease
                                                      if attempt.beat else None)
@@ -80,26 +76,6 @@ def _deploy(s: Services, attempt: Attempt) -> Result:
     s.recorder.success(attempt)
     return Result(name, "deployed", serial=version.serial, state=state, renewal_id=attempt.rid,
                   reason="DeployPending" if pending else None)
-
-
-def _repair_links(s: Services, attempt: Attempt, gen: Generation) -> None:
-    """Stable names a hook (or a person) deleted are re-linked to the current generation before any target runs.
-
-    Without this every target would run against missing files and the error would blame whichever ran;
-    when the generation itself lost a file there is nothing to link to, and the renewal that fixes it is named.
-    """
-    out = attempt.cfg.output_dir
-    broken = [f for f in FILES if not (out / f).exists()]
-    if not broken:
-        return
-    lost = [f for f in FILES if not (gen.path / f).is_file()]
-    if lost:
-        raise DeployError(f"certificate {attempt.name}: {', '.join(lost)} missing from {out} and from its "
-                          f"generation {gen.name}: `certd renew {attempt.name} --force` publishes a fresh set",
-                          retryable=False)
-    s.rollout.publisher(attempt.cfg).switch(gen)
-    s.recorder.event(attempt.name, EventKind.PUBLISH_REPAIRED, f"re-linked {', '.join(broken)} in {out} to {gen.name} "
-                     "(they had been removed)", attempt.rid, step=Step.DEPLOY, level="warning")
 
 
 def revoke(s: Services, name: str, reason: RevocationReason) -> Result:

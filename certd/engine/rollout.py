@@ -29,6 +29,7 @@ from certd.config.model import CertificateConfig
 from certd.core.clock import Clock
 from certd.core.kinds import EventKind, Step
 from certd.deploy.base import DeployContext, DeployTarget, PublishedPaths
+from certd.deploy.integrity import published_damage
 from certd.deploy.publish import Generation, Publisher, current_generation, file_set
 from certd.engine.attempt import Attempt, StepError
 from certd.engine.recorder import Recorder
@@ -108,6 +109,16 @@ def _any_endpoint_up(cfg: CertificateConfig) -> bool:
         except OSError:
             continue
     return False
+
+
+def _intact(publisher: Publisher, files: dict[str, bytes], generation: str | None, when: str) -> None:
+    """Fail the deploy when the published set is no longer what certd wrote (a hook changed it)."""
+    damage = published_damage(publisher, files, generation)
+    if damage:
+        exposed = " — the key was readable beyond its configured mode; `certd renew --force` replaces it" \
+            if damage.exposed else ""
+        raise DeployError(f"{when}, the published files changed: {damage}{exposed}; `certd deploy` publishes "
+                          "them again")
 
 
 def _load_bundle(path: Path) -> tuple[x509.Certificate, ...]:
@@ -221,9 +232,14 @@ class Rollout:
         lb_before = [baseline(check) for check in cfg.lb_checks]  # HAProxy's counters before the rotation
         if cfg.deploy:
             with attempt.step(Step.DEPLOY):
+                publisher = self.publisher(cfg)
+                generation = current_generation(cfg.output_dir)
+                switched = generation.name if generation is not None else None
+                _intact(publisher, files, switched, "before any deploy target ran")
                 for target_name in cfg.deploy:
                     try:
                         message = self.targets[target_name].deploy(ctx)
+                        _intact(publisher, files, switched, f"deploy {target_name}: after it ran")
                     except TargetAbsent as exc:
                         if not _bootstrapping(attempt) or _any_endpoint_up(cfg):
                             self.recorder.deploy_result(name, target_name, False)
