@@ -57,12 +57,13 @@ def test_the_rollback_target_takes_one_of_the_keep_places(tmp_path: Path) -> Non
     assert target.name in names and current.name in names
 
 
-def test_crash_leftovers_are_swept_and_foreign_files_replaced(tmp_path: Path) -> None:
+def test_crash_leftovers_are_swept_and_replaced_links_restored(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
+    Publisher(out).publish("s0", _files(b"0"))  # the directory is certd's (marked) from here on
     (out / "..tmp-half-written").mkdir()
     (out / "..tmp-half-written" / "privkey.pem").write_bytes(b"partial")
-    (out / "cert.pem").write_bytes(b"left by another tool")
+    (out / "cert.pem").unlink()
+    (out / "cert.pem").write_bytes(b"a copy a hook left in place of the link")
     Publisher(out).publish("s", _files(b"x"))
     assert not (out / "..tmp-half-written").exists()
     assert os.readlink(out / "cert.pem") == "..data/cert.pem"

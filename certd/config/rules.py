@@ -42,6 +42,7 @@ from certd.core.policy import min_remaining, remaining_floor
 from certd.inputs import CERT_LIMIT, KEY_LIMIT, SECRET_LIMIT, read_file
 from certd.pki.keybox import KEY_HINT, parse_key
 from certd.pki.keys import KeyType
+from certd.places import foreign_entries, is_system_dir
 
 if TYPE_CHECKING:
     from certd.config.model import CertificateConfig, Config, DeployConfig, IssuerConfig
@@ -173,8 +174,16 @@ def _directory_rules(
             errors.append(f"{where}: {out} is also used by certificates.{owners[out]}")
         else:
             owners[out] = name
-        if out.exists() and not out.is_dir():
+        why = is_system_dir(out)
+        if why is not None:
+            errors.append(f"{where}: {out} is {why}: certd replaces and removes files in its output_dir; "
+                          "name a directory of its own (e.g. /etc/certd/out/NAME)")
+        elif out.exists() and not out.is_dir():
             errors.append(f"{where}: {out} exists and is not a directory")
+        elif foreign := foreign_entries(out):
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            errors.append(f"{where}: {out} holds files certd did not make ({shown}); certd publishes only into "
+                          "a directory it owns (new, empty, or marked by it): name another")
         else:
             probe = out
             while not probe.exists():
@@ -182,6 +191,8 @@ def _directory_rules(
             if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
                 errors.append(f"{where}: {probe} is not writable")
     ca_dirs = {issuer.dir.resolve(): n for n, issuer in issuers.items() if issuer.type == "local-ca"}
+    errors += [f"{path}: issuers.{n}.dir: {d} is {why}: the local CA keeps its keys in a directory of its own"
+               for d, n in ca_dirs.items() if (why := is_system_dir(d)) is not None]
     for name, out in outs.items():
         where = f"{path}: certificates.{name}.output_dir"
         outer = next((p for p in out.parents if p in owners), None)

@@ -41,6 +41,7 @@ from certd.errors import PublishError
 from certd.files import fsync_dir, write_atomic, write_new
 from certd.inputs import CERT_LIMIT, read_file
 from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
+from certd.places import DATA_LINK, FAILED_MARK, FILES, GEN_PREFIX, TMP_PREFIX, claim, generation_is_ours
 
 __all__ = [
     "DATA_LINK",
@@ -57,11 +58,6 @@ __all__ = [
     "write_file_atomic",
 ]
 
-DATA_LINK = "..data"
-GEN_PREFIX = "..gen-"
-TMP_PREFIX = "..tmp-"
-FAILED_MARK = ".certd-failed"  # inside a generation whose deploy or verify failed
-FILES = ("privkey.pem", "cert.pem", "chain.pem", "fullchain.pem", "combined.pem")
 KEY_FILES = frozenset({"privkey.pem", "combined.pem"})
 PUBLIC_MODE = 0o644
 
@@ -150,7 +146,7 @@ class Publisher:
         if set(files) != set(FILES):
             raise PublishError(f"publish needs exactly {', '.join(FILES)}")
         try:
-            self.output_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            claim(self.output_dir)
             self._sweep_tmp()
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             name = f"{GEN_PREFIX}{stamp}-{serial[:16]}"
@@ -218,7 +214,7 @@ class Publisher:
                 continue
             kept.add(g.name)
         for old in others:
-            if old.name not in kept:
+            if old.name not in kept and generation_is_ours(old.path):  # never what certd did not write
                 shutil.rmtree(old.path, ignore_errors=True)
 
     def mark_failed(self, generation: Generation) -> None:

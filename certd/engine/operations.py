@@ -38,6 +38,7 @@ from certd.pki.certs import load_pem_certs
 from certd.pki.keys import PrivateKey, key_pem, load_key_pem
 from certd.pki.revocation import RevocationReason
 from certd.pki.x509check import check_certificate, usable_chain
+from certd.places import LOCK, claim
 
 __all__ = ["deploy", "import_certificate", "install", "needs_install", "revoke", "rollover"]
 
@@ -237,8 +238,8 @@ def rollover(s: Services, issuer_name: str) -> str:
 @contextmanager
 def _host_lock(output_dir: Path) -> Iterator[None]:
     """One installer per output_dir on this host (agents of one host share the files, not the lease)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / ".certd.lock", "a") as fh:
+    claim(output_dir)  # the lock file is certd's too: never made in a directory certd may not write
+    with open(output_dir / LOCK, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
