@@ -35,7 +35,7 @@ from sqlalchemy import text
 
 from certd.api.app import ApiState, create_api
 from certd.api.auth import NoToken, read_token
-from certd.api.limits import server_config
+from certd.api.limits import raise_fd_limit, server_config
 from certd.config.load import load_config
 from certd.config.model import Config
 from certd.config.rules import check_secret_modes
@@ -98,10 +98,12 @@ class Daemon:
         return read_token(self.current().config.daemon.api_token_file)
 
     def health(self) -> dict[str, Any]:
-        database = True
+        database, database_error = True, None
         try:
             with self.app.engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
+        except CertdError as exc:  # the file deleted or replaced under the daemon: say which
+            database, database_error = False, exc.message
         except Exception:
             database = False
         alive = self._aps.running and not self._stop.is_set()
@@ -111,6 +113,7 @@ class Daemon:
             "status": status,
             "scheduler": alive,
             "database": database,
+            "database_error": database_error,
             "config_error": self.config_error,
             "last_scan": last.isoformat() if last else None,
             "role": "agent" if self.agent else "all",
@@ -201,6 +204,9 @@ class Daemon:
             log.warning("%s; the HTTP API accepts reads only", exc)
         for line in check_secret_modes(self.current().config):
             log.warning(line)
+        before, after = raise_fd_limit()
+        if after != before:
+            log.info("descriptor limit raised from %d to %d", before, after)
         state = ApiState(app=self.current, scheduler=self.scheduler, metrics=self.metrics,
                          token=self._token, health=self.health)
         try:

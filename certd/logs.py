@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime
 
-__all__ = ["setup_logging"]
+__all__ = ["RepeatFilter", "setup_logging"]
 
 _EXTRA_KEYS = ("certificate", "renewal_id", "event", "step")
 
@@ -36,6 +41,48 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatFilter(logging.Filter):
+    """Lines that repeat are written ``burst`` times per ``window`` seconds; the rest are counted and said once.
+
+    A daemon whose database vanished fails every scan, and one whose descriptors ran out logged each
+    refused accept: 442,883 lines (225 MB) in a minute, which fills the disk the renewals need. Lines are
+    the same when their logger, level, certificate and text agree, digits aside (timestamps, counts, ports),
+    so each certificate keeps its own lines. The first line after a quiet window says how many were dropped.
+    """
+
+    def __init__(self, burst: int = 10, window: float = 60.0, keys: int = 4096,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.burst, self.window, self.keys, self.clock = burst, window, keys, clock
+        self._seen: OrderedDict[tuple[str, int, str, str], list[float]] = OrderedDict()  # [start, passed, dropped]
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, str(getattr(record, "certificate", "")),
+               _DIGITS.sub("#", record.getMessage())[:400])
+        now = self.clock()
+        with self._lock:
+            entry = self._seen.get(key)
+            if entry is None or now - entry[0] >= self.window:
+                dropped = int(entry[2]) if entry is not None else 0
+                self._seen[key] = [now, 1, 0]
+                self._seen.move_to_end(key)
+                while len(self._seen) > self.keys:
+                    self._seen.popitem(last=False)
+                if dropped:
+                    record.msg, record.args = (f"{record.getMessage()} ({dropped} more lines like this in the "
+                                               f"last {self.window:g}s were not written)"), None
+                return True
+            if entry[1] < self.burst:
+                entry[1] += 1
+                return True
+            entry[2] += 1
+            return False
+
+
 def setup_logging(level: str = "info", *, json_logs: bool | None = None) -> None:
     """Configure the root logger once per process."""
     handler = logging.StreamHandler(sys.stderr)
@@ -44,6 +91,7 @@ def setup_logging(level: str = "info", *, json_logs: bool | None = None) -> None
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%H:%M:%S"))
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

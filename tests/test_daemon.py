@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,17 +55,24 @@ argv = ["sleep", "{hook_sleep}"]
 """
 
 
+def _both(preexec: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        default_signals()
+        preexec()
+    return run
+
+
 class Daemon:
     """``certd run`` as a child process; ``tls`` holds requests' ``verify``/``cert`` for an HTTPS API."""
 
     def __init__(self, config: Path, port: int, log: Path, env: dict[str, str] | None = None,
-                 tls: dict[str, Any] | None = None) -> None:
+                 tls: dict[str, Any] | None = None, preexec: Callable[[], None] | None = None) -> None:
         self.tls = tls or {}
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen([sys.executable, "-m", "certd", "-c", str(config), "run"], cwd=REPO,
                                      stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     preexec_fn=default_signals)
+                                     preexec_fn=default_signals if preexec is None else _both(preexec))
         self.log = log
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and self.proc.poll() is None:

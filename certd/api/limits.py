@@ -16,9 +16,14 @@ must not be able to spend the daemon's memory or its connection slots:
   the body is read, a chunked body the moment the count passes the cap, so
   no more than the cap (plus the server's 64 KiB read-ahead) is ever held
   for one request; complete within ``BODY_TIMEOUT`` of the head (else 408);
-- **connections**: at most ``LIMIT_CONCURRENCY`` at once (503 beyond),
-  idle keep-alive ones closed after ``KEEP_ALIVE`` seconds; a client that
-  has not taken a finished response within ``HEAD_TIMEOUT`` is cut off.
+- **connections**: at most ``connection_cap()`` held at once (a quarter of
+  the descriptor limit, at most ``MAX_CONNECTIONS``); at the cap the oldest
+  connection still waiting for a request is closed for a new one, so
+  renewals never run out of descriptors and a client that asks at once is
+  served; asyncio accepts at most ``ACCEPT_BACKLOG`` in one go; idle
+  keep-alive ones closed after ``KEEP_ALIVE`` seconds; a client that has not
+  taken a finished response within ``HEAD_TIMEOUT`` is cut off. Running
+  requests beyond ``LIMIT_CONCURRENCY`` are answered 503.
 
 Every refusal carries ``Connection: close``, and so does any answer given
 while the request body is still arriving: the server then closes instead of
@@ -31,10 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import resource
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import h11
 import uvicorn
@@ -48,17 +55,24 @@ from certd.errors import ConfigError
 from certd.inputs import CERT_LIMIT, KEY_LIMIT, read_file
 
 __all__ = [
+    "ACCEPT_BACKLOG",
     "BODY_TIMEOUT",
+    "FD_TARGET",
     "HEAD_TIMEOUT",
     "KEEP_ALIVE",
     "LIMIT_CONCURRENCY",
     "MAX_BODY",
+    "MAX_CONNECTIONS",
     "MAX_HEAD",
     "MAX_HEADERS",
     "BodyLimit",
     "GuardedH11Protocol",
+    "connection_cap",
+    "raise_fd_limit",
     "server_config",
 ]
+
+log = logging.getLogger("certd.api")
 
 MAX_BODY = 64 * 1024  # renew/deploy take no body; a signed caller may send a small JSON note
 MAX_HEAD = 16 * 1024  # request line + every header field
@@ -66,7 +80,10 @@ MAX_HEADERS = 64
 HEAD_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0  # 64 KiB in 10 s is 6.5 KB/s: slower than any real client
 KEEP_ALIVE = 5
-LIMIT_CONCURRENCY = 64  # connections + running requests; an operator API, not a public site
+LIMIT_CONCURRENCY = 64  # running requests beyond the connection cap; an operator API, not a public site
+MAX_CONNECTIONS = 1024  # connections held at once, at most (connection_cap: a quarter of the descriptors)
+ACCEPT_BACKLOG = 64  # the listen queue, and so the most connections asyncio accepts at once
+FD_TARGET = 65536  # the soft descriptor limit raise_fd_limit asks for
 GRACEFUL_SHUTDOWN = 5
 
 
@@ -94,8 +111,20 @@ class GuardedH11Protocol(H11Protocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_transport: asyncio.Transport | None = None
+    # Connections held open at once, across the listener (one API server per process); ``cap`` is set by
+    # ``server_config`` from the descriptor limit. Beyond it a connection is closed the moment it is made.
+    _open: ClassVar[dict[GuardedH11Protocol, None]] = {}  # oldest first
+    cap: ClassVar[int] = 256
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if len(GuardedH11Protocol._open) >= GuardedH11Protocol.cap and not self._evict_idle():
+            # Renewals need descriptors (sockets to the CA, files, hooks' pipes): an unauthenticated client
+            # holding connections must never spend them. uvicorn never sees this connection.
+            cast(asyncio.Transport, transport).abort()
+            log.warning("API: %d connections open and busy, the most it holds; a new one was closed",
+                        GuardedH11Protocol.cap)
+            return
+        GuardedH11Protocol._open[self] = None
         super().connection_made(transport)  # type: ignore[arg-type]
         self._head_transport = cast(asyncio.Transport, transport)  # a stream server's: it can abort()
         self._arm_head_timer()
@@ -105,9 +134,28 @@ class GuardedH11Protocol(H11Protocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self not in GuardedH11Protocol._open:
+            return  # closed at once by the cap: uvicorn never knew it
+        del GuardedH11Protocol._open[self]
         if self._head_timer is not None:
             self._head_timer.cancel()
         super().connection_lost(exc)
+
+    @staticmethod
+    def _evict_idle() -> bool:
+        """At the cap, close the oldest connection still waiting for a request, so a client that asks at once
+        is served while idle connections (someone holding slots) are the ones that go; ``False`` if none is."""
+        for proto in GuardedH11Protocol._open:  # connection_lost removes it, and lets uvicorn forget it
+            transport = proto._head_transport
+            if transport is not None and not transport.is_closing() and proto._waiting_for_head():
+                transport.abort()
+                log.warning("API: %d connections open, the most it holds; the oldest idle ones are closed",
+                            GuardedH11Protocol.cap)
+                return True
+        return False
+
+    def _waiting_for_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
 
     def _arm_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -122,8 +170,7 @@ class GuardedH11Protocol(H11Protocol):
         if transport.is_closing():
             transport.abort()  # asked to close HEAD_TIMEOUT ago and still not flushed: the peer is not reading
             return
-        waiting_for_head = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
-        if waiting_for_head:
+        if self._waiting_for_head():
             transport.close()
             self._arm_head_timer()  # close() waits for unsent data; abort if the peer never takes it
 
@@ -239,6 +286,32 @@ def _tls_problem(daemon: DaemonConfig) -> str | None:
     return None
 
 
+def connection_cap() -> int:
+    """A quarter of the descriptors this process may open, within 16..1024: the rest are the renewals'."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(16, min(MAX_CONNECTIONS, soft // 4))
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft descriptor limit to the hard one (at most ``FD_TARGET``); (before, after).
+
+    The soft default is 1,024 under systemd and most shells, while the hard limit is usually far higher:
+    a daemon with many renewals at once and an API must not run out at 1,024 (the shipped unit also sets
+    ``LimitNOFILE``). Where the hard limit is low (a container), the API's cap shrinks with it instead.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = FD_TARGET if hard == resource.RLIM_INFINITY else min(hard, FD_TARGET)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, want
+    return soft, soft
+
+
 def server_config(app: ASGIApp, daemon: DaemonConfig, config_path: Path) -> uvicorn.Config:
     """The uvicorn settings for ``[daemon]``: the limits above and, when configured, TLS and mTLS.
 
@@ -254,6 +327,7 @@ def server_config(app: ASGIApp, daemon: DaemonConfig, config_path: Path) -> uvic
         tls = {"ssl_certfile": str(daemon.api_tls_cert_file), "ssl_keyfile": str(daemon.api_tls_key_file)}
         if daemon.api_client_ca_file is not None:
             tls |= {"ssl_ca_certs": str(daemon.api_client_ca_file), "ssl_cert_reqs": ssl.CERT_REQUIRED}
+    GuardedH11Protocol.cap = connection_cap()
     config = uvicorn.Config(
         app,
         host=host.strip("[]"),
@@ -266,7 +340,13 @@ def server_config(app: ASGIApp, daemon: DaemonConfig, config_path: Path) -> uvic
         server_header=False,
         proxy_headers=False,  # X-Forwarded-For from anyone would be believed for 127.0.0.1 peers
         h11_max_incomplete_event_size=MAX_HEAD,
-        limit_concurrency=LIMIT_CONCURRENCY,
+        # uvicorn answers 503 once connections or running requests reach this: connections are capped
+        # above (idle ones evicted), so only running requests may reach it.
+        limit_concurrency=GuardedH11Protocol.cap + LIMIT_CONCURRENCY,
+        log_config=None,  # uvicorn's lines go through certd's handler: JSON, and repeats rate-limited
+        # asyncio accepts up to ``backlog`` connections in one go before any protocol sees them: uvicorn's
+        # 2,048 let a burst of connections take every descriptor before the cap could close one.
+        backlog=ACCEPT_BACKLOG,
         timeout_keep_alive=KEEP_ALIVE,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
         **tls,

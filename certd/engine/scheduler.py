@@ -31,6 +31,7 @@ from certd.core.policy import Reason, Verdict
 from certd.core.status import assess
 from certd.engine.app import App
 from certd.engine.result import Result
+from certd.errors import CertdError
 from certd.inventory.models import VersionState
 from certd.metrics import Metrics
 
@@ -175,7 +176,9 @@ class Scheduler:
             return self._scan_installs(app, now)
         try:
             app.pipeline.refresh_renewal_info()
-        except Exception:  # ARI is advice: a failure must not stop the scan that renews by the lifetime rule
+        except CertdError as exc:  # ARI is advice: a failure must not stop the scan that renews by the lifetime rule
+            log.error("refreshing ARI renewal windows failed: %s", exc)
+        except Exception:
             log.exception("refreshing ARI renewal windows failed")
         verdicts = app.pipeline.verdicts()
         # Earliest renewal time first: when the budget is short, certificates closest to expiry get it.

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -74,10 +75,7 @@ def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30
             if not db.parent.is_dir():
                 raise ConfigError(f"database.url: directory {db.parent} does not exist")
             prepare_sqlite_file(url, db)
-        engine = create_engine(
-            url, pool_size=8, max_overflow=32, connect_args={"timeout": busy_timeout.total_seconds(),
-                                                             "check_same_thread": False}
-        )
+        engine = _sqlite_engine(url, db, busy_timeout)
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
@@ -104,6 +102,54 @@ def create_db_engine(url: str, *, busy_timeout: timedelta = timedelta(seconds=30
 
 
 _READ_ONLY = "certd_read_only"
+
+
+def _sqlite_engine(url: str, db: Path | None, busy_timeout: timedelta) -> Engine:
+    """A file database is opened ``mode=rw`` and kept to the file it was opened on (``_Identity``)."""
+    if db is None:
+        return create_engine(url, pool_size=8, max_overflow=32,
+                             connect_args={"timeout": busy_timeout.total_seconds(), "check_same_thread": False})
+    identity = _Identity(url, db)
+    uri = f"file:{quote(str(db))}?mode=rw"
+
+    def connect() -> sqlite3.Connection:
+        identity.check()  # before connecting: a deleted file is never created again, empty, by a new connection
+        return sqlite3.connect(uri, uri=True, timeout=busy_timeout.total_seconds(), check_same_thread=False)
+
+    engine = create_engine(url, pool_size=8, max_overflow=32, creator=connect)
+    event.listen(engine, "checkout", lambda *_: identity.check())
+    return engine
+
+
+class _Identity:
+    """Is ``db`` still the file this engine opened? Checked at every connection taken from the pool.
+
+    A SQLite file deleted (or replaced) under a running daemon goes on working through the connections
+    already open — on the unlinked inode, so renewals recorded nowhere anyone reads, and files published
+    that the inventory never knew — while a new connection would silently create an empty database. Here
+    both end: taking a connection fails with one clear error (``/healthz`` fails with it too), and the
+    fence before each publish takes one, so nothing is published unrecorded. A stat costs microseconds.
+    """
+
+    def __init__(self, url: str, db: Path) -> None:
+        self.url, self.db = url, db
+        st = db.stat()
+        self.identity = (st.st_dev, st.st_ino)
+
+    def check(self) -> None:
+        where = f"database {safe_url(self.url)}: {self.db}"
+        try:
+            now = self.db.stat()
+        except FileNotFoundError:
+            raise InventoryError(f"{where} was deleted while certd ran: nothing more is recorded or published; "
+                                 "restore it, or restart certd to begin an empty inventory",
+                                 reason="InventoryGone", retryable=False) from None
+        except OSError as exc:
+            raise InventoryError(f"{where} cannot be checked: {exc.strerror}") from None
+        if (now.st_dev, now.st_ino) != self.identity:
+            raise InventoryError(f"{where} was replaced by another file while certd ran: nothing more is recorded "
+                                 "or published until certd is restarted on it", reason="InventoryGone",
+                                 retryable=False)
 
 
 class Sessions(sessionmaker[Session]):
