@@ -40,7 +40,7 @@ from certd.config.load import load_config
 from certd.config.model import Config
 from certd.config.rules import check_secret_modes
 from certd.core.durations import format_duration
-from certd.core.kinds import EventKind
+from certd.core.kinds import EventKind, Step
 from certd.engine.app import App
 from certd.engine.scheduler import Scheduler
 from certd.errors import CA_RATE_LIMIT_REASONS, CertdError, ConfigError
@@ -162,13 +162,17 @@ class Daemon:
         log.info("config reloaded: %d certificates", len(config.certificates))
         # A reload is the operator saying "I changed something, try again": every held-back
         # certificate is re-evaluated now, except those the CA itself rate-limited.
-        cleared = app.inventory.clear_backoffs(keep_reasons=CA_RATE_LIMIT_REASONS)
-        for name in cleared:
-            app.services.recorder.event(name, EventKind.BACKOFF_CLEARED,
-                                        "config reloaded: backoff ended, re-evaluating now", None)
+        self._clear_backoffs(app, "config reloaded", ())
         old.close()
         self._reload_tls(config)
         self._scan()
+
+    @staticmethod
+    def _clear_backoffs(app: App, why: str, keep_steps: tuple[str, ...]) -> None:
+        """End backoffs whose cause may be gone, except the CA's rate limits (and ``keep_steps``)."""
+        for name in app.inventory.clear_backoffs(keep_reasons=CA_RATE_LIMIT_REASONS, keep_steps=keep_steps):
+            app.services.recorder.event(name, EventKind.BACKOFF_CLEARED, f"{why}: backoff ended, re-evaluating now",
+                                        None)
 
     def _reload_tls(self, config: Config) -> None:
         """A renewed API certificate takes effect on SIGHUP for new connections (the client CA needs a restart)."""
@@ -204,6 +208,11 @@ class Daemon:
             log.warning("%s; the HTTP API accepts reads only", exc)
         for line in check_secret_modes(self.current().config):
             log.warning(line)
+        # A restart is what the docs prescribe after fixing a local cause (a rotated key_file, a user created
+        # again, a directory cleaned): such backoffs end here as at a reload. A CA's refusals keep theirs, so
+        # a daemon restarted in a loop never orders in a loop.
+        if not self.agent:
+            self._clear_backoffs(self.current(), "daemon started", (Step.ISSUE.value,))
         before, after = raise_fd_limit()
         if after != before:
             log.info("descriptor limit raised from %d to %d", before, after)

@@ -19,8 +19,8 @@ from pathlib import Path
 from certd.errors import PublishError
 from certd.files import write_atomic
 
-__all__ = ["DATA_LINK", "FAILED_MARK", "FILES", "GEN_PREFIX", "LOCK", "MARK", "TMP_PREFIX", "claim", "foreign_entries",
-           "generation_is_ours", "is_system_dir", "owns"]
+__all__ = ["DATA_LINK", "FAILED_MARK", "FILES", "GEN_PREFIX", "LOCK", "MARK", "TMP_PREFIX", "check_claimable",
+           "claim", "foreign_entries", "generation_is_ours", "is_system_dir", "owns"]
 
 MARK = ".certd-output"
 LOCK = ".certd.lock"  # an agent's per-host install lock
@@ -101,12 +101,23 @@ def claim(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True, mode=0o755)
     if owns(directory):
         return
+    check_claimable(directory)
+    write_atomic(directory / MARK, b"This directory is written by certd: it replaces and removes what is in it.\n",
+                 0o644)
+
+
+def check_claimable(directory: Path) -> None:
+    """``PublishError`` when ``claim`` would refuse ``directory``; nothing is created or marked.
+
+    A renewal asks this before it orders: a directory that turned foreign (or a system one) fails the
+    renewal where no certificate is spent, instead of after issuance on every retry.
+    """
+    if owns(directory):
+        return
     why = is_system_dir(directory.resolve())
-    foreign = foreign_entries(directory)
+    foreign = foreign_entries(directory) if directory.is_dir() else []
     if why is not None or foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise PublishError(f"{directory} is {why}: certd publishes only into a directory of its own" if why else
-                              f"{directory} holds files certd did not make ({shown}): certd publishes only into a "
-                              "directory it owns (new, empty, or marked by it)")
-    write_atomic(directory / MARK, b"This directory is written by certd: it replaces and removes what is in it.\n",
-                 0o644)
+                           f"{directory} holds files certd did not make ({shown}): certd publishes only into a "
+                           "directory it owns (new, empty, or marked by it)", retryable=False)

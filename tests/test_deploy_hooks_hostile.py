@@ -113,6 +113,47 @@ def test_pid_one_is_named_as_init_and_never_signalled(write_config: WriteConfig,
         app.close()
 
 
+@pytest.fixture
+def usr1_received() -> Iterator[list[int]]:
+    """SIGUSR1 to this process is recorded instead of killing it: a signal certd must not send is seen."""
+    import signal
+
+    got: list[int] = []
+    previous = signal.signal(signal.SIGUSR1, lambda number, _frame: got.append(number))
+    yield got
+    signal.signal(signal.SIGUSR1, previous)
+
+
+def test_certd_never_signals_itself(write_config: WriteConfig, tmp_path: Path, usr1_received: list[int]) -> None:
+    """In-process, certd's own pid is this process's: a pid file naming it is refused, nothing is sent."""
+    (tmp_path / "app.pid").write_text(f"{os.getpid()}\n")
+    app = _app(write_config, _signal_table().replace('signal = "TERM"', 'signal = "USR1"'))
+    try:
+        result = app.pipeline.renew("edge")
+        assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+        assert f"names pid {os.getpid()}, certd itself: certd never signals it" in (result.error or "")
+    finally:
+        app.close()
+    time.sleep(0.2)
+    assert usr1_received == []
+
+
+def test_certd_never_signals_the_process_that_started_it(write_config: WriteConfig, tmp_path: Path,
+                                                       usr1_received: list[int]) -> None:
+    """``certd renew`` as a child of this process, told to signal this process: refused, nothing sent."""
+    from tests.cli import certd
+
+    (tmp_path / "app.pid").write_text(f"{os.getpid()}\n")
+    body = '[database]\nurl = "sqlite:///{tmp}/certd.db"\n' + LOCAL_CA_CONFIG.replace(
+        'output_dir = "{tmp}/out/edge"', 'output_dir = "{tmp}/out/edge"\ndeploy = ["t"]') + _signal_table().replace(
+        'signal = "TERM"', 'signal = "USR1"')
+    proc = certd("renew", "edge", "--json", config=write_config(body), process=True)
+    assert proc.returncode != 0, proc.stdout
+    assert f"names pid {os.getpid()}, the process that started certd" in proc.stdout + proc.stderr
+    time.sleep(0.2)
+    assert usr1_received == []
+
+
 def test_the_process_that_wrote_the_file_is_signalled(
     write_config: WriteConfig, tmp_path: Path, sleeper: subprocess.Popen[bytes]
 ) -> None:

@@ -158,7 +158,14 @@ class SignalTarget:
                               "it; is this the pid file the server writes?", retryable=False)
         if not _PID_RE.fullmatch(text) or not 1 < int(text) <= _PID_MAX:
             raise DeployError(f"deploy {self.name}: pid file {pid_file} does not hold a pid")
-        return int(text), st.st_mtime
+        pid = int(text)
+        # certd itself (a TERM would kill it mid-deploy with its lease held and nothing recorded), or whatever
+        # started it (a shell, systemd's manager, the test runner): never the server a deploy reloads.
+        if pid in (os.getpid(), os.getppid()) or os.getpgid(0) == pid:
+            who = "certd itself" if pid == os.getpid() else "the process that started certd"
+            raise DeployError(f"deploy {self.name}: pid file {pid_file} names pid {pid}, {who}: certd never "
+                              "signals it; is this the pid file the server writes?", retryable=False)
+        return pid, st.st_mtime
 
     def _not_running(self, pid: int) -> DeployError:
         # A server that is down reads the published files when it starts: "absent", not refused.

@@ -70,6 +70,8 @@ def _renew(s: Services, attempt: Attempt, force: bool) -> Result:
         return Result(name, "skipped", serial=old.serial if old else None, state=old.state if old else None,
                       renewal_id=rid, reason=str(verdict.reason))
     s.recorder.event(name, EventKind.RENEWAL_STARTED, f"{verdict.reason}: {verdict.message}", rid, step=Step.PLAN)
+    with attempt.step(Step.PLAN, at="output_dir"):
+        s.rollout.preflight(cfg)
     if not force:
         with attempt.step(Step.PLAN):
             again = _issued_before(s, attempt)

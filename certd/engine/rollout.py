@@ -40,6 +40,7 @@ from certd.inventory.models import Version, VersionState
 from certd.inventory.store import Inventory
 from certd.lb.health import baseline, confirm_accepted
 from certd.pki.certs import load_pem_certs, serial_hex
+from certd.places import check_claimable
 
 # A server down at rollout is looked at again this soon (capped by the normal backoff): certd confirms the new
 # certificate within seconds of the server's return, and a look costs a connect or a pid check, no order.
@@ -138,6 +139,15 @@ class Rollout:
         self.prober = prober
         self.recorder = recorder
         self.clock = clock
+
+    def preflight(self, cfg: CertificateConfig) -> None:
+        """What the steps after issuance need that can be known before ordering: the owner and group exist,
+        the directory may be taken, the inventory is still sealed with this process's key. A renewal checks
+        it first, so a user deleted at runtime, another tool's files in ``output_dir`` or a rotated key
+        fail where no certificate is spent — not after issuance on every retry."""
+        self.publisher(cfg)
+        check_claimable(cfg.output_dir)
+        self.inventory.check_sealing_key()  # `db rotate-key` ran under this process: it would fail at record
 
     @staticmethod
     def publisher(cfg: CertificateConfig) -> Publisher:

@@ -362,13 +362,22 @@ class Inventory:
                 q = q.where(Certificate.failed_step.in_([step.value for step in steps]))
             s.execute(q.values(failures=0, next_attempt_at=None, last_error=None, last_reason=None, failed_step=None))
 
-    def clear_backoffs(self, *, keep_reasons: Iterable[str]) -> list[str]:
-        """End every backoff except those whose reason is in ``keep_reasons``; return the names."""
-        keep = list(keep_reasons)
+    def check_sealing_key(self) -> None:
+        """Before a renewal orders: the key it will seal with is still the inventory's (``InventoryError``)."""
+        if self.keybox.enabled:
+            with self.sessions.begin() as s:
+                assert_sealing_key(s, self.keybox)
+
+    def clear_backoffs(self, *, keep_reasons: Iterable[str], keep_steps: Iterable[str] = ()) -> list[str]:
+        """End every backoff except those whose reason is in ``keep_reasons`` or whose failed step is in
+        ``keep_steps``; return the names."""
+        keep, steps = list(keep_reasons), list(keep_steps)
         with self.sessions.begin() as s:
             q = select(Certificate.name).where(Certificate.next_attempt_at.is_not(None))
             if keep:
                 q = q.where((Certificate.last_reason.is_(None)) | (Certificate.last_reason.not_in(keep)))
+            if steps:
+                q = q.where((Certificate.failed_step.is_(None)) | (Certificate.failed_step.not_in(steps)))
             names = list(s.execute(q).scalars())
             if names:
                 s.execute(update(Certificate).where(Certificate.name.in_(names)).values(next_attempt_at=None))
