@@ -20,7 +20,8 @@ from certd.errors import PublishError
 from certd.files import write_atomic
 
 __all__ = ["DATA_LINK", "FAILED_MARK", "FILES", "GEN_PREFIX", "LOCK", "MARK", "TMP_PREFIX", "check_claimable",
-           "claim", "foreign_entries", "generation_is_ours", "is_system_dir", "owns"]
+           "claim", "foreign_entries", "generation_is_ours", "is_system_dir", "owns",
+           "unwritable"]
 
 MARK = ".certd-output"
 LOCK = ".certd.lock"  # an agent's per-host install lock
@@ -89,8 +90,8 @@ def foreign_entries(directory: Path) -> list[str]:
         return []
     try:
         return sorted(entry.name for entry in os.scandir(directory) if not _is_ours(entry))
-    except FileNotFoundError:
-        return []
+    except (FileNotFoundError, NotADirectoryError):
+        return []  # nothing there yet (or a file on the way: the caller names that)
 
 
 def claim(directory: Path) -> None:
@@ -98,7 +99,12 @@ def claim(directory: Path) -> None:
 
     The mark is written once; a directory that already carries it is not listed again.
     """
-    directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except (FileExistsError, NotADirectoryError):  # mkdir's "File exists" names neither the file nor the fix
+        blocking = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), directory)
+        raise PublishError(f"{blocking} is a file, so {directory} cannot be made: point output_dir elsewhere",
+                           retryable=False) from None
     if owns(directory):
         return
     check_claimable(directory)
@@ -121,3 +127,25 @@ def check_claimable(directory: Path) -> None:
         raise PublishError(f"{directory} is {why}: certd publishes only into a directory of its own" if why else
                            f"{directory} holds files certd did not make ({shown}): certd publishes only into a "
                            "directory it owns (new, empty, or marked by it)", retryable=False)
+
+
+def unwritable(path: Path) -> str | None:
+    """Why this process cannot create files in directory ``path`` (or write file ``path``), or ``None``.
+
+    Said the way an operator fixes it: a read-only mount is not a mode problem, and a file where a
+    directory is expected is neither.
+    """
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"{path} cannot be examined ({exc.strerror})"
+    try:
+        if os.statvfs(path).f_flag & os.ST_RDONLY:
+            return f"{path} is on a read-only file system"
+    except OSError:
+        pass
+    mode = os.W_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
+    if os.access(path, mode, effective_ids=os.access in os.supports_effective_ids):
+        return None
+    return (f"{path} is not writable for uid {os.geteuid()} (mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"owner uid {st.st_uid})")

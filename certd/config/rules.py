@@ -28,7 +28,6 @@ import it without a cycle.
 from __future__ import annotations
 
 import grp
-import os
 import pwd
 import stat
 from collections.abc import Mapping, Set
@@ -42,7 +41,7 @@ from certd.core.policy import min_remaining, remaining_floor
 from certd.inputs import CERT_LIMIT, KEY_LIMIT, SECRET_LIMIT, read_file
 from certd.pki.keybox import KEY_HINT, parse_key
 from certd.pki.keys import KeyType
-from certd.places import foreign_entries, is_system_dir
+from certd.places import foreign_entries, is_system_dir, unwritable
 
 if TYPE_CHECKING:
     from certd.config.model import CertificateConfig, Config, DeployConfig, IssuerConfig
@@ -188,8 +187,10 @@ def _directory_rules(
             probe = out
             while not probe.exists():
                 probe = probe.parent
-            if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-                errors.append(f"{where}: {probe} is not writable")
+            if not probe.is_dir():
+                errors.append(f"{where}: {probe} is a file, so {out} cannot be made under it")
+            elif (why_not := unwritable(probe)) is not None:
+                errors.append(f"{where}: {why_not}")
     ca_dirs = {issuer.dir.resolve(): n for n, issuer in issuers.items() if issuer.type == "local-ca"}
     errors += [f"{path}: issuers.{n}.dir: {d} is {why}: the local CA keeps its keys in a directory of its own"
                for d, n in ca_dirs.items() if (why := is_system_dir(d)) is not None]

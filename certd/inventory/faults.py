@@ -121,6 +121,9 @@ def prepare_sqlite_file(url: str, path: Path) -> None:
     def refuse(cause: str) -> InventoryError:
         return InventoryError(f"database {safe_url(url)}: {cause}", reason="InventoryUnwritable", retryable=False)
 
+    if os.statvfs(directory).f_flag & os.ST_RDONLY:  # not a mode problem: no chmod fixes it
+        raise refuse(f"{directory} is on a read-only file system: certd records leases and events in the "
+                     "database; put it on a writable one (StateDirectory= under systemd)")
     if not _writable(directory):
         raise refuse(f"directory {directory} is not writable ({_who(directory)}): SQLite needs to create "
                      f"{path.name}-wal and {path.name}-shm beside the database")

@@ -23,6 +23,7 @@ __all__ = [
     "build_csr",
     "generate_key",
     "is_ip",
+    "key_description",
     "key_pem",
     "key_type_of",
     "load_key_pem",
@@ -69,6 +70,20 @@ def key_type_of(key: PrivateKey | PublicKey) -> KeyType | None:
     if isinstance(pub, rsa.RSAPublicKey):
         return {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}.get(pub.key_size)
     return None
+
+
+def key_description(key: PrivateKey | PublicKey) -> str:
+    """What a key is, in words, also for the keys certd has no name for (``rsa-1024``, ``ecdsa-secp521r1``)."""
+    known = key_type_of(key)
+    if known is not None:
+        return str(known)
+    pub = key.public_key() if not isinstance(key, PublicKey) else key
+    if isinstance(pub, rsa.RSAPublicKey):
+        return f"rsa-{pub.key_size}" + (" (too weak: CAs and TLS clients refuse RSA keys under 2048 bits)"
+                                        if pub.key_size < 2048 else "")
+    if isinstance(pub, ec.EllipticCurvePublicKey):
+        return f"ecdsa-{pub.curve.name}"
+    return type(pub).__name__.removeprefix("_").removesuffix("PublicKey").lower() or "unknown"
 
 
 def key_pem(key: PrivateKey) -> bytes:

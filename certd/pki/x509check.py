@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
@@ -24,9 +24,9 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from certd.core.durations import format_duration
 from certd.errors import CheckFailed
 from certd.pki.certs import build_chain, cert_names, is_self_signed
-from certd.pki.keys import KeyType, PrivateKey, key_type_of
+from certd.pki.keys import KeyType, PrivateKey, key_description, key_type_of
 
-__all__ = ["CheckReason", "Expectations", "check_certificate", "usable_chain", "verify_chain"]
+__all__ = ["CheckReason", "Expectations", "check_certificate", "usable_chain", "verify_chain", "weak_signature"]
 
 _CLOCK_SKEW = timedelta(minutes=5)
 
@@ -42,6 +42,7 @@ class CheckReason(StrEnum):
     VALIDITY = "ValidityTooShort"
     TRUNCATED = "LifetimeShortenedByCA"
     EKU = "ExtendedKeyUsageMissing"
+    WEAK_SIGNATURE = "WeakSignature"
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,28 @@ def _ekus(leaf: x509.Certificate) -> set[x509.ObjectIdentifier] | None:
         return None  # no EKU extension: every usage is allowed (RFC 5280 4.2.1.12)
 
 
+_WEAK_HASHES = {"sha1": "SHA-1", "md5": "MD5"}
+
+
+def weak_signature(leaf: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> str | None:
+    """A certificate in the served chain signed with a hash TLS clients refuse, said as such.
+
+    The chain verifier refuses these too, but its words ("validation failed", a path problem) send an
+    operator looking at the chain's order, not at the CA's signing profile.
+    """
+    for cert in (leaf, *chain):
+        try:
+            algorithm = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm:
+            continue  # the verifier names what it cannot read
+        name = _WEAK_HASHES.get(algorithm.name) if algorithm is not None else None
+        if name is not None:
+            which = "the certificate" if cert is leaf else f"the intermediate {cert.subject.rfc4514_string()}"
+            return (f"{which} is signed with {name}, which CAs stopped using and TLS clients refuse: the CA's "
+                    "signing profile must use SHA-256 or stronger")
+    return None
+
+
 def check_certificate(
     leaf: x509.Certificate,
     chain: tuple[x509.Certificate, ...],
@@ -166,7 +189,10 @@ def check_certificate(
         raise _fail(CheckReason.KEY_MISMATCH, "the certificate's public key does not match the private key")
     actual_type = key_type_of(key)
     if expect.key_type is not None and actual_type != expect.key_type:
-        raise _fail(CheckReason.KEY_TYPE, f"key type is {actual_type or 'unknown'}, expected {expect.key_type}")
+        raise _fail(CheckReason.KEY_TYPE, f"key type is {key_description(key)}, expected {expect.key_type}")
+    weak = weak_signature(leaf, chain)
+    if weak is not None:
+        raise _fail(CheckReason.WEAK_SIGNATURE, weak)
     have = {_name_key(n) for n in cert_names(leaf)}
     missing = [n for n in expect.names if _name_key(n) not in have]
     if missing:
