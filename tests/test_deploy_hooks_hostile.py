@@ -138,6 +138,30 @@ def test_certd_never_signals_itself(write_config: WriteConfig, tmp_path: Path, u
     assert usr1_received == []
 
 
+def test_certd_never_signals_one_of_its_own_threads(write_config: WriteConfig, tmp_path: Path,
+                                                   usr1_received: list[int]) -> None:
+    """A thread id is a pid to kill(2), and reaches the whole process: certd's threads are certd."""
+    import threading
+
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        assert thread.native_id is not None and thread.native_id != os.getpid()
+        (tmp_path / "app.pid").write_text(f"{thread.native_id}\n")
+        app = _app(write_config, _signal_table().replace('signal = "TERM"', 'signal = "USR1"'))
+        try:
+            result = app.pipeline.renew("edge")
+            assert (result.outcome, result.failed_step) == ("failed", "deploy"), result
+            assert f"names pid {thread.native_id}, certd itself" in (result.error or "")
+        finally:
+            app.close()
+    finally:
+        stop.set()
+    time.sleep(0.2)
+    assert usr1_received == []
+
+
 def test_certd_never_signals_the_process_that_started_it(write_config: WriteConfig, tmp_path: Path,
                                                        usr1_received: list[int]) -> None:
     """``certd renew`` as a child of this process, told to signal this process: refused, nothing sent."""

@@ -161,8 +161,11 @@ class SignalTarget:
         pid = int(text)
         # certd itself (a TERM would kill it mid-deploy with its lease held and nothing recorded), or whatever
         # started it (a shell, systemd's manager, the test runner): never the server a deploy reloads.
-        if pid in (os.getpid(), os.getppid()) or os.getpgid(0) == pid:
-            who = "certd itself" if pid == os.getpid() else "the process that started certd"
+        # A thread's id signals its whole process (kill(2) with a tid reaches the thread group): the
+        # threads of certd are certd.
+        itself = pid == os.getpid() or Path(f"/proc/self/task/{pid}").exists()
+        if itself or pid == os.getppid() or os.getpgid(0) == pid:
+            who = "certd itself" if itself else "the process that started certd"
             raise DeployError(f"deploy {self.name}: pid file {pid_file} names pid {pid}, {who}: certd never "
                               "signals it; is this the pid file the server writes?", retryable=False)
         return pid, st.st_mtime
