@@ -535,7 +535,7 @@ def test_rotate_key(write_config: WriteConfig, db_url: str, tmp_path: Path) -> N
 
         _refused(_certd("list", config=cfg_a), key_a)
         late = old_replica.pipeline.renew("edge", force=True)  # cannot slip in a key sealed with the old one
-        assert (late.outcome, late.failed_step) == ("failed", "plan") and MISMATCH in (late.error or "")  # before ordering
+        assert (late.outcome, late.failed_step) == ("failed", "plan") and MISMATCH in (late.error or "")
     finally:
         old_replica.close()
 
