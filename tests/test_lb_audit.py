@@ -366,7 +366,7 @@ def test_audit_finds_each_haproxy_pitfall_at_its_line(estate: Estate) -> None:
     assert severity["no-hsts"] == severity["system-ca"] == severity["check-no-sni"] == "warning"
     assert severity["tls-min-implicit"] == "ok"
     assert doc["counts"] == {"ok": 1, "warning": sum(1 for f in doc["findings"] if f["severity"] == "warning"),
-                             "critical": 3}
+                             "critical": 3, "unknown": 0}
 
     # The lines the audit names for a missing CA file and an unreadable one are those HAProxy itself refuses
     # (it stops parsing at the unreadable file, so that line is commented out for the second run).

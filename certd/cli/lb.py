@@ -32,16 +32,20 @@ from certd.cli.base import (
 )
 from certd.core.clock import SystemClock
 from certd.core.durations import rfc3339
-from certd.core.status import Severity
 from certd.errors import CertdError
 
 if TYPE_CHECKING:
     from certd.lb.audit import Finding
+    from certd.lb.audit.findings import Level
 
 __all__ = ["COMMANDS"]
 
-_STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.OK: "dim"}
-_LABEL = {Severity.CRITICAL: "critical", Severity.WARNING: "warning", Severity.OK: "note"}
+# audit-lb's levels are its own (certd.lb.audit.findings.Level, keyed here by value so the audit package loads
+# only when audit-lb runs): Severity's three and "unknown", which a finding the audit cannot stand by has.
+_STYLE = {"critical": "bold red", "unknown": "magenta", "warning": "yellow", "ok": "dim"}
+_LABEL = {"critical": "critical", "unknown": "unknown", "warning": "warning", "ok": "note"}
+_ORDER = ("critical", "unknown", "warning", "ok")  # the summary's order: as bad as the exit code says first
+_PERF = ("ok", "warning", "critical", "unknown")  # the perfdata's and --json counts' order (new keys last)
 
 
 def _backend(value: str) -> tuple[str, str]:
@@ -99,11 +103,15 @@ def _unknown(message: str, as_json: bool) -> NoReturn:
     plugin_unknown("CERTD AUDIT-LB", message, as_json, {"findings": []})
 
 
-def _summary(file: Path, kind: str, status: Severity, findings: list[Finding]) -> str:
-    counts = {s: sum(1 for f in findings if f.level is s) for s in Severity}
-    parts = [f"{counts[s]} {_LABEL[s]}{'s' if counts[s] != 1 and s is not Severity.CRITICAL else ''}"
-             for s in (Severity.CRITICAL, Severity.WARNING, Severity.OK) if counts[s]]
-    perf = " ".join(f"{s.value}={counts[s]}" for s in Severity)
+def _counts(findings: list[Finding]) -> dict[str, int]:
+    return {s: sum(1 for f in findings if f.level.value == s) for s in _PERF}
+
+
+def _summary(file: Path, kind: str, status: Level, findings: list[Finding]) -> str:
+    counts = _counts(findings)
+    parts = [f"{counts[s]} {_LABEL[s]}{'s' if counts[s] != 1 and s not in ('critical', 'unknown') else ''}"
+             for s in _ORDER if counts[s]]
+    perf = " ".join(f"{s}={counts[s]}" for s in _PERF)
     found = ", ".join(parts) or "no pitfalls found"
     return f"CERTD AUDIT-LB {status.value.upper()} - {file} ({kind}): {found} | {perf}"
 
@@ -133,7 +141,9 @@ def audit_lb_cmd(state: State, file: Path, live: bool, timeout: str, as_json: bo
     1 WARNING   weaker than the setup should be (system store, no SNI, no HSTS, TLS < 1.2, ...)
     2 CRITICAL  a backend whose certificate is not verified or not name-checked, a config the server
                 refuses, or (--live) a backend that fails the load balancer's handshake
-    3 UNKNOWN   the file cannot be read or is neither HAProxy nor nginx, bad usage, a config that does not load
+    3 UNKNOWN   the file cannot be read or is neither HAProxy nor nginx, bad usage, a config that does not load,
+                or (with no critical finding) something the audit cannot judge: a value from the environment,
+                a .if block, an nginx include it cannot read, settings in a file it did not see
 
     The kind is detected from the content. With a certd config (-c, or ./certd.toml when it exists), the
     names the load balancer checks are looked up among its certificates, and CA files compared with the
@@ -141,6 +151,7 @@ def audit_lb_cmd(state: State, file: Path, live: bool, timeout: str, as_json: bo
     """
     from certd.config.load import load_config
     from certd.lb.audit import AuditError, audit_file, config_findings, live_findings
+    from certd.lb.audit.findings import worst
 
 
     try:
@@ -166,24 +177,25 @@ def audit_lb_cmd(state: State, file: Path, live: bool, timeout: str, as_json: bo
         more, report = live_findings(audit, now, per_handshake)
         findings += more
     findings.sort(key=lambda f: (f.line, f.code))
-    status = max((f.level for f in findings), key=lambda s: s.rank, default=Severity.OK)
+    status = worst(f.level for f in findings)
     if as_json:
         emit_json({
             "file": str(file), "kind": audit.kind, "status": status.value,
             "findings": [f.as_json() for f in findings],
-            "counts": {s.value: sum(1 for f in findings if f.level is s) for s in Severity},
+            "counts": _counts(findings),
             "backends": [b.as_json() for b in audit.backends],
             "live": report, "config": str(config.path) if config else None, "checked_at": rfc3339(now),
         })
     else:
         for f in findings:
-            style = _STYLE[f.level]
-            out.print(f"{escape(str(file))}:{f.line}: [{style}]{_LABEL[f.level]}[/] {f.code.value}: "
-                      f"{escape(f.message)}", soft_wrap=True)
+            style = _STYLE[f.level.value]
+            doubt = f" [{style}](unknown: {escape(f.doubt)})[/]" if f.doubt and f.doubt not in f.message else ""
+            out.print(f"{escape(str(f.file or file))}:{f.line}: [{style}]{_LABEL[f.level.value]}[/] {f.code.value}: "
+                      f"{escape(f.message)}{doubt}", soft_wrap=True)
         if report is not None:
             out.print(_live_table(report))
         out.print(escape(_summary(file, audit.kind, status, findings)), soft_wrap=True)
-    sys.exit(status.rank)
+    sys.exit(status.exit_code)
 
 
 COMMANDS = (haproxy_config_cmd, audit_lb_cmd)

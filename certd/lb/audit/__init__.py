@@ -1,8 +1,9 @@
 """``certd audit-lb``: a haproxy.cfg or nginx.conf checked against the re-encrypting setup's pitfalls, by line.
 
-``findings`` holds the codes and severities, ``haproxy`` and ``nginx`` one
-small parser each, ``live`` the checks against certd's config and real
-handshakes. Which parser runs is decided by content, not file name (a file
+``findings`` holds the codes and levels (and the doubts that make a finding
+UNKNOWN), ``haproxy*`` and ``nginx*`` a reader and an auditor each, modelled
+on the server's own parsing, ``live`` the checks against certd's config and
+real handshakes. Which parser runs is decided by content, not file name (a file
 called ``lb.conf`` is either): nginx statements end in ``;`` or open ``{``,
 HAProxy's section headers do neither.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from certd.inputs import read_bounded
-from certd.lb.audit.findings import SEVERITY, Audit, AuditError, Code, Finding, TlsBackend, unreadable
+from certd.lb.audit.findings import SEVERITY, Audit, AuditError, Code, Finding, Level, TlsBackend, unreadable, worst
 from certd.lb.audit.haproxy import audit_haproxy, haproxy_score
 from certd.lb.audit.live import config_findings, live_findings
 from certd.lb.audit.nginx import audit_nginx, nginx_score
@@ -23,12 +24,14 @@ __all__ = [
     "AuditError",
     "Code",
     "Finding",
+    "Level",
     "TlsBackend",
     "audit_file",
     "audit_text",
     "config_findings",
     "detect",
     "live_findings",
+    "worst",
 ]
 
 _LIMIT = 4 * 1024 * 1024  # far above any real load balancer config; a mistaken path to a log stops here

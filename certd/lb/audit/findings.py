@@ -18,17 +18,25 @@ because of this?":
 - ``ok`` (a note): a version-dependent default that happens to be safe on
   current releases (HAProxy >= 2.2 defaults to TLS 1.2); said so it is
   stated rather than relied on, without changing the exit code.
+
+A fourth level, ``unknown``, is not a ``Severity`` (that enum is certd's
+certificate status, shared with ``certd check``): it is this audit's answer
+for what it read but cannot judge (a value from the environment, a ``.if``
+block, a file it did not see). A finding whose judgement rests on such a
+line carries a ``doubt`` and is UNKNOWN whatever its code says, so the audit
+never answers OK for what it did not understand. Overall, as a Nagios plugin
+ranks them: critical, then unknown, then warning, then ok.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from certd.core.status import Severity
 from certd.inputs import CERT_LIMIT, read_bounded
 
 __all__ = [
@@ -39,17 +47,44 @@ __all__ = [
     "Audit",
     "AuditError",
     "Code",
+    "Doubt",
     "Finding",
+    "Level",
     "TlsBackend",
     "count_certificates",
     "covers",
+    "doubt_text",
     "is_ip",
+    "settle",
     "unreadable",
+    "worst",
 ]
 
 MAX_PINNED = 10  # more CA certificates than this in a ca-file is a trust store, not a pinned bundle
 SYSTEM_CA = "@system-ca"  # HAProxy's name for the system trust store; also what an unpinned nginx trusts
 OLD_TLS = frozenset({"sslv3", "tlsv1", "tlsv1.0", "tlsv10", "tlsv1.1", "tlsv11"})
+
+
+class Level(StrEnum):
+    """How bad a finding is: ``Severity``'s three words plus ``unknown``; the exit code is a Nagios plugin's."""
+
+    OK = "ok"
+    WARNING = "warning"
+    UNKNOWN = "unknown"
+    CRITICAL = "critical"
+
+    @property
+    def exit_code(self) -> int:
+        return _EXIT[self]
+
+
+_EXIT = {Level.OK: 0, Level.WARNING: 1, Level.CRITICAL: 2, Level.UNKNOWN: 3}
+_WORSE = (Level.OK, Level.WARNING, Level.UNKNOWN, Level.CRITICAL)  # a real critical outranks "cannot tell"
+
+
+def worst(levels: Iterable[Level]) -> Level:
+    """The overall level: critical, else unknown, else warning, else ok (Nagios' order, not the exit codes')."""
+    return max(levels, key=_WORSE.index, default=Level.OK)
 
 
 class AuditError(ValueError):
@@ -81,49 +116,111 @@ class Code(StrEnum):
     NO_REQUEST_ID = "no-request-id"  # no X-Request-ID to join the load balancer's and the backend's logs
     LIVE_HANDSHAKE = "live-handshake"  # --live: the handshake the load balancer makes fails
     LIVE_NOT_VERIFIED = "live-not-verified"  # --live: the served chain does not verify to what is pinned
+    CONFIG_REFUSED = "config-refused"  # the server refuses to load the file (NUL byte, bad quoting, bad value, ...)
+    CONDITIONAL = "conditional"  # HAProxy .if/.elif/.else block whose condition is decided at start-up
+    ENVIRONMENT = "environment"  # a value HAProxy takes from an environment variable
+    UNSEEN = "unseen-context"  # rests on settings of a file not audited (-f before it, the nginx file including it)
+    INCLUDE = "include-not-read"  # an nginx include the audit could not read: what it adds is not judged
+    TOO_DEEP = "too-deep"  # blocks nested deeper than the audit follows
+    NUL_BYTE = "nul-byte"  # nginx: a NUL byte in a word (C string functions stop there, nginx's length does not)
+    AMBIGUOUS = "ambiguous-keyword"  # a keyword the audit does not know, before one it judges: is it its argument?
+    NOT_AUDITED = "not-audited"  # a construct the audit does not model (nginx stream proxies)
 
 
-SEVERITY: dict[Code, Severity] = {
-    Code.VERIFY_NONE: Severity.CRITICAL,
-    Code.NO_CA_FILE: Severity.CRITICAL,
-    Code.NO_NAME_CHECK: Severity.CRITICAL,
-    Code.LIVE_HANDSHAKE: Severity.CRITICAL,
-    Code.LIVE_NOT_VERIFIED: Severity.CRITICAL,
-    Code.NAME_NOT_COVERED: Severity.CRITICAL,
-    Code.SYSTEM_CA: Severity.WARNING,
-    Code.CA_FILE_UNREADABLE: Severity.WARNING,
-    Code.CA_FILE_NOT_BUNDLE: Severity.WARNING,
-    Code.NO_SNI: Severity.WARNING,
-    Code.NO_SSL_NAME: Severity.WARNING,
-    Code.PLAINTEXT_BACKEND: Severity.WARNING,
-    Code.NO_CHECK: Severity.WARNING,
-    Code.CHECK_NOT_TLS: Severity.WARNING,
-    Code.CHECK_NO_SNI: Severity.WARNING,
-    Code.CHECK_NOT_HTTP: Severity.WARNING,
-    Code.TLS_BELOW_12: Severity.WARNING,
-    Code.NO_HSTS: Severity.WARNING,
-    Code.NO_FORWARDED_PROTO: Severity.WARNING,
-    Code.NO_REQUEST_ID: Severity.WARNING,
-    Code.TLS_MIN_IMPLICIT: Severity.OK,
-    Code.CA_FILE_NOT_LIVE: Severity.OK,
+SEVERITY: dict[Code, Level] = {
+    Code.VERIFY_NONE: Level.CRITICAL,
+    Code.NO_CA_FILE: Level.CRITICAL,
+    Code.NO_NAME_CHECK: Level.CRITICAL,
+    Code.LIVE_HANDSHAKE: Level.CRITICAL,
+    Code.LIVE_NOT_VERIFIED: Level.CRITICAL,
+    Code.NAME_NOT_COVERED: Level.CRITICAL,
+    Code.CONFIG_REFUSED: Level.CRITICAL,
+    Code.SYSTEM_CA: Level.WARNING,
+    Code.CA_FILE_UNREADABLE: Level.WARNING,
+    Code.CA_FILE_NOT_BUNDLE: Level.WARNING,
+    Code.NO_SNI: Level.WARNING,
+    Code.NO_SSL_NAME: Level.WARNING,
+    Code.PLAINTEXT_BACKEND: Level.WARNING,
+    Code.NO_CHECK: Level.WARNING,
+    Code.CHECK_NOT_TLS: Level.WARNING,
+    Code.CHECK_NO_SNI: Level.WARNING,
+    Code.CHECK_NOT_HTTP: Level.WARNING,
+    Code.TLS_BELOW_12: Level.WARNING,
+    Code.NO_HSTS: Level.WARNING,
+    Code.NO_FORWARDED_PROTO: Level.WARNING,
+    Code.NO_REQUEST_ID: Level.WARNING,
+    Code.TLS_MIN_IMPLICIT: Level.OK,
+    Code.CA_FILE_NOT_LIVE: Level.OK,
+    Code.CONDITIONAL: Level.UNKNOWN,
+    Code.ENVIRONMENT: Level.UNKNOWN,
+    Code.UNSEEN: Level.UNKNOWN,
+    Code.INCLUDE: Level.UNKNOWN,
+    Code.TOO_DEEP: Level.UNKNOWN,
+    Code.NUL_BYTE: Level.UNKNOWN,
+    Code.AMBIGUOUS: Level.UNKNOWN,
+    Code.NOT_AUDITED: Level.UNKNOWN,
 }
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One pitfall at one line of the audited file. ``severity`` may be lowered (a name only a config vouches for)."""
+    """One pitfall at one line of the audited file. ``severity`` may be lowered (a name only a config vouches for).
+
+    ``doubt`` says why the audit cannot stand by it (a line it rests on is conditional, from the environment,
+    or in a file it did not see): the finding is then UNKNOWN, whatever its code's level. ``file`` is set for
+    a line of another file than the one audited (an nginx include).
+    """
 
     line: int
     code: Code
     message: str
-    severity: Severity | None = None
+    severity: Level | None = None
+    doubt: str | None = None
+    file: Path | None = None
 
     @property
-    def level(self) -> Severity:
-        return self.severity or SEVERITY[self.code]
+    def level(self) -> Level:
+        return Level.UNKNOWN if self.doubt else (self.severity or SEVERITY[self.code])
 
     def as_json(self) -> dict[str, Any]:
-        return {"line": self.line, "code": self.code.value, "severity": self.level.value, "message": self.message}
+        return {"line": self.line, "code": self.code.value, "severity": self.level.value, "message": self.message,
+                "doubt": self.doubt, "file": None if self.file is None else str(self.file)}
+
+
+@dataclass(frozen=True)
+class Doubt:
+    """Why one judgement cannot be made: the line it rests on (in ``file``, None: the audited one) and a sentence."""
+
+    line: int
+    code: Code
+    why: str
+    file: Path | None = None
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else f"line {self.line}"
+
+
+def doubt_text(doubts: Iterable[Doubt]) -> str | None:
+    """All the doubts as one sentence (None: there are none)."""
+    unique = list(dict.fromkeys(doubts))
+    return "; ".join(f"{d.where()}: {d.why}" for d in unique) or None
+
+
+def settle(found: list[Finding], doubts: Iterable[Doubt], line: int, label: str,
+           file: Path | None = None) -> list[Finding]:
+    """The findings of one backend or edge, made UNKNOWN when a line they rest on cannot be judged.
+
+    Without doubts they stand. With any, each finding carries the doubt (so a critical that an unseen line
+    could undo is not claimed), and one UNKNOWN finding per doubt names the line and why, even when nothing
+    was found: "no pitfall" is no more certain than a pitfall there.
+    """
+    unique = list(dict.fromkeys(doubts))
+    why = doubt_text(unique)
+    if why is None:
+        return found
+    return ([replace(f, doubt=why) for f in found]
+            + [Finding(line, d.code, f"{label}: cannot be judged: {d.where()}: {d.why}", doubt=d.why, file=file)
+               for d in unique])
 
 
 @dataclass(frozen=True)
@@ -143,6 +240,8 @@ class TlsBackend:
     ca_file: Path | str | None
     verify: bool
     client_crt: bool | None = None  # HAProxy: the server line has `crt` (None: not HAProxy, or not known)
+    file: Path | None = None  # an nginx include the line is in (None: the audited file)
+    doubt: str | None = None  # why its configuration is not certain: what is found about it is UNKNOWN
 
     def as_json(self) -> dict[str, Any]:
         return {"line": self.line, "label": self.label, "endpoints": list(self.endpoints), "sni": self.sni,
@@ -160,8 +259,8 @@ class Audit:
     backends: list[TlsBackend] = field(default_factory=list)
 
     @property
-    def status(self) -> Severity:
-        return max((f.level for f in self.findings), key=lambda s: s.rank, default=Severity.OK)
+    def status(self) -> Level:
+        return worst(f.level for f in self.findings)
 
 
 def count_certificates(path: Path) -> int:

@@ -10,6 +10,7 @@ nginx ``proxy_ssl_name`` without ``proxy_ssl_server_name``).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,9 @@ from cryptography import x509
 
 from certd.config.model import Config, HaproxyDeployConfig
 from certd.core.durations import rfc3339
-from certd.core.status import Severity
 from certd.errors import CheckFailed
 from certd.inputs import CERT_LIMIT, read_bounded
-from certd.lb.audit.findings import SYSTEM_CA, Audit, Code, Finding, TlsBackend, covers, unreadable
+from certd.lb.audit.findings import SYSTEM_CA, Audit, Code, Finding, Level, TlsBackend, covers, unreadable
 from certd.pki.certs import cert_names, load_pem_certs, serial_hex
 from certd.pki.probe import probe, system_roots
 from certd.pki.x509check import verify_chain
@@ -29,34 +29,39 @@ from certd.pki.x509check import verify_chain
 __all__ = ["config_findings", "live_findings"]
 
 
+def _of(b: TlsBackend, found: list[Finding]) -> list[Finding]:
+    """Findings about backend ``b`` in its file, and as doubtful as its configuration (a server inside ``.if``)."""
+    return [replace(f, file=b.file, doubt=f.doubt or b.doubt) for f in found]
+
+
 def config_findings(audit: Audit, config: Config) -> list[Finding]:
     """Names no certificate of ``config`` has, and CA files that are not the covering issuer's ``bundle_file``.
 
     Only a warning for a name: the backend's certificate may come from elsewhere; ``--live`` tells for sure.
     """
+    return [f for b in audit.backends for f in _of(b, _config_findings(b, config))]
+
+
+def _config_findings(b: TlsBackend, config: Config) -> list[Finding]:
     found: list[Finding] = []
-    for b in audit.backends:
-        if b.name is None:
-            continue
-        covering = [(n, c) for n, c in config.certificates.items() if any(covers(p, b.name) for p in c.names)]
-        if not covering:
-            found.append(Finding(b.line, Code.NAME_NOT_COVERED, f"{b.label}: checks the name {b.name}, which no "
-                                 f"certificate in {config.path} has", Severity.WARNING))
-            continue
-        bundles = {config.issuers[c.issuer].bundle_file for _, c in covering if c.issuer in config.issuers}
-        if isinstance(b.ca_file, Path) and None not in bundles and b.ca_file.resolve() not in {
-                p.resolve() for p in bundles if p is not None}:
-            names = ", ".join(n for n, _ in covering)
-            found.append(Finding(b.line, Code.CA_FILE_NOT_BUNDLE, f"{b.label}: pins {b.ca_file}, but certd keeps "
-                                 f"the bundle of {names}'s issuer in {', '.join(str(p) for p in bundles)}: a copy "
-                                 "goes stale when the CA changes; point the CA file there"))
+    covering = [(n, c) for n, c in config.certificates.items()
+                if b.name is not None and any(covers(p, b.name) for p in c.names)]
+    if b.name is not None and not covering:
+        found.append(Finding(b.line, Code.NAME_NOT_COVERED, f"{b.label}: checks the name {b.name}, which no "
+                             f"certificate in {config.path} has", Level.WARNING))
+    bundles = {config.issuers[c.issuer].bundle_file for _, c in covering if c.issuer in config.issuers}
+    if covering and isinstance(b.ca_file, Path) and None not in bundles and b.ca_file.resolve() not in {
+            p.resolve() for p in bundles if p is not None}:
+        names = ", ".join(n for n, _ in covering)
+        found.append(Finding(b.line, Code.CA_FILE_NOT_BUNDLE, f"{b.label}: pins {b.ca_file}, but certd keeps "
+                             f"the bundle of {names}'s issuer in {', '.join(str(p) for p in bundles)}: a copy "
+                             "goes stale when the CA changes; point the CA file there"))
     pushed = {d.ca_file.resolve() for d in config.deploy.values() if isinstance(d, HaproxyDeployConfig) and d.ca_file}
-    for b in audit.backends:
-        if b.client_crt is False and isinstance(b.ca_file, Path) and b.ca_file.resolve() in pushed:
-            found.append(Finding(b.line, Code.CA_FILE_NOT_LIVE, f"{b.label}: certd pushes {b.ca_file} live, but "
-                                 "this server line has no client `crt`, and HAProxy applies a new ca-file only to "
-                                 "server lines with one: a CA rotation would need a reload here; add `crt <HAProxy's "
-                                 "client certificate>` (certd haproxy-config --client-cert NAME)"))
+    if b.client_crt is False and isinstance(b.ca_file, Path) and b.ca_file.resolve() in pushed:
+        found.append(Finding(b.line, Code.CA_FILE_NOT_LIVE, f"{b.label}: certd pushes {b.ca_file} live, but this "
+                             "server line has no client `crt`, and HAProxy applies a new ca-file only to server "
+                             "lines with one: a CA rotation would need a reload here; add `crt <HAProxy's client "
+                             "certificate>` (certd haproxy-config --client-cert NAME)"))
     return found
 
 
@@ -114,6 +119,6 @@ def live_findings(audit: Audit, now: datetime, timeout: float = 5.0) -> tuple[li
     for b in audit.backends:
         for endpoint in b.endpoints:
             more, doc = _one(b, endpoint, now, timeout)
-            found += more
+            found += _of(b, more)
             report.append(doc)
     return found, report
