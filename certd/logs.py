@@ -41,7 +41,9 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc)
 
 
-_DIGITS = re.compile(r"\d+")
+# What varies between otherwise identical lines: times, durations, long numbers (ports, counts, pids).
+# Short digit runs stay: they are part of names (c1, backend-2), and each name keeps its own lines.
+_VARYING = re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+(?:Z|[+-]\d\d:?\d\d)?|\b\d+(?:\.\d+)?\s?(?:ms|s)\b|\d{4,}")
 
 
 class RepeatFilter(logging.Filter):
@@ -49,8 +51,8 @@ class RepeatFilter(logging.Filter):
 
     A daemon whose database vanished fails every scan, and one whose descriptors ran out logged each
     refused accept: 442,883 lines (225 MB) in a minute, which fills the disk the renewals need. Lines are
-    the same when their logger, level, certificate and text agree, digits aside (timestamps, counts, ports),
-    so each certificate keeps its own lines. The first line after a quiet window says how many were dropped.
+    the same when their logger, level, certificate and text agree, times and long numbers aside,
+    so each certificate keeps its own lines. The first such line of the next window says how many were dropped.
     """
 
     def __init__(self, burst: int = 10, window: float = 60.0, keys: int = 4096,
@@ -62,7 +64,7 @@ class RepeatFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = (record.name, record.levelno, str(getattr(record, "certificate", "")),
-               _DIGITS.sub("#", record.getMessage())[:400])
+               _VARYING.sub("#", record.getMessage())[:400])
         now = self.clock()
         with self._lock:
             entry = self._seen.get(key)

@@ -113,12 +113,15 @@ def test_repeated_lines_are_written_a_few_times_a_window_and_then_counted() -> N
         line.last = record.getMessage()  # type: ignore[attr-defined]
         return passed
 
-    assert [line(f"scan failed at {i}: database gone") for i in range(10)] == [True] * 3 + [False] * 7
+    assert [line(f"scan failed at 2026-12-08T03:0{i}:00Z after {i * 1000 + 17} ms: database gone")
+            for i in range(10)] == [True] * 3 + [False] * 7
     assert line("another message")  # other text: its own budget
     assert line("renewal failed", "a") and line("renewal failed", "b")  # each certificate keeps its lines
+    assert all(line(f"scan started renewals: c{i}") for i in range(10))  # names with digits are not merged
     now[0] = 61
-    assert line("scan failed at 99: database gone")
-    assert line.last == "scan failed at 99: database gone (7 more lines like this in the last 60s were not written)"  # type: ignore[attr-defined]
+    assert line("scan failed at 2026-12-08T04:00:00Z after 5 ms: database gone")
+    assert line.last == ("scan failed at 2026-12-08T04:00:00Z after 5 ms: database gone "  # type: ignore[attr-defined]
+                         "(7 more lines like this in the last 60s were not written)")
 
 
 HOLDERS = """
