@@ -20,7 +20,7 @@ from certd.errors import PublishError
 from certd.files import write_atomic
 
 __all__ = ["DATA_LINK", "FAILED_MARK", "FILES", "GEN_PREFIX", "LOCK", "MARK", "TMP_PREFIX", "check_claimable",
-           "claim", "foreign_entries", "generation_is_ours", "is_system_dir", "owns",
+           "claim", "foreign_entries", "generation_is_ours", "is_system_dir", "owns", "tmp_is_ours",
            "unwritable"]
 
 MARK = ".certd-output"
@@ -52,6 +52,18 @@ def is_system_dir(path: Path) -> str | None:
     return None
 
 
+def tmp_is_ours(path: Path) -> bool:
+    """A ``..tmp-`` leftover of certd's: a link it was about to rename, or a generation it was writing.
+
+    Anything else under that name (someone's directory of data) is not swept with it.
+    """
+    if path.is_symlink():
+        return True
+    if path.is_dir():
+        return generation_is_ours(path)
+    return path.is_file() and path.stat().st_size == 0  # a file certd was about to write, cut short
+
+
 def generation_is_ours(path: Path) -> bool:
     """It holds only what a publish writes: pruning removes nothing else."""
     try:
@@ -66,7 +78,7 @@ def _is_ours(entry: os.DirEntry[str]) -> bool:
     if name == LOCK:
         return entry.is_file(follow_symlinks=False)
     if name.startswith(TMP_PREFIX):
-        return True
+        return tmp_is_ours(Path(entry.path))
     if name == DATA_LINK:
         return entry.is_symlink() and os.readlink(entry.path).startswith(GEN_PREFIX)
     if name.startswith(GEN_PREFIX):

@@ -109,3 +109,39 @@ def test_pruning_never_removes_a_generation_certd_did_not_write(tmp_path: Path) 
         pub.publish(f"s{i}", _files(b"x"))
     assert (planted / "backup.tar").read_bytes() == b"someone's backup"
     assert len([g for g in list_generations(out) if g.path != planted]) == 1 + 1
+
+
+def test_someones_data_under_a_tmp_name_is_neither_taken_nor_swept(tmp_path: Path) -> None:
+    """``..tmp-`` is certd's prefix for leftovers, but a directory of data under it is not certd's."""
+    foreign = tmp_path / "foreign"
+    (foreign / "..tmp-x").mkdir(parents=True)
+    (foreign / "..tmp-x" / "data.txt").write_text("someone's\n")
+    with pytest.raises(PublishError, match=r"holds files certd did not make \(\.\.tmp-x\)"):
+        Publisher(foreign).publish("s1", _files(b"1"))
+    out = tmp_path / "out"
+    pub = Publisher(out)
+    pub.publish("s0", _files(b"0"))
+    (out / "..tmp-y").mkdir()
+    (out / "..tmp-y" / "data.txt").write_text("someone's\n")
+    (out / "..tmp-crashed").mkdir()
+    (out / "..tmp-crashed" / "privkey.pem").write_bytes(b"half")
+    pub.publish("s1", _files(b"1"))
+    assert (out / "..tmp-y" / "data.txt").read_text() == "someone's\n"
+    assert (foreign / "..tmp-x" / "data.txt").read_text() == "someone's\n"
+    assert not (out / "..tmp-crashed").exists()  # certd's own leftover is swept
+
+
+def test_bundle_out_never_replaces_a_file_that_is_not_a_bundle(write_config: WriteConfig, tmp_path: Path) -> None:
+    """``certd bundle NAME --out /etc/passwd`` replaced it (found by the attacker round): a file that holds
+    anything but certificates is refused and left as it was; a bundle certd wrote is replaced."""
+    path = _config(write_config, tmp_path, "{tmp}/out/edge")
+    assert certd("renew", "edge", config=path).returncode == 0
+    victim = tmp_path / "passwd"
+    victim.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    proc = certd("bundle", "edge", "--out", str(victim), config=path)
+    assert proc.returncode != 0 and "holds something other than certificates" in proc.stderr, proc.stderr
+    assert victim.read_text() == "root:x:0:0:root:/root:/bin/bash\n"
+    bundle = tmp_path / "bundle.pem"
+    for _ in range(2):
+        assert certd("bundle", "edge", "--out", str(bundle), config=path).returncode == 0
+    assert bundle.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")

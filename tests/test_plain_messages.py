@@ -123,3 +123,16 @@ def test_a_read_only_mount_is_named_not_blamed_on_modes(write_config: WriteConfi
     assert proc.returncode != 0
     assert f"{read_only / 'db'} is on a read-only file system" in proc.stderr
     assert "mode" not in proc.stderr
+
+
+def test_a_local_ca_missing_a_file_is_not_replaced_by_a_new_one(write_config: WriteConfig, tmp_path: Path) -> None:
+    """Deleting intermediate.key made certd create a new root over the old one, silently (attacker round)."""
+    config = _config(write_config, tmp_path)
+    assert certd("renew", "edge", config=config).returncode == 0
+    root = (tmp_path / "ca/root.pem").read_bytes()
+    (tmp_path / "ca/intermediate.key").unlink()
+    proc = certd("renew", "edge", "--force", config=config)
+    assert proc.returncode != 0
+    assert f"the local CA in {tmp_path / 'ca'} is incomplete: intermediate.key missing" in proc.stdout + proc.stderr
+    assert (tmp_path / "ca/root.pem").read_bytes() == root
+    assert not (tmp_path / "ca/intermediate.key").exists()

@@ -307,7 +307,9 @@ def check_secret_modes(config: Config) -> list[str]:
             lines.append(f"{config.path}: {keys[0]}: {value} is a directory, not a file holding the secret")
             continue
         try:
-            empty = info.st_size < 4096 and stat.S_ISREG(info.st_mode) and not value.read_bytes().strip()
+            # Through the bounded reader: a /proc file such as /proc/kmsg is "regular", size 0, and a plain
+            # read of it blocks for ever (check-config and `certd run` hung on one).
+            empty = info.st_size < 4096 and stat.S_ISREG(info.st_mode) and not read_file(value, 4096).strip()
         except OSError as exc:
             lines.append(f"{config.path}: {keys[0]}: {value} cannot be read by this user ({exc.strerror}): "
                          "whatever needs this secret will be refused if certd runs as this user")

@@ -29,6 +29,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -41,7 +42,16 @@ from certd.errors import PublishError
 from certd.files import fsync_dir, write_atomic, write_new
 from certd.inputs import CERT_LIMIT, read_file
 from certd.pki.certs import certs_pem, load_pem_certs, serial_hex
-from certd.places import DATA_LINK, FAILED_MARK, FILES, GEN_PREFIX, TMP_PREFIX, claim, generation_is_ours
+from certd.places import (
+    DATA_LINK,
+    FAILED_MARK,
+    FILES,
+    GEN_PREFIX,
+    TMP_PREFIX,
+    claim,
+    generation_is_ours,
+    tmp_is_ours,
+)
 
 __all__ = [
     "DATA_LINK",
@@ -194,7 +204,7 @@ class Publisher:
     def _sweep_tmp(self) -> None:
         """Remove what a crashed publish left behind; no reader ever looked there."""
         for p in self.output_dir.iterdir():
-            if p.name.startswith(TMP_PREFIX):
+            if p.name.startswith(TMP_PREFIX) and tmp_is_ours(p):  # never someone's data under that name
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
@@ -254,13 +264,29 @@ def published_serial(output_dir: Path) -> str | None:
         return None
 
 
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", re.S)
+
+
+def _only_certificates(data: bytes) -> bool:
+    """Empty, or PEM certificates with nothing else but blank lines and ``#`` comments between them."""
+    if any(kind != b"CERTIFICATE" for kind in (m.group(1) for m in _PEM_BLOCK.finditer(data))):
+        return False
+    rest = _PEM_BLOCK.sub(b"", data)
+    return all(not line.strip() or line.lstrip().startswith(b"#") for line in rest.splitlines())
+
+
 def write_file_atomic(path: Path, data: bytes, mode: int = PUBLIC_MODE) -> bool:
     """Replace one file (a trust bundle) in one rename; ``False`` when it already held ``data``."""
     try:
         # Compared only as a regular file of a sane size: a bundle path that is a device (/dev/full) or a
         # huge file is refused (an OSError) instead of read to its end, or replaced.
-        if path.exists() and read_file(path, max(len(data), CERT_LIMIT)) == data:
-            return False
+        if path.exists():
+            held = read_file(path, max(len(data), CERT_LIMIT))
+            if held == data:
+                return False
+            if not _only_certificates(held):  # `certd bundle --out /etc/passwd` replaced it
+                raise PublishError(f"{path} holds something other than certificates: certd replaces only a CA "
+                                   "bundle (remove the file first, or name another path)", retryable=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, data, mode)
         return True

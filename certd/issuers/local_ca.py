@@ -129,8 +129,17 @@ class LocalCA:
             if self._loaded is None or self._loaded_gen != self._generation():
                 try:
                     with self._flock():
-                        if not (self._dir / "intermediate.key").exists():
+                        parts = ("root.key", "root.pem", "intermediate.pem", "intermediate.key")
+                        present = [part for part in parts if (self._dir / part).exists()]
+                        if not present:  # a new CA only where there is none: never over a damaged one
                             self._create(self._dir)
+                        elif len(present) < len(parts):
+                            missing = ", ".join(part for part in parts if part not in present)
+                            raise IssuerError(
+                                f"issuer {self.name}: the local CA in {self._dir} is incomplete: {missing} "
+                                f"missing ({', '.join(present)} present). certd does not make a new CA over it "
+                                "(servers and load balancers pin its root): restore the files from a backup",
+                                reason="LocalCAIncomplete", retryable=False)
                         self._loaded = self._load()
                         self._loaded_gen = self._generation()
                 except OSError as exc:
