@@ -136,3 +136,19 @@ def test_a_local_ca_missing_a_file_is_not_replaced_by_a_new_one(write_config: Wr
     assert f"the local CA in {tmp_path / 'ca'} is incomplete: intermediate.key missing" in proc.stdout + proc.stderr
     assert (tmp_path / "ca/root.pem").read_bytes() == root
     assert not (tmp_path / "ca/intermediate.key").exists()
+
+
+@pytest.mark.parametrize("where", ["output_dir", "database"])
+def test_a_path_too_long_for_the_kernel_is_refused_at_load(write_config: WriteConfig, tmp_path: Path,
+                                                          where: str) -> None:
+    """ENAMETOOLONG met as a traceback (exit 1, which Nagios reads as WARNING) in check-config and check."""
+    long = f"{tmp_path}/{'x' * 300}/edge"
+    config = (_config(write_config, tmp_path, output_dir=long) if where == "output_dir"
+              else _config(write_config, tmp_path, db=f"sqlite:///{long}.db"))
+    key = "certificates.edge.output_dir" if where == "output_dir" else "database.url"
+    for command, code in ((("check-config",), 2), (("check",), 3)):
+        proc = certd(*command, config=config)
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        assert f"{key}: " in proc.stdout + proc.stderr and "one of its names is 300 bytes long; at most 255" in \
+            proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr

@@ -31,6 +31,7 @@ __all__ = [
     "Model",
     "PositiveDuration",
     "check_database_url",
+    "path_too_long",
     "sqlite_file",
 ]
 
@@ -49,11 +50,28 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
+_NAME_MAX, _PATH_MAX = 255, 4095  # Linux: bytes in one component, and in a whole path
+
+
+def path_too_long(value: Path | str) -> str | None:
+    """Why the kernel would refuse ``value`` (ENAMETOOLONG), said before any call meets it."""
+    encoded = str(value).encode("utf-8", "surrogateescape")
+    if len(encoded) > _PATH_MAX:
+        return f"the path is {len(encoded)} bytes long; at most {_PATH_MAX}"
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > _NAME_MAX:
+        return f"one of its names is {len(longest)} bytes long; at most {_NAME_MAX}"
+    return None
+
+
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     base = (info.context or {}).get("base")
     value = value.expanduser()
     if base is not None and not value.is_absolute():
-        return Path(base) / value
+        value = Path(base) / value
+    problem = path_too_long(value)
+    if problem is not None:  # every later stat() would raise ENAMETOOLONG, as a traceback
+        raise ValueError(problem)
     return value
 
 
@@ -114,6 +132,9 @@ def check_database_url(url: str) -> URL:
         if in_memory:
             raise ValueError("an in-memory SQLite database cannot hold the inventory from one command to the "
                              f"next: name a file, {_SQLITE_FORMS}")
+        too_long = path_too_long(database)
+        if too_long is not None:
+            raise ValueError(f"the SQLite file: {too_long}")
     return parsed
 
 
