@@ -145,3 +145,23 @@ def test_bundle_out_never_replaces_a_file_that_is_not_a_bundle(write_config: Wri
     for _ in range(2):
         assert certd("bundle", "edge", "--out", str(bundle), config=path).returncode == 0
     assert bundle.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+
+
+def test_one_directory_under_two_paths_is_refused(write_config: WriteConfig, tmp_path: Path) -> None:
+    """A bind mount of one certificate's output_dir at another's path: two certificates, one directory."""
+    import subprocess
+
+    a, b = tmp_path / "out/a", tmp_path / "out/b"
+    a.mkdir(parents=True)
+    b.mkdir(parents=True)
+    if subprocess.run(["mount", "--bind", str(a), str(b)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        body = LOCAL_CA_CONFIG.replace('output_dir = "{tmp}/out/edge"', f'output_dir = "{a}"').replace(
+            'output_dir = "{tmp}/out/backend"', f'output_dir = "{b}"')
+        path = write_config(body, db_url=f"sqlite:///{tmp_path}/certd.db")
+        proc = certd("check-config", config=path)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert f"is the same directory as {a}, the output_dir of certificates.edge (a bind mount?)" in proc.stderr
+    finally:
+        subprocess.run(["umount", str(b)], capture_output=True)

@@ -191,6 +191,16 @@ def _directory_rules(
                 errors.append(f"{where}: {probe} is a file, so {out} cannot be made under it")
             elif (why_not := unwritable(probe)) is not None:
                 errors.append(f"{where}: {why_not}")
+    seen: dict[tuple[int, int], str] = {}  # one directory under two paths (a bind mount, a hard-linked tree)
+    for name, out in outs.items():
+        try:
+            st = out.stat()
+        except OSError:
+            continue
+        other = seen.setdefault((st.st_dev, st.st_ino), name)
+        if other != name and outs[other] != out:
+            errors.append(f"{path}: certificates.{name}.output_dir: {out} is the same directory as {outs[other]}, "
+                          f"the output_dir of certificates.{other} (a bind mount?)")
     ca_dirs = {issuer.dir.resolve(): n for n, issuer in issuers.items() if issuer.type == "local-ca"}
     errors += [f"{path}: issuers.{n}.dir: {d} is {why}: the local CA keeps its keys in a directory of its own"
                for d, n in ca_dirs.items() if (why := is_system_dir(d)) is not None]

@@ -48,6 +48,8 @@ def published_damage(publisher: Publisher, files: dict[str, bytes], generation: 
         return Damage((f"{out / DATA_LINK} is no longer the link certd switches ({exc.strerror or exc})",))
     if generation is not None and target != generation:
         problems.append(f"{out / DATA_LINK} points at {target}, not at {generation} that certd switched to")
+    if (out / target).is_symlink():  # the generation swapped for a link: the files served live elsewhere
+        problems.append(f"{out / target} was replaced by a link to {os.readlink(out / target)}")
     for name in FILES:
         stable, inside = out / name, out / target / name
         try:
@@ -76,9 +78,11 @@ def published_damage(publisher: Publisher, files: dict[str, bytes], generation: 
                             "(set mode, owner and group on the certificate instead of changing them in a hook)")
             exposed = exposed or (name in KEY_FILES and bool(mode & ~want_mode & 0o077))
         want_uid = publisher.uid if publisher.uid != -1 else os.geteuid()
-        if st.st_uid != want_uid or (publisher.gid != -1 and st.st_gid != publisher.gid):
-            problems.append(f"{stable} is owned by {st.st_uid}:{st.st_gid}, certd published it for "
-                            f"{want_uid}:{publisher.gid if publisher.gid != -1 else st.st_gid}")
+        if st.st_uid != want_uid:
+            problems.append(f"{stable} is owned by uid {st.st_uid}, certd published it for uid {want_uid}")
+            exposed = exposed or name in KEY_FILES
+        if publisher.gid != -1 and st.st_gid != publisher.gid:
+            problems.append(f"{stable} has group gid {st.st_gid}, certd published it for gid {publisher.gid}")
             exposed = exposed or name in KEY_FILES
         want = files[name]
         if st.st_size == 0 and want:

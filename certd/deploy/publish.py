@@ -224,11 +224,17 @@ class Publisher:
                 continue
             kept.add(g.name)
         for old in others:
-            if old.name not in kept and generation_is_ours(old.path):  # never what certd did not write
+            if old.name in kept:
+                continue
+            if old.path.is_symlink():  # a hook's link in certd's directory: the link goes, never its target
+                old.path.unlink(missing_ok=True)
+            elif generation_is_ours(old.path):  # never what certd did not write
                 shutil.rmtree(old.path, ignore_errors=True)
 
     def mark_failed(self, generation: Generation) -> None:
         """Its deploy or verify failed; ``mark_good`` undoes it when a redeploy of it succeeds."""
+        if generation.path.is_symlink():
+            return  # never write through a link a hook put there: pruning removes the link
         try:
             (generation.path / FAILED_MARK).touch(mode=0o644)
         except OSError as exc:
