@@ -7,6 +7,7 @@ Real servers (Pebble, BIND, HAProxy, nginx, PostgreSQL, OpenBao) come from
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -116,3 +117,13 @@ def local_app(local_config: Config) -> Iterator[App]:
     app = App.open(local_config)
     yield app
     app.close()
+
+
+def until(what: Callable[[], bool], within: float) -> bool:
+    """Poll ``what`` every 0.2 s for up to ``within`` seconds of real time; whether it came true."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.2)
+    return False

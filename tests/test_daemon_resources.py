@@ -22,7 +22,7 @@ import pytest
 from cryptography import x509
 
 from certd.logs import RepeatFilter
-from tests.conftest import WriteConfig
+from tests.conftest import WriteConfig, until
 from tests.servers.ports import free_port
 from tests.test_daemon import Daemon
 
@@ -51,15 +51,6 @@ def _served(tmp_path: Path) -> str | None:
     return f"{cert.serial_number:x}"
 
 
-def _until(what: Callable[[], bool], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if what():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _delete(db: Path) -> None:
     db.unlink()
 
@@ -82,11 +73,11 @@ def test_a_database_deleted_or_replaced_under_the_daemon_stops_its_writes(
     config = write_config(CONFIG.format(port=port), db_url=f"sqlite:///{db}")
     daemon = Daemon(config, port, tmp_path / "daemon.log")
     try:
-        assert _until(lambda: _served(tmp_path) is not None, 30), daemon.log.read_text()[-2000:]
+        assert until(lambda: _served(tmp_path) is not None, 30), daemon.log.read_text()[-2000:]
         assert daemon.get("/healthz").json()["database"] is True
         fault(db)
         before = _served(tmp_path)
-        assert _until(lambda: daemon.get("/healthz").status_code == 503, 10)
+        assert until(lambda: daemon.get("/healthz").status_code == 503, 10)
         health = daemon.get("/healthz").json()
         assert health["database"] is False and health["status"] == "degraded", health
         time.sleep(22)  # past the short certificate's renewal time: the scans try and must not publish
@@ -210,13 +201,13 @@ def test_two_thousand_idle_connections_never_cost_a_renewal(write_config: WriteC
     config = write_config(HOLDERS.format(port=port), db_url=f"sqlite:///{tmp_path}/certd.db")
     daemon = Daemon(config, port, tmp_path / "daemon.log", preexec=_descriptors_like_a_unit_without_limit)
     try:
-        assert _until(lambda: all((tmp_path / f"out/s{i}/cert.pem").exists() for i in range(4)), 30)
+        assert until(lambda: all((tmp_path / f"out/s{i}/cert.pem").exists() for i in range(4)), 30)
         first = {i: (tmp_path / f"out/s{i}/cert.pem").read_bytes() for i in range(4)}
         size = daemon.log.stat().st_size
         health: list[int] = []
         with _Holder(port, 2000) as holder:
-            until = time.monotonic() + hold
-            while time.monotonic() < until:
+            hold_until = time.monotonic() + hold
+            while time.monotonic() < hold_until:
                 time.sleep(2)
                 try:
                     answer = daemon.get("/healthz")

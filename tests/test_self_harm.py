@@ -13,13 +13,13 @@ import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.cli import certd
-from tests.conftest import WriteConfig
+from tests.conftest import WriteConfig, until
 from tests.servers.ports import free_port
 from tests.test_daemon import Daemon
 
@@ -39,15 +39,6 @@ def _config(port: int, certs: int, extra: str = "", owner: str | None = None, ke
 def _versions(tmp_path: Path) -> int:
     with sqlite3.connect(tmp_path / "certd.db") as conn:
         return int(conn.execute("SELECT count(*) FROM versions").fetchone()[0])
-
-
-def _until(what: Callable[[], bool], within: float) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if what():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def _statuses(daemon: Daemon) -> dict[str, dict[str, object]]:
@@ -71,11 +62,11 @@ def test_a_user_deleted_under_the_daemon_costs_no_order_and_a_restart_ends_the_b
     config = write_config(_config(port, 2, owner=user))
     daemon = Daemon(config, port, tmp_path / "daemon.log")
     try:
-        assert _until(lambda: all((tmp_path / f"out/c{i}/cert.pem").exists() for i in range(2)), 30)
+        assert until(lambda: all((tmp_path / f"out/c{i}/cert.pem").exists() for i in range(2)), 30)
         subprocess.run(["userdel", user], check=True)
         ordered = _versions(tmp_path)
         # Past the renewal time (2/3 of 40 s): every scan finds them due and must fail before the CA.
-        assert _until(lambda: all(d["failed_step"] == "plan" for d in _statuses(daemon).values()), 40), \
+        assert until(lambda: all(d["failed_step"] == "plan" for d in _statuses(daemon).values()), 40), \
             _statuses(daemon)
         time.sleep(6)  # three more scans
         assert _versions(tmp_path) == ordered, "certificates were ordered that could not be published"
@@ -87,7 +78,7 @@ def test_a_user_deleted_under_the_daemon_costs_no_order_and_a_restart_ends_the_b
     restarted = time.monotonic()
     daemon = Daemon(config, port, tmp_path / "daemon2.log")
     try:
-        assert _until(lambda: all(d["failed_step"] is None and d["status"] in ("published", "deployed", "served")
+        assert until(lambda: all(d["failed_step"] is None and d["status"] in ("published", "deployed", "served")
                                   for d in _statuses(daemon).values()), 15), _statuses(daemon)
         assert time.monotonic() - restarted < 15  # not after the backoff: the restart ended it
         assert "daemon started: backoff ended" in daemon.log.read_text()
@@ -109,11 +100,11 @@ def test_renewals_racing_a_key_rotation_order_nothing_and_the_prescribed_restart
     config = write_config(_config(port, 4, key_file=key_a))
     daemon = Daemon(config, port, tmp_path / "daemon.log")
     try:
-        assert _until(lambda: all((tmp_path / f"out/c{i}/cert.pem").exists() for i in range(4)), 30)
+        assert until(lambda: all((tmp_path / f"out/c{i}/cert.pem").exists() for i in range(4)), 30)
         rotated = certd("db", "rotate-key", "--new-key-file", str(key_b), config=config, process=True)
         assert rotated.returncode == 0, rotated.stderr
         ordered = _versions(tmp_path)
-        assert _until(lambda: all(d["failed_step"] == "plan" for d in _statuses(daemon).values()), 40), \
+        assert until(lambda: all(d["failed_step"] == "plan" for d in _statuses(daemon).values()), 40), \
             _statuses(daemon)
         assert _versions(tmp_path) == ordered, "certificates were ordered whose keys could not be sealed"
         assert "does not match the one the inventory was sealed with" in str(_statuses(daemon)["c1"]["last_error"])
@@ -123,7 +114,7 @@ def test_renewals_racing_a_key_rotation_order_nothing_and_the_prescribed_restart
     restarted = time.monotonic()
     daemon = Daemon(config, port, tmp_path / "daemon2.log")
     try:
-        assert _until(lambda: all(d["failed_step"] is None and d["status"] in ("published", "deployed", "served")
+        assert until(lambda: all(d["failed_step"] is None and d["status"] in ("published", "deployed", "served")
                                   for d in _statuses(daemon).values()), 15), _statuses(daemon)
         assert time.monotonic() - restarted < 15
         assert all(d["status"] != "expired" for d in _statuses(daemon).values())
