@@ -45,6 +45,9 @@ CASES = {
     "database.key_file": {"database": 'key_file = "{bad}"'},
     "daemon.api_token_file": {"daemon": 'api_token_file = "{bad}"'},
     "issuers.local.bundle_file": {"issuer": 'bundle_file = "{bad}"'},
+    "daemon.api_tls_cert_file": {"daemon": 'api_tls_cert_file = "{bad}"\napi_tls_key_file = "{{tmp}}/api.key"'},
+    "daemon.api_client_ca_file": {"daemon": 'api_tls_cert_file = "{{tmp}}/api.pem"\napi_tls_key_file = '
+                                            '"{{tmp}}/api.key"\napi_client_ca_file = "{bad}"'},
     "certificates.web.verify[0].ca_bundle": {
         "cert": 'verify = [{{ endpoint = "127.0.0.1:9", sni = "web.example.test", ca_bundle = "{bad}" }}]'},
 }
@@ -115,3 +118,26 @@ def test_a_file_swapped_for_dev_zero_after_the_check_is_refused_where_it_is_read
         app.close()
     assert failed.outcome == "failed" and "not a regular file" in (failed.error or ""), failed
     assert grown_kib < 50 * 1024, grown_kib  # not the gigabytes an unbounded read takes
+
+
+@pytest.mark.parametrize("planted", ["fifo", "symlink"])
+def test_the_local_cas_own_files_are_never_opened_through_a_link_or_a_fifo(
+    write_config: WriteConfig, tmp_path: Path, planted: str
+) -> None:
+    """``revoked.txt`` as a FIFO hung ``certd revoke`` for ever; as a symlink, the revocation was appended to
+    the file it named (attacker round). Now both fail at once naming the file, and nothing outside is touched."""
+    config = _config(write_config, "", {})
+    assert certd("renew", "web", config=config).returncode == 0
+    revoked = tmp_path / "local-ca" / "revoked.txt"
+    outside = tmp_path / "outside.txt"
+    outside.write_text("someone's\n")
+    if planted == "fifo":
+        os.mkfifo(revoked)
+    else:
+        revoked.symlink_to(outside)
+    started = time.monotonic()
+    proc = certd("revoke", "web", "--no-replace", config=config, timeout=30)
+    assert time.monotonic() - started < 20
+    assert proc.returncode != 0, proc.stdout
+    assert str(revoked) in proc.stdout + proc.stderr or "revoked.txt" in proc.stdout + proc.stderr
+    assert outside.read_text() == "someone's\n"

@@ -242,7 +242,9 @@ def special_file_rules(path: Path, sections: list[tuple[str, object]],
     token, a FIFO as a roots file or a device as a ``bundle_file`` (which certd would replace) is refused here,
     naming the key, before any CA is asked — not met as a MemoryError or a hang on the first renewal."""
     errors = []
-    for key, value in _file_refs(sections, certificates, (*_FILE_KEYS, "bundle_file")):
+    # Also what only some commands read (the API's TLS files, read by `certd run`; a pod's jwt_file).
+    extra = ("bundle_file", "api_tls_cert_file", "api_client_ca_file", "jwt_file")
+    for key, value in _file_refs(sections, certificates, (*_FILE_KEYS, *extra)):
         try:
             info = value.stat()
         except OSError:

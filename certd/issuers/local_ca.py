@@ -12,14 +12,17 @@ processes starting at once create one CA, not two. Key files are 0600.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import IO
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -89,6 +92,23 @@ def _write_private(path: Path, data: bytes) -> None:
     write_atomic(path, data, 0o600)
 
 
+
+def _own_file(path: Path) -> IO[str]:
+    """``path`` opened for appending, only as the regular file it should be.
+
+    Not through a symlink (a revocation appended to a file elsewhere), and not a FIFO (``open`` would wait
+    for a reader for ever): refused with ``OSError`` naming it, which the caller reports.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "a")
+    except BaseException:
+        os.close(fd)
+        raise
+
 class LocalCA:
     """Issuer backed by files in ``config.dir``; safe to share between threads."""
 
@@ -109,7 +129,7 @@ class LocalCA:
     @contextmanager
     def _flock(self) -> Iterator[None]:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self._dir / ".lock", "a+") as fh:
+        with _own_file(self._dir / ".lock") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 yield
@@ -230,7 +250,7 @@ class LocalCA:
         """Record the serial in ``revoked.txt``; the local CA publishes no CRL or OCSP."""
         self._ensure()
         line = f"{serial_hex(certificate)} {reason.value} {self._clock.now().isoformat()}\n"
-        with self._flock(), open(self._dir / "revoked.txt", "a") as fh:
+        with self._flock(), _own_file(self._dir / "revoked.txt") as fh:
             fh.write(line)
 
     def roots(self) -> list[x509.Certificate]:
