@@ -77,6 +77,8 @@ def _is_ours(entry: os.DirEntry[str]) -> bool:
     name = entry.name
     if name == LOCK:
         return entry.is_file(follow_symlinks=False)
+    if name.startswith(f".{MARK}.") and name.endswith(".tmp"):  # the mark being written (files.write_atomic)
+        return entry.is_file(follow_symlinks=False)
     if name.startswith(TMP_PREFIX):
         return tmp_is_ours(Path(entry.path))
     if name == DATA_LINK:

@@ -165,3 +165,14 @@ def test_one_directory_under_two_paths_is_refused(write_config: WriteConfig, tmp
         assert f"is the same directory as {a}, the output_dir of certificates.edge (a bind mount?)" in proc.stderr
     finally:
         subprocess.run(["umount", str(b)], capture_output=True)
+
+
+def test_the_mark_being_written_is_not_taken_for_a_foreign_file(tmp_path: Path) -> None:
+    """A config check that lists the directory while a first publish writes the mark (a reload beside a scan,
+    seen in the suite) must not find the mark's temporary file foreign."""
+    from certd.places import foreign_entries
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f".{MARK}.50e8a981.tmp").write_bytes(b"")
+    assert foreign_entries(out) == []
