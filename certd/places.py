@@ -20,7 +20,7 @@ from certd.errors import PublishError
 from certd.files import write_atomic
 
 __all__ = ["DATA_LINK", "FAILED_MARK", "FILES", "GEN_PREFIX", "LOCK", "MARK", "TMP_PREFIX", "check_claimable",
-           "claim", "foreign_entries", "generation_is_ours", "is_system_dir", "owns", "tmp_is_ours",
+           "claim", "foreign_entries", "generation_is_ours", "is_system_dir", "owns", "read_only_mount", "tmp_is_ours",
            "unwritable"]
 
 MARK = ".certd-output"
@@ -143,6 +143,14 @@ def check_claimable(directory: Path) -> None:
                            "directory it owns (new, empty, or marked by it)", retryable=False)
 
 
+def read_only_mount(path: Path) -> bool:
+    """``path`` is on a file system mounted read-only: no chmod or chown makes it writable."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def unwritable(path: Path) -> str | None:
     """Why this process cannot create files in directory ``path`` (or write file ``path``), or ``None``.
 
@@ -153,11 +161,8 @@ def unwritable(path: Path) -> str | None:
         st = path.stat()
     except OSError as exc:
         return f"{path} cannot be examined ({exc.strerror})"
-    try:
-        if os.statvfs(path).f_flag & os.ST_RDONLY:
-            return f"{path} is on a read-only file system"
-    except OSError:
-        pass
+    if read_only_mount(path):
+        return f"{path} is on a read-only file system"
     mode = os.W_OK | (os.X_OK if stat.S_ISDIR(st.st_mode) else 0)
     if os.access(path, mode, effective_ids=os.access in os.supports_effective_ids):
         return None

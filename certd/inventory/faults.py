@@ -30,6 +30,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from certd.errors import InventoryError
+from certd.places import read_only_mount
 
 __all__ = ["NEWER_SCHEMA", "describe", "inventory_error", "prepare_sqlite_file", "safe_url"]
 
@@ -121,7 +122,7 @@ def prepare_sqlite_file(url: str, path: Path) -> None:
     def refuse(cause: str) -> InventoryError:
         return InventoryError(f"database {safe_url(url)}: {cause}", reason="InventoryUnwritable", retryable=False)
 
-    if os.statvfs(directory).f_flag & os.ST_RDONLY:  # not a mode problem: no chmod fixes it
+    if read_only_mount(directory):  # not a mode problem: no chmod fixes it
         raise refuse(f"{directory} is on a read-only file system: certd records leases and events in the "
                      "database; put it on a writable one (StateDirectory= under systemd)")
     if not _writable(directory):
